@@ -1,0 +1,53 @@
+# moe-swarm: every target creates .venv and installs the project when needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_SPEC ?= torch==2.13.0
+ARGS ?=
+OVERLAY ?= cpu
+EXPERIMENT ?= quickstart
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-fast bench bench-quick serve lint format docker-build fly-deploy k8s-render k8s-apply clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv (if missing) and install torch, then the project with dev extras
+
+train: $(STAMP) ## run the main job on the CPU (experiment=quickstart); extra Hydra overrides via ARGS="..."
+	$(BIN)/moe-swarm-train experiment=quickstart $(ARGS)
+
+test: $(STAMP) ## run the whole test suite
+	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: $(STAMP) ## run the tests not marked slow
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+bench: $(STAMP) ## run the full benchmark suite (writes bench-results/<timestamp>/)
+	$(BIN)/moe-swarm-bench run $(ARGS)
+
+bench-quick: $(STAMP) ## a small version of every benchmark suite (< 1 min)
+	$(BIN)/moe-swarm-bench run --quick $(ARGS)
+
+serve: $(STAMP) ## start the gRPC control sidecar (Hydra overrides via ARGS)
+	$(BIN)/moe-swarm-serve $(ARGS)
+
+lint: $(STAMP) ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## ruff autofix + format
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## remove caches and run outputs (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache .hypothesis outputs multirun bench-results

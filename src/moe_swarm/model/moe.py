@@ -1,0 +1,104 @@
+"""MoELayer: router + expert pool (+ optional always-on shared expert), a drop-in FFN block."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moe_swarm.model.experts import ExpertPool
+from moe_swarm.model.router import Router, RouterOutput, RoutingControl
+
+
+class SwiGLU(nn.Module):
+    """Dense SwiGLU feed-forward: the shared expert, and the FFN of the dense baseline."""
+
+    def __init__(
+        self, d_model: int, d_ff: int, init_std: float = 0.02, out_init_std: float | None = None
+    ) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(d_model, d_ff, bias=False)
+        self.w3 = nn.Linear(d_model, d_ff, bias=False)
+        self.w2 = nn.Linear(d_ff, d_model, bias=False)
+        nn.init.normal_(self.w1.weight, std=init_std)
+        nn.init.normal_(self.w3.weight, std=init_std)
+        nn.init.normal_(self.w2.weight, std=init_std if out_init_std is None else out_init_std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+@dataclass
+class MoEAux:
+    """Aux losses (unscaled) and routing stats of one MoE layer for one forward pass."""
+
+    load_balance_loss: Tensor
+    z_loss: Tensor
+    counts: Tensor  # (E,)
+    dropped_frac: Tensor
+    entropy: Tensor
+    load_max_over_mean: Tensor
+
+    @classmethod
+    def from_router(cls, r: RouterOutput) -> MoEAux:
+        return cls(r.load_balance_loss, r.z_loss, r.counts, r.dropped_frac, r.entropy, r.load_max_over_mean)
+
+
+class MoELayer(nn.Module):
+    """Sparse MoE FFN. Defaults follow Mixtral: softmax top-k with renormalised weights, dropless.
+
+    ``forward(x: (B, T, d_model)) -> (y, aux)``; parameters are ``router.weight`` (E, d_model) and
+    ``experts.w1/w3`` (E, d_model, d_ff), ``experts.w2`` (E, d_ff, d_model).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        num_experts: int,
+        top_k: int,
+        router_mode: str = "softmax_topk",
+        renormalize: bool = True,
+        capacity_factor: float | None = None,
+        jitter_eps: float = 0.0,
+        noise_std: float = 0.0,
+        route_scale: float = 1.0,
+        shared_expert_d_ff: int = 0,
+        dispatch: str = "auto",
+        layer_id: int = 0,
+        init_std: float = 0.02,
+        out_init_std: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.router = Router(
+            d_model,
+            num_experts,
+            top_k,
+            mode=router_mode,
+            renormalize=renormalize,
+            capacity_factor=capacity_factor,
+            jitter_eps=jitter_eps,
+            noise_std=noise_std,
+            route_scale=route_scale,
+            layer_id=layer_id,
+        )
+        self.experts = ExpertPool(
+            num_experts, d_model, d_ff, dispatch=dispatch, init_std=init_std, out_init_std=out_init_std
+        )
+        self.shared_expert = (
+            SwiGLU(d_model, shared_expert_d_ff, init_std, out_init_std) if shared_expert_d_ff > 0 else None
+        )
+
+    def forward(
+        self, x: Tensor, pad_mask: Tensor | None = None, control: RoutingControl | None = None
+    ) -> tuple[Tensor, MoEAux]:
+        """``x``: (B, T, d). ``pad_mask``: (B, T) bool, True = real token. ``control``: per-token, flattened."""
+        b, t, d = x.shape
+        flat = x.reshape(b * t, d)
+        mask = None if pad_mask is None else pad_mask.reshape(b * t)
+        routed = self.router(flat, mask, control)
+        y = self.experts(flat, routed.indices, routed.weights, routed.keep)
+        if self.shared_expert is not None:
+            y = y + self.shared_expert(flat)
+        return y.view(b, t, d), MoEAux.from_router(routed)

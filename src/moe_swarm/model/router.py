@@ -1,0 +1,243 @@
+"""Token-choice gating: scores -> top-k experts -> combine weights, aux losses and routing stats.
+
+The router always returns *raw logits* under the name ``logits`` (never probabilities), so a
+caller cannot apply a second softmax by accident (the HF "double softmax" bug, transformers #45120).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ROUTING_MODES = ("softmax_topk", "sigmoid_bias")
+
+_MASK32 = 0xFFFFFFFF
+
+
+def counter_uniform(seed: Tensor, position: Tensor, stream: int, width: int) -> Tensor:
+    """Uniform(0, 1) numbers, shape (N, width), that depend only on (seed, position, stream, column).
+
+    A counter-based hash (murmur3 finaliser) instead of a stateful generator: a row's random
+    numbers are the same whether it is decoded alone or inside a batch, which is what makes
+    batched swarm agents reproducible one by one.
+    """
+    cols = torch.arange(width, device=seed.device, dtype=torch.int64)
+    h = (seed.to(torch.int64)[:, None] & _MASK32) * 0x9E3779B1
+    h = h + (position.to(torch.int64)[:, None] & _MASK32) * 0x85EBCA77
+    h = h + (stream & _MASK32) * 0xC2B2AE3D + cols[None, :] * 0x27D4EB2F
+    h = h & _MASK32
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & _MASK32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & _MASK32
+    h = h ^ (h >> 16)
+    return (h.to(torch.float64) + 0.5) / 2.0**32
+
+
+def counter_gumbel(seed: Tensor, position: Tensor, stream: int, width: int) -> Tensor:
+    """Standard Gumbel noise from :func:`counter_uniform` (float32, shape (N, width))."""
+    u = counter_uniform(seed, position, stream, width)
+    return (-torch.log(-torch.log(u))).to(torch.float32)
+
+
+@dataclass
+class RoutingControl:
+    """Per-token routing perturbation: what makes a swarm agent route differently from greedy.
+
+    All tensors have shape (N,) over the flattened tokens.
+    ``noise_scale``: scale of Gumbel noise added to the selection scores of the *non-top-1*
+    experts (the top-1 choice is never perturbed). ``seed`` and ``position`` key the noise.
+    ``top_k``: optional per-token number of experts (1..E) overriding the router's k.
+    """
+
+    noise_scale: Tensor
+    seed: Tensor
+    position: Tensor
+    top_k: Tensor | None = None
+
+
+@dataclass
+class RouterOutput:
+    """Everything a router decides for N tokens (k = number of chosen experts per token)."""
+
+    logits: Tensor  # (N, E) raw router logits, fp32
+    indices: Tensor  # (N, k) chosen experts, distinct per token
+    weights: Tensor  # (N, k) combine weights (0 where the assignment is not kept)
+    keep: Tensor  # (N, k) bool: assignment is processed (not padding, not dropped by capacity)
+    load_balance_loss: Tensor  # scalar: E * sum_i f_i * P_i (multiply by alpha yourself)
+    z_loss: Tensor  # scalar: mean_t logsumexp(logits_t)^2
+    counts: Tensor  # (E,) kept assignments per expert (float32)
+    dropped_frac: Tensor  # scalar: dropped assignments / routed assignments
+    entropy: Tensor  # scalar: mean router entropy (nats) over valid tokens
+
+    @property
+    def load_max_over_mean(self) -> Tensor:
+        return self.counts.max() / self.counts.mean().clamp_min(1e-9)
+
+
+class Router(nn.Module):
+    """Gating network with softmax top-k (Mixtral/Switch) or sigmoid + bias (DeepSeek-V3) routing.
+
+    Load-balancing loss convention: ``f_i`` is the fraction of the N*k routed (token, expert)
+    assignments that chose expert i (hard counts, before capacity dropping, no gradient) and
+    ``P_i`` is the mean routing probability of expert i over valid tokens, so ``sum f = sum P = 1``
+    for any k. The returned value ``E * sum_i f_i * P_i`` equals 1.0 for perfectly uniform
+    routing (its minimum when f and P are both uniform); multiply by ``alpha`` (1e-2 in Switch).
+    This is k times smaller than HF Mixtral's variant, which normalises f by N instead of N*k.
+    In ``sigmoid_bias`` mode, P_i uses the sigmoid scores normalised to sum to 1 per token.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_experts: int,
+        top_k: int,
+        mode: str = "softmax_topk",
+        renormalize: bool = True,
+        capacity_factor: float | None = None,
+        jitter_eps: float = 0.0,
+        noise_std: float = 0.0,
+        route_scale: float = 1.0,
+        layer_id: int = 0,
+    ) -> None:
+        super().__init__()
+        if mode not in ROUTING_MODES:
+            raise ValueError(f"unknown router mode {mode!r}; choose one of {ROUTING_MODES}")
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
+        if capacity_factor is not None and capacity_factor <= 0:
+            raise ValueError(f"capacity_factor must be > 0 or None (dropless), got {capacity_factor}")
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.mode = mode
+        self.renormalize = renormalize
+        self.capacity_factor = capacity_factor
+        self.jitter_eps = jitter_eps
+        self.noise_std = noise_std
+        self.route_scale = route_scale
+        self.layer_id = layer_id
+        self.weight = nn.Parameter(torch.empty(num_experts, d_model))
+        nn.init.normal_(self.weight, std=0.02)
+        # Aux-loss-free balancing bias (sigmoid_bias mode); a buffer, so it is checkpointed and
+        # broadcast by DDP but never touched by the optimizer.
+        self.register_buffer("bias", torch.zeros(num_experts), persistent=True)
+
+    def extra_repr(self) -> str:
+        return (
+            f"mode={self.mode}, num_experts={self.num_experts}, top_k={self.top_k}, "
+            f"capacity_factor={self.capacity_factor}"
+        )
+
+    def forward(
+        self, x: Tensor, pad_mask: Tensor | None = None, control: RoutingControl | None = None
+    ) -> RouterOutput:
+        """Route N tokens. ``x``: (N, d_model). ``pad_mask``: (N,) bool, True for real tokens."""
+        n, e = x.shape[0], self.num_experts
+        if self.training and self.jitter_eps > 0:
+            x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_eps, 1.0 + self.jitter_eps)
+        logits = F.linear(x.float(), self.weight.float())  # router math in fp32
+        if self.training and self.noise_std > 0:
+            select_logits = logits + torch.randn_like(logits) * self.noise_std
+        else:
+            select_logits = logits
+
+        if self.mode == "softmax_topk":
+            probs = select_logits.softmax(dim=-1)
+            select_scores = probs
+            gate_scores = probs
+            balance_probs = logits.softmax(dim=-1)
+        else:
+            scores = torch.sigmoid(select_logits)
+            select_scores = scores + self.bias.float()
+            gate_scores = scores
+            balance_probs = scores / scores.sum(dim=-1, keepdim=True).clamp_min(1e-9)
+
+        k = self.top_k
+        if control is not None and control.top_k is not None:
+            # Host sync, but only on the swarm path with an explicit override.
+            k = int(control.top_k.max().clamp(1, e))
+            k = max(k, 1)
+        indices = self._select(select_scores, k, control)
+        weights = gate_scores.gather(1, indices)
+        slot_ok = torch.ones_like(indices, dtype=torch.bool)
+        if control is not None and control.top_k is not None:
+            slot_ok = torch.arange(k, device=x.device)[None, :] < control.top_k[:, None].clamp(1, e)
+            weights = weights * slot_ok
+        if self.renormalize or self.mode == "sigmoid_bias":
+            weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-9)
+        weights = weights * self.route_scale
+
+        valid = torch.ones(n, dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask.bool()
+        routed = slot_ok & valid[:, None]
+        keep = routed
+        if self.capacity_factor is not None:
+            keep = routed & self._within_capacity(indices, routed, valid)
+        weights = weights * keep
+
+        validf = valid.float()
+        n_valid = validf.sum().clamp_min(1.0)
+        one_hot_routed = torch.zeros(n, e, device=x.device).scatter_add_(1, indices, routed.float())
+        f = one_hot_routed.sum(0) / one_hot_routed.sum().clamp_min(1.0)
+        p = (balance_probs * validf[:, None]).sum(0) / n_valid
+        load_balance_loss = e * (f.detach() * p).sum()
+        z_loss = (torch.logsumexp(logits, dim=-1).pow(2) * validf).sum() / n_valid
+        counts = torch.zeros(e, device=x.device).scatter_add_(
+            0, indices.reshape(-1), keep.reshape(-1).float()
+        )
+        n_routed = routed.float().sum().clamp_min(1.0)
+        dropped_frac = (routed & ~keep).float().sum() / n_routed
+        ent = -(balance_probs * balance_probs.clamp_min(1e-12).log()).sum(-1)
+        entropy = (ent * validf).sum() / n_valid
+        return RouterOutput(
+            logits=logits,
+            indices=indices,
+            weights=weights,
+            keep=keep,
+            load_balance_loss=load_balance_loss,
+            z_loss=z_loss,
+            counts=counts.detach(),
+            dropped_frac=dropped_frac.detach(),
+            entropy=entropy.detach(),
+        )
+
+    def _select(self, scores: Tensor, k: int, control: RoutingControl | None) -> Tensor:
+        """Top-k indices; with a control, the top-1 stays put and the tail is chosen on noisy scores."""
+        if control is None or k == 1 and control.top_k is None:
+            return scores.topk(k, dim=-1).indices
+        top1 = scores.argmax(dim=-1, keepdim=True)
+        noise = counter_gumbel(control.seed, control.position, self.layer_id, self.num_experts)
+        # Perturb log-scores so the noise scale means the same for softmax and sigmoid modes.
+        noisy = scores.clamp_min(1e-9).log() + control.noise_scale[:, None].float() * noise
+        noisy = noisy.scatter(1, top1, float("inf"))
+        return noisy.topk(k, dim=-1).indices
+
+    def _within_capacity(self, indices: Tensor, routed: Tensor, valid: Tensor) -> Tensor:
+        """Keep mask for per-expert capacity ceil(cf * T * k / E); earlier slots, then earlier tokens win."""
+        n, k = indices.shape
+        e = self.num_experts
+        capacity = torch.ceil(self.capacity_factor * valid.float().sum() * self.top_k / e)
+        # Slot-major priority: every token's first choice is served before any second choice.
+        flat_idx = indices.t().reshape(-1)
+        flat_routed = routed.t().reshape(-1)
+        one_hot = F.one_hot(flat_idx, e) * flat_routed[:, None]
+        position = (one_hot.cumsum(0) * one_hot).sum(-1) - 1  # 0-based slot within the expert
+        within = (position < capacity) & flat_routed
+        return within.reshape(k, n).t()
+
+    @torch.no_grad()
+    def update_bias(self, counts: Tensor, gamma: float = 1e-3) -> None:
+        """DeepSeek-V3 aux-loss-free update: ``b_i += gamma * sign(mean_load - load_i)``.
+
+        ``counts`` are per-expert token counts, already summed across ranks by the caller.
+        """
+        counts = counts.to(self.bias.device, torch.float32)
+        self.bias += gamma * torch.sign(counts.mean() - counts)
+
+
+def expected_capacity(capacity_factor: float, num_tokens: int, top_k: int, num_experts: int) -> int:
+    """Per-expert capacity in assignments: ``ceil(cf * T * k / E)`` (for docs and tests)."""
+    return math.ceil(capacity_factor * num_tokens * top_k / num_experts)
