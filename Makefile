@@ -7,6 +7,8 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 OVERLAY ?= cpu
 EXPERIMENT ?= quickstart
+IMAGE ?= moe-swarm:0.1.0
+TORCH_INDEX_URL ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test test-fast bench bench-quick serve lint format docker-build fly-deploy k8s-render k8s-apply clean
@@ -48,6 +50,18 @@ lint: $(STAMP) ## ruff lint + format check
 format: $(STAMP) ## ruff autofix + format
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+docker-build: ## build the image (IMAGE=..., TORCH_INDEX_URL=<CPU wheel index> for a CPU-only image)
+	docker build -f docker/Dockerfile -t $(IMAGE) --build-arg "TORCH_SPEC=$(TORCH_SPEC)" --build-arg "TORCH_INDEX_URL=$(TORCH_INDEX_URL)" .
+
+fly-deploy: ## deploy the sidecar + CPU trainer to Fly Machines (needs flyctl and `fly auth login`)
+	fly deploy -c fly/fly.toml --build-arg "TORCH_SPEC=$(TORCH_SPEC)" --build-arg "TORCH_INDEX_URL=$(TORCH_INDEX_URL)" $(ARGS)
+
+k8s-render: $(STAMP) ## print the Kubernetes job: OVERLAY=cpu|gpu|fks, EXPERIMENT, IMAGE, overrides via ARGS
+	$(BIN)/moe-swarm-launch --overlay $(OVERLAY) --image $(IMAGE) experiment=$(EXPERIMENT) $(ARGS)
+
+k8s-apply: $(STAMP) ## render the job (as k8s-render) and kubectl apply it to the current context
+	$(BIN)/moe-swarm-launch --overlay $(OVERLAY) --image $(IMAGE) experiment=$(EXPERIMENT) $(ARGS) | kubectl apply -f -
 
 clean: ## remove caches and run outputs (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache .hypothesis outputs multirun bench-results

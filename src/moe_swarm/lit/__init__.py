@@ -1,1 +1,1 @@
-"""lit."""
+"""Lightning-aware code: LightningModules, callbacks and schedules (the only Lightning imports)."""

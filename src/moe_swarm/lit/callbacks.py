@@ -1,0 +1,94 @@
+"""Callbacks: token throughput, expert-load heatmaps, and a loud stop on a non-finite loss."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class TokenThroughput(Callback):
+    """Logs ``train/tokens_per_s``: real (non-pad) tokens per wall-clock second, per rank, per step."""
+
+    def __init__(self) -> None:
+        self._t0: float | None = None
+        self.tokens = 0
+        self.seconds = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: dict, batch_idx: int) -> None:
+        if self._t0 is None:
+            return
+        dt = time.perf_counter() - self._t0
+        mask = batch.get("attention_mask")
+        n = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        self.tokens += n
+        self.seconds += dt
+        pl_module.log("train/tokens_per_s", n / max(dt, 1e-9), batch_size=batch["input_ids"].shape[0])
+
+    @property
+    def mean_tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+class ExpertLoadHeatmap(Callback):
+    """Writes a (layer x expert) heatmap of validation token shares at the end of each validation.
+
+    Files: ``<dirpath>/expert_load_step{N}.png`` and ``<dirpath>/expert_load.png`` (the latest).
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+        self.last_path: Path | None = None
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        counts = getattr(pl_module, "val_expert_counts", None)
+        if counts is None or counts.numel() == 0 or trainer.sanity_checking:
+            return
+        counts = trainer.strategy.reduce(counts.clone().float(), reduce_op="sum")
+        if not trainer.is_global_zero:
+            return
+        share = (counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)).cpu().numpy()
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        e = share.shape[1]
+        fig, ax = plt.subplots(figsize=(max(4, 0.5 * e + 2), max(2.5, 0.5 * share.shape[0] + 1.5)))
+        im = ax.imshow(share, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(2.0 / e, float(share.max())))
+        ax.set_xlabel("expert")
+        ax.set_ylabel("MoE layer")
+        ax.set_title(f"validation token share per expert (step {trainer.global_step}; uniform = {1 / e:.3f})")
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        path = self.dirpath / f"expert_load_step{trainer.global_step}.png"
+        fig.savefig(path, dpi=80)
+        fig.savefig(self.dirpath / "expert_load.png", dpi=80)
+        plt.close(fig)
+        self.last_path = path
+
+
+class NonFiniteLossGuard(Callback):
+    """Stops the run with a clear error on a NaN/inf training loss, before the bad step is applied.
+
+    Raising in ``on_before_backward`` means no optimizer step and no checkpoint of the broken
+    state: the last good ``last.ckpt`` stays as it was.
+    """
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"training loss became {value} at global step {trainer.global_step}; stopping. "
+                "The last good checkpoint is left untouched. Try a lower learning rate, gradient clipping "
+                "(trainer.gradient_clip_val) or precision=32-true, then resume with the same run_id."
+            )

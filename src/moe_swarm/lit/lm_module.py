@@ -1,0 +1,204 @@
+"""MoELanguageModel: the LightningModule that trains the MoE decoder (LM loss + router aux losses)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from moe_swarm.data.tasks import decode_answer, encode_prompt, get_task
+from moe_swarm.data.tokenizer import ByteTokenizer
+from moe_swarm.model.transformer import ModelOutput, MoETransformer, TransformerConfig
+
+LN2 = math.log(2.0)
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on norms, biases and embeddings (tied head included)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or name.startswith("embed.") or "norm" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class MoELanguageModel(L.LightningModule):
+    """Next-token LM training for :class:`MoETransformer` (MoE or dense FFN).
+
+    Loss = LM cross-entropy + ``aux_loss_coef`` * load-balancing loss + ``z_loss_coef`` * z-loss
+    (each averaged over MoE layers). In ``sigmoid_bias`` routing, router biases are updated after
+    every optimizer step from token counts summed across ranks. Validation reports loss,
+    bits-per-byte and perplexity; with a ``task`` it also reports greedy exact match.
+    """
+
+    def __init__(
+        self,
+        model: dict | DictConfig,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        weight_decay: float = 0.1,
+        aux_loss_coef: float = 1e-2,
+        z_loss_coef: float = 1e-3,
+        bias_update_gamma: float = 1e-3,
+        compile: bool = False,
+        eval_task: dict | DictConfig | None = None,
+        eval_problems: int = 128,
+        eval_max_new_tokens: int = 16,
+        eval_batch_size: int = 128,
+    ) -> None:
+        super().__init__()
+        model = _plain(model)
+        task = _plain(eval_task)
+        self.save_hyperparameters(
+            {"model": model, "weight_decay": weight_decay, "aux_loss_coef": aux_loss_coef,
+             "z_loss_coef": z_loss_coef, "bias_update_gamma": bias_update_gamma, "compile": compile,
+             "eval_task": task, "eval_problems": eval_problems, "eval_max_new_tokens": eval_max_new_tokens,
+             "eval_batch_size": eval_batch_size}
+        )
+        fields = TransformerConfig.__dataclass_fields__
+        self.model = MoETransformer(TransformerConfig(**{k: v for k, v in model.items() if k in fields}))
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.tokenizer = ByteTokenizer()
+        self.task = get_task(task["name"], **task.get("kwargs", {})) if task else None
+        self.val_loss = MeanMetric()
+        self.val_em = MeanMetric()
+        n_moe = len(self.model.moe_layers)
+        e = self.model.cfg.num_experts
+        # Token counts since the last optimizer step (bias update) and over validation (heatmap).
+        self.register_buffer("_step_counts", torch.zeros(n_moe, e), persistent=False)
+        self.register_buffer("val_expert_counts", torch.zeros(n_moe, e), persistent=False)
+        self.train_expert_counts = torch.zeros(n_moe, e)
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            for block in self.model.blocks:
+                block.compile()
+
+    # ---- training ---------------------------------------------------------------------------
+    def forward(self, idx: Tensor, targets: Tensor | None = None, pad_mask: Tensor | None = None) -> ModelOutput:
+        return self.model(idx, targets, pad_mask=pad_mask)
+
+    def _shared_step(self, batch: dict[str, Tensor]) -> tuple[ModelOutput, Tensor]:
+        out = self(batch["input_ids"], batch["targets"], batch.get("attention_mask"))
+        loss = out.loss + self.hparams.aux_loss_coef * out.load_balance_loss + self.hparams.z_loss_coef * out.z_loss
+        return out, loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out, loss = self._shared_step(batch)
+        bs = batch["input_ids"].shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
+        self.log("train/total_loss", loss, batch_size=bs)
+        if out.aux:
+            counts = torch.stack([a.counts for a in out.aux])
+            self._step_counts += counts
+            self.train_expert_counts = self.train_expert_counts.to(counts.device) + counts.detach()
+            self.log_dict(
+                {
+                    "train/aux_loss": out.load_balance_loss,
+                    "train/z_loss": out.z_loss,
+                    "router/load_max_over_mean": torch.stack([a.load_max_over_mean for a in out.aux]).mean(),
+                    "router/entropy": torch.stack([a.entropy for a in out.aux]).mean(),
+                    "router/dropped_frac": torch.stack([a.dropped_frac for a in out.aux]).mean(),
+                },
+                batch_size=bs,
+            )
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        layers = self.model.moe_layers
+        if not layers:
+            return
+        if layers[0].router.mode == "sigmoid_bias":
+            counts = self._step_counts
+            if self.trainer is not None and self.trainer.world_size > 1:
+                counts = self.trainer.strategy.reduce(counts.clone(), reduce_op="sum")
+            for layer, c in zip(layers, counts):
+                layer.router.update_bias(c, self.hparams.bias_update_gamma)
+        self._step_counts.zero_()
+
+    # ---- validation -------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.val_expert_counts.zero_()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        out, _ = self._shared_step(batch)
+        n_targets = (batch["targets"] != -100).sum()
+        self.val_loss.update(out.loss.detach(), weight=n_targets)
+        if out.aux:
+            self.val_expert_counts += torch.stack([a.counts for a in out.aux])
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        # Byte-level tokens: nats per token / ln 2 = bits per byte.
+        self.log_dict({"val/loss": loss, "val/bpb": loss / LN2, "val/ppl": torch.exp(loss)}, prog_bar=True,
+                      sync_dist=False)
+        if self.task is not None and self.hparams.eval_problems > 0:
+            self.log("val/em", self.exact_match("val"), prog_bar=True, sync_dist=False)
+
+    @torch.no_grad()
+    def exact_match(self, split: str = "val") -> Tensor:
+        """Greedy exact match (KV-cache generation) on the datamodule's fixed eval subset, sharded over ranks."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "eval_problems"):
+            problems = dm.eval_problems(split, self.hparams.eval_problems)
+        else:
+            problems = self.task.generate(split, self.hparams.eval_problems, seed=0)
+        rank, world = (self.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        mine = problems[rank::world]
+        was_training = self.model.training
+        self.model.eval()
+        for correct in self.greedy_correct(mine):
+            self.val_em.update(torch.tensor(float(correct), device=self.device))
+        if not mine:  # keep collective ops balanced across ranks
+            self.val_em.update(torch.tensor(0.0, device=self.device), weight=0.0)
+        self.model.train(was_training)
+        em = self.val_em.compute()
+        self.val_em.reset()
+        return em
+
+    def greedy_correct(self, problems: list) -> list[bool]:
+        """Greedy answers for problems, bucketed by prompt length (generate needs equal lengths)."""
+        tok = self.tokenizer
+        buckets: dict[int, list[int]] = {}
+        prompts = [encode_prompt(p, tok) for p in problems]
+        for i, ids in enumerate(prompts):
+            buckets.setdefault(len(ids), []).append(i)
+        correct = [False] * len(problems)
+        bs = self.hparams.eval_batch_size
+        for idxs in buckets.values():
+            for start in range(0, len(idxs), bs):
+                chunk = idxs[start : start + bs]
+                batch = torch.tensor([prompts[i] for i in chunk], device=self.device)
+                out = self.model.generate(batch, self.hparams.eval_max_new_tokens, eos_id=tok.EOS, pad_id=tok.PAD)
+                for row, i in enumerate(chunk):
+                    pred = decode_answer(out.tokens[row], tok)
+                    correct[i] = self.task.score(pred, problems[i].answer)
+        return correct
+
+    # ---- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        groups = parameter_groups(self.model, self.hparams.weight_decay)
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95))
+        else:
+            optimizer = self.optimizer_factory(params=groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

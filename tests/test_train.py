@@ -1,0 +1,173 @@
+"""Training framework: config composition, short real runs, resume, sweeps, errors."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+
+from moe_swarm.checkpoint import load_model
+from moe_swarm.config import config_dir
+from moe_swarm.train import train
+
+CONF = config_dir()
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+TINY = [
+    "model.d_model=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "model.d_ff=32",
+    "model.num_experts=4",
+    "data.batch_size=4",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.precision=32-true",
+    "module.compile=false",
+    "module.eval_problems=4",
+    "logger=csv",
+]
+GPU_ONLY = {"gpu_a100", "gpu_h100"}
+
+
+def compose_cfg(overrides: list[str], tmp_path: Path):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.runs_dir={tmp_path}", *overrides])
+    return cfg
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_resolves(experiment, tmp_path):
+    cfg = compose_cfg([f"experiment={experiment}"], tmp_path)
+    OmegaConf.resolve(cfg)
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    assert cfg.model.d_model > 0 and cfg.run_dir.startswith(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "group", ["data", "model", "router", "trainer", "callbacks", "logger", "debug", "hparams_search", "cluster"]
+)
+def test_every_group_option_composes(group, tmp_path):
+    for option in group_options(group):
+        extra = {"files": ["data.paths=[x]"], "bin": ["data.bin_path=x"]}.get(option, []) if group == "data" else []
+        cfg = compose_cfg([f"{group}={option}", *extra], tmp_path)
+        OmegaConf.resolve(cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_fast_dev_run_every_experiment_on_cpu(experiment, tmp_path):
+    overrides = [f"experiment={experiment}", "debug=fdr", *TINY, f"run_id=fdr-{experiment}"]
+    if experiment in GPU_ONLY:
+        overrides += ["data=pydoc", "data.max_bytes=200000", "model.max_seq_len=128", "data.block_size=64",
+                      "data.num_workers=0"]
+    cfg = compose_cfg(overrides, tmp_path)
+    summary = train(cfg)
+    assert summary["status"] == "succeeded" and summary["global_step"] == 1
+
+
+def test_short_run_learns_checkpoints_and_resumes(tmp_path):
+    base = ["experiment=quickstart", *TINY, "run_id=resume-me", "trainer.val_check_interval=10",
+            "data.val_windows=4", "module.scheduler.warmup_steps=2"]
+    first = train(compose_cfg([*base, "trainer.max_steps=10"], tmp_path))
+    ckpt = Path(first["checkpoint"])
+    assert ckpt.is_file() and first["global_step"] == 10
+    assert first["metric_end"] < first["metric_start"], "val bpb must drop over 10 steps"
+    assert json.loads((tmp_path / "resume-me" / "summary.json").read_text())["run_id"] == "resume-me"
+    assert list((tmp_path / "resume-me" / "plots").glob("expert_load*.png")), "expert-load heatmap missing"
+    second = train(compose_cfg([*base, "trainer.max_steps=20"], tmp_path))
+    assert second["resumed_from"] == str(ckpt)
+    assert second["global_step"] == 20
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 20
+
+
+def test_checkpoint_loads_back_for_generation(tmp_path):
+    s = train(compose_cfg(["experiment=quickstart", *TINY, "run_id=gen", "trainer.max_steps=3",
+                           "trainer.val_check_interval=3", "data.val_windows=2"], tmp_path))
+    model, hparams = load_model(s["checkpoint"])
+    assert hparams["model"]["d_model"] == 32 and hparams["global_step"] == 3
+    assert hparams["run_config"]["run_id"] == "gen"
+    out = model.generate(torch.tensor([[257, 72, 105]]), 5)
+    assert out.tokens.shape == (1, 5)
+
+
+def test_reasoning_run_reports_exact_match(tmp_path):
+    s = train(compose_cfg(["experiment=reasoning_mul", *TINY, "run_id=em", "trainer.max_steps=2",
+                           "trainer.val_check_interval=2", "trainer.limit_val_batches=1"], tmp_path))
+    assert 0.0 <= s["metrics"]["val/em"] <= 1.0 and s["optimized_metric"] == "val/em"
+
+
+def test_bits_per_byte_equals_hand_computation(tmp_path):
+    from moe_swarm.lit.lm_module import MoELanguageModel
+
+    cfg = compose_cfg(["experiment=quickstart", *TINY], tmp_path)
+    module = MoELanguageModel(model=OmegaConf.to_container(cfg.model, resolve=True))
+    batch = {"input_ids": torch.randint(0, 256, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.bool)}
+    batch["targets"] = batch["input_ids"].roll(-1, 1)
+    batch["targets"][0, 4:] = -100
+    module.eval()
+    with torch.no_grad():
+        module.validation_step(batch, 0)
+        logits = module.model(batch["input_ids"]).logits
+    logged = {}
+    module.log_dict = lambda d, **kw: logged.update({k: float(v) for k, v in d.items()})
+    module.on_validation_epoch_end()
+    t = batch["targets"]
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), t.reshape(-1), ignore_index=-100,
+                                            reduction="sum") / (t != -100).sum()
+    assert logged["val/bpb"] == pytest.approx(nll.item() / math.log(2), rel=1e-5)
+    assert logged["val/ppl"] == pytest.approx(math.exp(nll.item()), rel=1e-5)
+
+
+def test_sigmoid_bias_router_updates_bias_during_training(tmp_path):
+    cfg = compose_cfg(["experiment=quickstart", *TINY, "router=sigmoid_bias", "run_id=bias", "trainer.max_steps=3",
+                       "trainer.val_check_interval=3", "data.val_windows=2"], tmp_path)
+    s = train(cfg)
+    model, _ = load_model(s["checkpoint"])
+    bias = model.moe_layers[0].router.bias
+    assert bias.abs().sum() > 0, "bias must move after optimizer steps"
+    assert torch.allclose(bias.abs(), torch.full_like(bias, bias.abs().max()), atol=3 * 1e-3 + 1e-6)
+
+
+def test_block_size_longer_than_model_context_is_a_clear_error(tmp_path):
+    cfg = compose_cfg(["experiment=quickstart", *TINY, "data.block_size=512"], tmp_path)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        train(cfg)
+
+
+def _run_cli(args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MOE_SWARM_RUNS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env.pop("RUN_ID", None)
+    return subprocess.run([sys.executable, "-m", "moe_swarm.train", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [("model.no_such_key=1", "no_such_key"), ("trainer.max_steps=abc", "max_steps")],
+)
+def test_bad_override_exits_nonzero_with_hydras_message(override, message, tmp_path):
+    proc = _run_cli(["experiment=quickstart", override], tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+
+
+def test_two_job_multirun_leaves_one_results_table(tmp_path):
+    tiny = [o for o in TINY if not o.startswith("model.num_experts")]
+    proc = _run_cli(["-m", "experiment=quickstart", *tiny, "model.num_experts=2,4", "trainer.max_steps=2",
+                     "trainer.val_check_interval=2", "data.val_windows=2", "run_id=sweep"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = tmp_path / "sweeps" / "sweep" / "results.md"
+    text = table.read_text()
+    assert "model.num_experts=2" in text and "model.num_experts=4" in text
+    rows = json.loads((tmp_path / "sweeps" / "sweep" / "results.json").read_text())
+    assert len(rows) == 2 and all(math.isfinite(r["value"]) for r in rows)
