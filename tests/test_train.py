@@ -104,6 +104,8 @@ def test_reasoning_run_reports_exact_match(tmp_path):
     s = train(compose_cfg(["experiment=reasoning_mul", *TINY, "run_id=em", "trainer.max_steps=2",
                            "trainer.val_check_interval=2", "trainer.limit_val_batches=1"], tmp_path))
     assert 0.0 <= s["metrics"]["val/em"] <= 1.0 and s["optimized_metric"] == "val/em"
+    _, hparams = load_model(s["checkpoint"])  # weights_only load: no pickled config objects inside
+    assert hparams["eval_task"]["name"] == "mul"
 
 
 def test_bits_per_byte_equals_hand_computation(tmp_path):

@@ -124,7 +124,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     module = hydra.utils.instantiate(cfg.module, _convert_="all")
     # The resolved config travels in the checkpoint as plain data (never instantiated from there).
     module.hparams["run_config"] = OmegaConf.to_container(cfg, resolve=True)

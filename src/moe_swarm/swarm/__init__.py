@@ -1,1 +1,68 @@
-"""swarm."""
+"""Swarm test-time reasoning on top of ``moe_swarm.model`` (plain PyTorch: no Lightning, Hydra or gRPC).
+
+Agents (rows of one batched decode with their own temperature, router noise, top-k and seed) propose
+answers, records go to a shared ThoughtBuffer, a score (log-likelihood and/or value head) weights a
+vote, agents are resampled by score, and problems stop when the vote share passes a threshold.
+See docs/swarm.md.
+"""
+
+from moe_swarm.swarm.agents import AgentBatch, AgentSpec, make_agents, mix_seed, resample_agents
+from moe_swarm.swarm.baselines import (
+    diversity_controls,
+    evaluate,
+    greedy,
+    greedy_config,
+    independent_config,
+    independent_vote_at_budget,
+)
+from moe_swarm.swarm.buffer import ThoughtBuffer, ThoughtRecord
+from moe_swarm.swarm.compute import ModelCost
+from moe_swarm.swarm.config import SwarmConfig
+from moe_swarm.swarm.rollouts import Rollouts, collect_rollouts
+from moe_swarm.swarm.solver import (
+    Proposals,
+    SwarmResult,
+    SwarmSolver,
+    default_canonical,
+    embedding_scale,
+    normalise_thoughts,
+)
+from moe_swarm.swarm.state import SWARM_STATE_KEY, load_swarm_state, save_swarm_state, swarm_state_dict
+from moe_swarm.swarm.value import ValueHead, fit_value_head, group_relative_advantages, value_loss
+from moe_swarm.swarm.voting import VoteResult, vote
+
+__all__ = [
+    "SWARM_STATE_KEY",
+    "AgentBatch",
+    "AgentSpec",
+    "ModelCost",
+    "Proposals",
+    "Rollouts",
+    "SwarmConfig",
+    "SwarmResult",
+    "SwarmSolver",
+    "ThoughtBuffer",
+    "ThoughtRecord",
+    "ValueHead",
+    "VoteResult",
+    "collect_rollouts",
+    "default_canonical",
+    "diversity_controls",
+    "embedding_scale",
+    "evaluate",
+    "fit_value_head",
+    "greedy",
+    "greedy_config",
+    "group_relative_advantages",
+    "independent_config",
+    "independent_vote_at_budget",
+    "load_swarm_state",
+    "make_agents",
+    "mix_seed",
+    "normalise_thoughts",
+    "resample_agents",
+    "save_swarm_state",
+    "swarm_state_dict",
+    "value_loss",
+    "vote",
+]
