@@ -118,3 +118,20 @@ def test_property_dispatch_agrees(t, e, k_frac, d, d_ff, seed):
     with torch.no_grad():
         layer.router.weight.normal_(std=2.0)  # peaky routing -> empty experts are common
     assert_agree(layer, torch.randn(1, t, d), atol=1e-5, rtol=1e-4)
+
+
+def test_probe_made_under_no_grad_or_inference_mode_still_finds_grouped_mm():
+    for ctx in (torch.no_grad, torch.inference_mode):
+        grouped_mm_supported.cache_clear()
+        with ctx():
+            assert grouped_mm_supported("cpu", torch.float32)
+    grouped_mm_supported.cache_clear()
+
+
+def test_decode_path_without_aux_matches_training_path():
+    layer = MoELayer(16, 32, 8, 2)
+    x = torch.randn(2, 5, 16)
+    y_aux, aux = layer(x)
+    y_fast, none = layer(x, compute_aux=False)
+    assert none is None and aux is not None
+    torch.testing.assert_close(y_fast, y_aux)

@@ -27,11 +27,13 @@ def grouped_mm_supported(device_type: str, dtype: torch.dtype) -> bool:
     if device_type == "cuda" and not torch.cuda.is_available():
         return False
     try:
-        a = torch.randn(8, 16, device=device_type, dtype=dtype, requires_grad=True)
-        b = torch.randn(2, 16, 16, device=device_type, dtype=dtype, requires_grad=True)
-        offs = torch.tensor([3, 8], device=device_type, dtype=torch.int32)
-        out = F.grouped_mm(a, b, offs=offs)
-        out.backward(torch.ones_like(out))
+        # A probe first made under no_grad/inference_mode must still test backward.
+        with torch.inference_mode(False), torch.enable_grad():
+            a = torch.randn(8, 16, device=device_type, dtype=dtype, requires_grad=True)
+            b = torch.randn(2, 16, 16, device=device_type, dtype=dtype, requires_grad=True)
+            offs = torch.tensor([3, 8], device=device_type, dtype=torch.int32)
+            out = F.grouped_mm(a, b, offs=offs)
+            out.backward(torch.ones_like(out))
         return a.grad is not None and b.grad is not None
     except (RuntimeError, NotImplementedError, TypeError):
         return False
@@ -121,14 +123,18 @@ class ExpertPool(nn.Module):
         xs = x[token_of]
         if grouped:
             offsets = counts[:e].cumsum(0).to(torch.int32)
-            # Rows past the last offset (skipped assignments) come back from grouped_mm as
-            # uninitialised memory, forward and backward: mask them on the way in and out,
-            # with `where` so that garbage (even NaN) never reaches x or the output. No host sync.
-            row_ok = (torch.arange(xs.shape[0], device=x.device) < offsets[-1])[:, None]
-            zero = torch.zeros((), dtype=xs.dtype, device=x.device)
-            xs = torch.where(row_ok, xs, zero)
-            h = F.silu(F.grouped_mm(xs, self.w1, offs=offsets)) * F.grouped_mm(xs, self.w3, offs=offsets)
-            ys = torch.where(row_ok, F.grouped_mm(h, self.w2, offs=offsets), zero)
+            if keep is None:  # every row belongs to an expert: nothing to mask
+                h = F.silu(F.grouped_mm(xs, self.w1, offs=offsets)) * F.grouped_mm(xs, self.w3, offs=offsets)
+                ys = F.grouped_mm(h, self.w2, offs=offsets)
+            else:
+                # Rows past the last offset (skipped assignments) come back from grouped_mm as
+                # uninitialised memory, forward and backward: mask them on the way in and out,
+                # with `where` so that garbage (even NaN) never reaches x or the output. No host sync.
+                row_ok = (torch.arange(xs.shape[0], device=x.device) < offsets[-1])[:, None]
+                zero = torch.zeros((), dtype=xs.dtype, device=x.device)
+                xs = torch.where(row_ok, xs, zero)
+                h = F.silu(F.grouped_mm(xs, self.w1, offs=offsets)) * F.grouped_mm(xs, self.w3, offs=offsets)
+                ys = torch.where(row_ok, F.grouped_mm(h, self.w2, offs=offsets), zero)
         else:
             sizes = counts.tolist()  # host sync: the fallback path only
             parts = []

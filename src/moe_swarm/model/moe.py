@@ -91,14 +91,21 @@ class MoELayer(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, pad_mask: Tensor | None = None, control: RoutingControl | None = None
-    ) -> tuple[Tensor, MoEAux]:
-        """``x``: (B, T, d). ``pad_mask``: (B, T) bool, True = real token. ``control``: per-token, flattened."""
+        self,
+        x: Tensor,
+        pad_mask: Tensor | None = None,
+        control: RoutingControl | None = None,
+        compute_aux: bool = True,
+    ) -> tuple[Tensor, MoEAux | None]:
+        """``x``: (B, T, d). ``pad_mask``: (B, T) bool, True = real token. ``control``: per-token, flattened.
+
+        ``compute_aux=False`` (decoding) skips aux losses and routing stats and returns ``aux=None``.
+        """
         b, t, d = x.shape
         flat = x.reshape(b * t, d)
         mask = None if pad_mask is None else pad_mask.reshape(b * t)
-        routed = self.router(flat, mask, control)
+        routed = self.router(flat, mask, control, compute_aux=compute_aux)
         y = self.experts(flat, routed.indices, routed.weights, routed.keep)
         if self.shared_expert is not None:
             y = y + self.shared_expert(flat)
-        return y.view(b, t, d), MoEAux.from_router(routed)
+        return y.view(b, t, d), MoEAux.from_router(routed) if compute_aux else None

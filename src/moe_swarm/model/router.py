@@ -67,12 +67,14 @@ class RouterOutput:
     logits: Tensor  # (N, E) raw router logits, fp32
     indices: Tensor  # (N, k) chosen experts, distinct per token
     weights: Tensor  # (N, k) combine weights (0 where the assignment is not kept)
-    keep: Tensor  # (N, k) bool: assignment is processed (not padding, not dropped by capacity)
-    load_balance_loss: Tensor  # scalar: E * sum_i f_i * P_i (multiply by alpha yourself)
-    z_loss: Tensor  # scalar: mean_t logsumexp(logits_t)^2
-    counts: Tensor  # (E,) kept assignments per expert (float32)
-    dropped_frac: Tensor  # scalar: dropped assignments / routed assignments
-    entropy: Tensor  # scalar: mean router entropy (nats) over valid tokens
+    # (N, k) bool: assignment is processed (not padding, not dropped by capacity); None = all are.
+    keep: Tensor | None
+    # The rest is None when the router ran with compute_aux=False.
+    load_balance_loss: Tensor | None = None  # scalar: E * sum_i f_i * P_i (multiply by alpha yourself)
+    z_loss: Tensor | None = None  # scalar: mean_t logsumexp(logits_t)^2
+    counts: Tensor | None = None  # (E,) kept assignments per expert (float32)
+    dropped_frac: Tensor | None = None  # scalar: dropped assignments / routed assignments
+    entropy: Tensor | None = None  # scalar: mean router entropy (nats) over valid tokens
 
     @property
     def load_max_over_mean(self) -> Tensor:
@@ -133,9 +135,16 @@ class Router(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, pad_mask: Tensor | None = None, control: RoutingControl | None = None
+        self,
+        x: Tensor,
+        pad_mask: Tensor | None = None,
+        control: RoutingControl | None = None,
+        compute_aux: bool = True,
     ) -> RouterOutput:
-        """Route N tokens. ``x``: (N, d_model). ``pad_mask``: (N,) bool, True for real tokens."""
+        """Route N tokens. ``x``: (N, d_model). ``pad_mask``: (N,) bool, True for real tokens.
+
+        ``compute_aux=False`` skips losses and stats (decoding does not need them).
+        """
         n, e = x.shape[0], self.num_experts
         if self.training and self.jitter_eps > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_eps, 1.0 + self.jitter_eps)
@@ -171,12 +180,24 @@ class Router(nn.Module):
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-9)
         weights = weights * self.route_scale
 
-        valid = torch.ones(n, dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask.bool()
-        routed = slot_ok & valid[:, None]
-        keep = routed
-        if self.capacity_factor is not None:
-            keep = routed & self._within_capacity(indices, routed, valid)
-        weights = weights * keep
+        override = control is not None and control.top_k is not None
+        if pad_mask is None and self.capacity_factor is None and not override:
+            # Every assignment is processed: keep=None lets dispatch skip all masking work.
+            keep = None
+            if not compute_aux:
+                return RouterOutput(logits, indices, weights, keep)
+            valid = torch.ones(n, dtype=torch.bool, device=x.device)
+            routed = kept = torch.ones_like(indices, dtype=torch.bool)
+        else:
+            valid = torch.ones(n, dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask.bool()
+            routed = slot_ok & valid[:, None]
+            kept = routed
+            if self.capacity_factor is not None:
+                kept = routed & self._within_capacity(indices, routed, valid)
+            weights = weights * kept
+            keep = kept
+            if not compute_aux:
+                return RouterOutput(logits, indices, weights, keep)
 
         validf = valid.float()
         n_valid = validf.sum().clamp_min(1.0)
@@ -186,10 +207,10 @@ class Router(nn.Module):
         load_balance_loss = e * (f.detach() * p).sum()
         z_loss = (torch.logsumexp(logits, dim=-1).pow(2) * validf).sum() / n_valid
         counts = torch.zeros(e, device=x.device).scatter_add_(
-            0, indices.reshape(-1), keep.reshape(-1).float()
+            0, indices.reshape(-1), kept.reshape(-1).float()
         )
         n_routed = routed.float().sum().clamp_min(1.0)
-        dropped_frac = (routed & ~keep).float().sum() / n_routed
+        dropped_frac = (routed & ~kept).float().sum() / n_routed
         ent = -(balance_probs * balance_probs.clamp_min(1e-12).log()).sum(-1)
         entropy = (ent * validf).sum() / n_valid
         return RouterOutput(

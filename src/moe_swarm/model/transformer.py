@@ -189,11 +189,11 @@ class Block(nn.Module):
             self.ffn = SwiGLU(cfg.d_model, cfg.resolved_dense_d_ff, out_init_std=out_std)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, cache, pad_mask, control) -> tuple[Tensor, MoEAux | None]:
+    def forward(self, x, cos, sin, cache, pad_mask, control, with_aux=True) -> tuple[Tensor, MoEAux | None]:
         x = x + self.resid_drop(self.attn(self.attn_norm(x), cos, sin, cache))
         h = self.ffn_norm(x)
         if self.is_moe:
-            y, aux = self.ffn(h, pad_mask, control)
+            y, aux = self.ffn(h, pad_mask, control, compute_aux=with_aux)
         else:
             y, aux = self.ffn(h), None
         return x + self.resid_drop(y), aux
@@ -291,9 +291,11 @@ class MoETransformer(nn.Module):
         routing: RowRouting | None = None,
         prefix_embeds: Tensor | None = None,
         last_only: bool = False,
+        with_aux: bool = True,
     ) -> ModelOutput:
         """``idx``: (B, T) token ids. ``prefix_embeds``: optional (B, S, d) slots placed before the
-        tokens (swarm thought injection); logits/targets refer to the token positions only."""
+        tokens (swarm thought injection); logits/targets refer to the token positions only.
+        ``with_aux=False`` skips router losses/stats (``aux`` is then empty): for decoding."""
         b, t = idx.shape
         x = self.embed(idx)
         s = 0
@@ -316,7 +318,7 @@ class MoETransformer(nn.Module):
         x = self.drop(x)
         aux: list[MoEAux] = []
         for block in self.blocks:
-            x, a = block(x, cos, sin, cache, pad_mask, control)
+            x, a = block(x, cos, sin, cache, pad_mask, control, with_aux)
             if a is not None:
                 aux.append(a)
         if cache is not None:
@@ -382,7 +384,7 @@ class MoETransformer(nn.Module):
                 )
                 processed += b * step_input.shape[1] + (s * b if step == 0 else 0)
             else:
-                out = self(seq, routing=routing, prefix_embeds=prefix_embeds, last_only=True)
+                out = self(seq, routing=routing, prefix_embeds=prefix_embeds, last_only=True, with_aux=False)
                 processed += b * (seq.shape[1] + s)
             passes += 1
             logits = out.logits[:, -1].float()

@@ -1,0 +1,75 @@
+"""What every suite receives: run options (quick, repeats, threads, device) and a row factory."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import torch
+
+from moe_swarm.bench.results import EnvInfo, Row, make_row
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+class SuiteUnavailable(RuntimeError):
+    """A suite whose code dependency is not in this tree yet; the runner reports it as skipped."""
+
+
+@dataclass
+class BenchContext:
+    """Options shared by all suites. ``repeats=None`` lets each suite pick its default."""
+
+    quick: bool
+    repeats: int | None
+    threads: int
+    device: torch.device
+    env: EnvInfo
+    seed: int = 0
+    problems: list[dict] = field(default_factory=list)  # parts skipped or failed, for results.json
+
+    def repeats_or(self, full: int, quick: int) -> int:
+        if self.repeats is not None:
+            return self.repeats
+        return quick if self.quick else full
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def report_problem(self, suite: str, what: str, reason: str, status: str = "skipped") -> None:
+        """Record a part of a suite that did not run (``skipped``) or broke (``failed``)."""
+        self.problems.append({"suite": suite, "what": what, "status": status, "reason": reason})
+
+    def row(self, suite: str, metric: str, value: float, unit: str, **kw) -> Row:
+        """A row for this run; see :func:`moe_swarm.bench.results.make_row` for the keywords."""
+        return make_row(self.env, suite, metric, value, unit, **kw)
+
+
+def require(module: str, needs: str):
+    """Import ``module`` for a suite, or raise SuiteUnavailable if that module is not in this tree yet.
+
+    Only a missing ``module`` (or its parent package) counts as unavailable; an error raised while
+    importing it is a real failure and propagates.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module.startswith(e.name):
+            raise SuiteUnavailable(f"not available yet: needs {needs}") from e
+        raise
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"cpu"`` or ``"cuda"`` (optionally ``"cuda:N"``), checked to exist on this machine."""
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} requested but torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}); run with --device cpu or on a machine with a CUDA build of torch"
+        )
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev

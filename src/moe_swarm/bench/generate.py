@@ -1,0 +1,182 @@
+"""Suite ``generate``: decoding throughput of ``MoETransformer.generate``.
+
+Two side-by-side comparisons on one randomly initialised MoE model:
+- KV cache vs full recompute (``use_cache=False``) for one sequence, greedy, at each length;
+- N swarm agents (own temperature, seed and routing noise per row) in ONE batched generate vs
+  the same N agents run one after another, both against one agent alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from moe_swarm.bench.context import BenchContext
+from moe_swarm.bench.results import Row
+from moe_swarm.bench.timing import median, paired_ratios, time_interleaved
+from moe_swarm.model import MoETransformer, RowRouting, TransformerConfig
+
+SUITE = "generate"
+
+
+@dataclass(frozen=True)
+class GenerateSetup:
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    num_experts: int
+    top_k: int
+    prompt_len: int
+    new_tokens: tuple[int, ...]  # lengths for KV cache vs recompute
+    agents: int
+    agent_new_tokens: int
+
+
+FULL = GenerateSetup(128, 4, 4, 256, 8, 2, prompt_len=16, new_tokens=(64, 256), agents=8, agent_new_tokens=64)
+QUICK = GenerateSetup(64, 2, 2, 64, 4, 2, prompt_len=8, new_tokens=(16, 32), agents=8, agent_new_tokens=16)
+
+
+def build_model(ctx: BenchContext, setup: GenerateSetup) -> tuple[MoETransformer, torch.dtype]:
+    longest = max(*setup.new_tokens, setup.agent_new_tokens)
+    cfg = TransformerConfig(
+        d_model=setup.d_model,
+        n_layers=setup.n_layers,
+        n_heads=setup.n_heads,
+        d_ff=setup.d_ff,
+        num_experts=setup.num_experts,
+        top_k=setup.top_k,
+        max_seq_len=setup.prompt_len + longest,
+    )
+    torch.manual_seed(ctx.seed)
+    # bf16 on CUDA (what a GPU would serve), fp32 on CPU.
+    dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
+    return MoETransformer(cfg).to(ctx.device, dtype).eval(), dtype
+
+
+def _base_config(setup: GenerateSetup, dtype: torch.dtype) -> dict:
+    d = asdict(setup)
+    d.pop("new_tokens")
+    d.pop("agents")
+    d.pop("agent_new_tokens")
+    d["dtype"] = str(dtype).removeprefix("torch.")
+    return d
+
+
+def dispatch_note(model: MoETransformer) -> str:
+    """Which expert dispatch ``auto`` used in the timed calls (it can depend on the process's history)."""
+    pool = model.moe_layers[0].experts
+    probe = next(model.parameters()).new_zeros(1, model.cfg.d_model)
+    return f"experts dispatch: {pool.resolve_dispatch(probe)}"
+
+
+def _greedy_decoder(model: MoETransformer, prompt, n: int, use_cache: bool, outputs: dict, name: str):
+    """A call decoding ``n`` greedy tokens; it keeps its last tokens in ``outputs[name]``."""
+
+    def call() -> None:
+        outputs[name] = model.generate(prompt, n, temperature=0.0, use_cache=use_cache).tokens
+
+    return call
+
+
+def bench_kv_cache(ctx: BenchContext, model: MoETransformer, setup: GenerateSetup, dtype) -> list[Row]:
+    rows: list[Row] = []
+    prompt = torch.randint(0, 256, (1, setup.prompt_len), device=ctx.device)
+    for n in setup.new_tokens:
+        outputs: dict[str, torch.Tensor] = {}
+        times = time_interleaved(
+            {
+                "kv_cache": _greedy_decoder(model, prompt, n, True, outputs, "kv_cache"),
+                "recompute": _greedy_decoder(model, prompt, n, False, outputs, "recompute"),
+            },
+            repeats=ctx.repeats_or(full=3, quick=2),
+            warmup=1,
+            device=ctx.device,
+        )
+        agree = float((outputs["kv_cache"] == outputs["recompute"]).float().mean())
+        note = f"greedy tokens equal to recompute: {agree:.0%}; {dispatch_note(model)}"
+        config = {**_base_config(setup, dtype), "new_tokens": n, "batch": 1}
+        case = f"new{n}"
+        tok_s = {k: [n / t for t in v] for k, v in times.items()}
+        ref_metric = f"{SUITE}/{case}/recompute_tok_s"
+        ref = median(tok_s["recompute"])
+        kv = median(tok_s["kv_cache"])
+        speedups = paired_ratios(times["recompute"], times["kv_cache"])
+        common = {"higher_is_better": True, "config": config, "note": note}
+        rows += [
+            ctx.row(SUITE, f"{case}/recompute_tok_s", ref, "tok/s", reference=ref_metric,
+                    reference_value=ref, samples=tok_s["recompute"], **common),
+            ctx.row(SUITE, f"{case}/kv_cache_tok_s", kv, "tok/s", reference=ref_metric,
+                    reference_value=ref, samples=tok_s["kv_cache"], **common),
+            ctx.row(SUITE, f"{case}/kv_speedup", median(speedups), "x", reference=ref_metric, reference_value=1.0,
+                    samples=speedups, **common),
+        ]  # fmt: skip
+    return rows
+
+
+def bench_agents(ctx: BenchContext, model: MoETransformer, setup: GenerateSetup, dtype) -> list[Row]:
+    n_agents, n = setup.agents, setup.agent_new_tokens
+    dev = ctx.device
+    prompt = torch.randint(0, 256, (1, setup.prompt_len), device=dev)
+    temperature = torch.full((n_agents,), 0.8, device=dev)
+    seeds = torch.arange(n_agents, device=dev) + 1000 * ctx.seed
+    routing = RowRouting(noise_scale=torch.full((n_agents,), 0.5, device=dev), seed=seeds.clone())
+
+    def agent_call(i: int, j: int):
+        """Agents i..j-1 of the swarm in one generate call."""
+        part = RowRouting(noise_scale=routing.noise_scale[i:j], seed=routing.seed[i:j])
+        return lambda: model.generate(
+            prompt.expand(j - i, -1), n, temperature=temperature[i:j], seed=seeds[i:j], routing=part
+        )
+
+    batched = agent_call(0, n_agents)
+    one_by_one = [agent_call(i, i + 1) for i in range(n_agents)]
+
+    def sequential() -> None:
+        for call in one_by_one:
+            call()
+
+    times = time_interleaved(
+        {"single": one_by_one[0], "batched": batched, "sequential": sequential},
+        repeats=ctx.repeats_or(full=5, quick=2),
+        warmup=1,
+        device=dev,
+    )
+    ms = {k: [t * 1e3 for t in v] for k, v in times.items()}
+    med = {k: median(v) for k, v in ms.items()}
+    case = f"agents{n_agents}_new{n}"
+    config = {**_base_config(setup, dtype), "agents": n_agents, "new_tokens": n, "temperature": 0.8,
+              "routing_noise": 0.5}  # fmt: skip
+    single_metric = f"{SUITE}/{case}/single_ms"
+    seq_tok_metric = f"{SUITE}/{case}/sequential_tok_s"
+    total = n_agents * n
+    seq_tok_s, batched_tok_s = total / (med["sequential"] / 1e3), total / (med["batched"] / 1e3)
+    base = {"config": config}
+    dispatch = dispatch_note(model)
+    over_single = paired_ratios(times["batched"], times["single"])
+    speedup = paired_ratios(times["sequential"], times["batched"])
+    return [
+        ctx.row(SUITE, f"{case}/single_ms", med["single"], "ms", reference=single_metric,
+                reference_value=med["single"], higher_is_better=False, samples=ms["single"], note=dispatch, **base),
+        ctx.row(SUITE, f"{case}/batched_ms", med["batched"], "ms", reference=single_metric,
+                reference_value=med["single"], higher_is_better=False, samples=ms["batched"], **base),
+        ctx.row(SUITE, f"{case}/sequential_ms", med["sequential"], "ms", reference=single_metric,
+                reference_value=med["single"], higher_is_better=False, samples=ms["sequential"], **base),
+        ctx.row(SUITE, f"{case}/batched_over_single", median(over_single), "x", samples=over_single,
+                reference=single_metric, reference_value=1.0, higher_is_better=False, **base,
+                note=f"wall time of {n_agents} agents in one batch / one agent alone"),
+        ctx.row(SUITE, f"{case}/batched_speedup", median(speedup), "x", samples=speedup,
+                reference=f"{SUITE}/{case}/sequential_ms", reference_value=1.0, higher_is_better=True, **base,
+                note=f"{n_agents} agents one after another / the same agents in one batch"),
+        ctx.row(SUITE, f"{case}/sequential_tok_s", seq_tok_s, "tok/s", reference=seq_tok_metric,
+                reference_value=seq_tok_s, higher_is_better=True, **base),
+        ctx.row(SUITE, f"{case}/batched_tok_s", batched_tok_s, "tok/s", reference=seq_tok_metric,
+                reference_value=seq_tok_s, higher_is_better=True, **base),
+    ]  # fmt: skip
+
+
+def run(ctx: BenchContext) -> list[Row]:
+    setup = QUICK if ctx.quick else FULL
+    model, dtype = build_model(ctx, setup)
+    return bench_kv_cache(ctx, model, setup, dtype) + bench_agents(ctx, model, setup, dtype)

@@ -1,0 +1,166 @@
+"""Run suites with fixed threads and device, collect rows, write ``<out>/<timestamp>/`` results."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from moe_swarm.bench.context import BenchContext, SuiteUnavailable, resolve_device
+from moe_swarm.bench.registry import SUITES, parse_suites
+from moe_swarm.bench.results import EnvInfo, Row, write_results_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUT = Path("bench-results")
+
+
+@dataclass
+class BenchReport:
+    rows: list[Row]
+    problems: list[dict]  # {"suite", "what", "status": "skipped" | "failed", "reason"}
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[dict]:
+        return [p for p in self.problems if p["status"] == "failed"]
+
+
+def execute(
+    suites: str | list[str] | None = None,
+    quick: bool = False,
+    repeats: int | None = None,
+    threads: int = 1,
+    device: str = "cpu",
+    command: str | None = None,
+) -> BenchReport:
+    """Run the named suites (all by default) in this process and return their rows.
+
+    ``torch.set_num_threads(threads)`` holds for the whole run and is restored afterwards. A suite
+    whose dependency is missing is recorded as skipped; one that raises is recorded as failed
+    (with its traceback) and the remaining suites still run.
+    """
+    names = parse_suites(suites)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if repeats is not None and repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    dev = resolve_device(device)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        env = EnvInfo.collect(dev, torch.get_num_threads())
+        ctx = BenchContext(quick=quick, repeats=repeats, threads=env.threads, device=dev, env=env)
+        rows: list[Row] = []
+        seconds: dict[str, float] = {}
+        for name in names:
+            start = time.perf_counter()
+            try:
+                suite_rows = SUITES[name](ctx)
+                _check_suite_rows(name, suite_rows)
+            except SuiteUnavailable as e:
+                ctx.report_problem(name, name, str(e), status="skipped")
+                log.warning("suite %s skipped: %s", name, e)
+                continue
+            except Exception as e:  # a broken suite must not hide the others' results
+                reason = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
+                ctx.report_problem(name, name, reason, status="failed")
+                log.error("suite %s failed: %s", name, e)
+                continue
+            finally:
+                seconds[name] = round(time.perf_counter() - start, 3)
+            rows += suite_rows
+    finally:
+        torch.set_num_threads(previous_threads)
+    meta = {
+        "timestamp": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "suites": names,
+        "quick": quick,
+        "repeats": repeats,
+        "threads": env.threads,
+        "device": env.device,
+        "device_name": env.device_name,
+        "torch_version": env.torch_version,
+        "git_commit": env.git_commit,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "suite_seconds": seconds,
+    }
+    return BenchReport(rows=rows, problems=ctx.problems, meta=meta)
+
+
+def _check_suite_rows(name: str, rows: list[Row]) -> None:
+    keys = set()
+    for r in rows:
+        if r.suite != name or not r.metric.startswith(f"{name}/"):
+            raise RuntimeError(f"suite {name} returned a row for {r.suite!r} / {r.metric!r}")
+        if r.key in keys:
+            raise RuntimeError(f"suite {name} returned {r.metric!r} twice for the same config")
+        keys.add(r.key)
+
+
+def new_run_dir(out_base: Path) -> Path:
+    """``<out_base>/<YYYYmmdd-HHMMSS>``, with a suffix if two runs start in the same second."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = out_base / stamp
+    n = 1
+    while run_dir.exists():
+        run_dir = out_base / f"{stamp}-{n}"
+        n += 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def write_run(report: BenchReport, out_base: str | Path = DEFAULT_OUT, plots: bool = True) -> Path:
+    """Write results.json, results.md and PNG plots to a new timestamped folder under ``out_base``."""
+    from moe_swarm.bench.report import results_markdown
+
+    run_dir = new_run_dir(Path(out_base))
+    write_results_json(run_dir / "results.json", report.rows, report.meta, report.problems)
+    written: list[str] = []
+    if plots:
+        from moe_swarm.bench.plots import write_plots
+
+        try:
+            written = [p.name for p in write_plots(report.rows, run_dir)]
+        except Exception as e:  # a plotting problem must not lose the measured numbers
+            report.problems.append({"suite": "plots", "what": "plots", "status": "failed", "reason": repr(e)})
+            write_results_json(run_dir / "results.json", report.rows, report.meta, report.problems)
+    (run_dir / "results.md").write_text(results_markdown(report.rows, report.meta, report.problems, written))
+    return run_dir
+
+
+def run_benchmarks(
+    suites: str | list[str] | None = None,
+    quick: bool = False,
+    repeats: int | None = None,
+    threads: int = 1,
+    device: str = "cpu",
+    out_dir: str | Path | None = None,
+) -> list[Row]:
+    """Library entry point (the gRPC sidecar's RunBenchmark maps num_samples to ``repeats``).
+
+    Returns every measured row; metric names look like ``moe_layer/E64k8_t4096_fp32/auto_speedup``.
+    With ``out_dir`` the run is also written to ``<out_dir>/<timestamp>/``. Suites whose dependency
+    is missing are skipped (logged); if a suite fails, raises RuntimeError after writing the results.
+    """
+    report = execute(suites, quick=quick, repeats=repeats, threads=threads, device=device,
+                     command=f"run_benchmarks(suites={suites!r}, quick={quick}, repeats={repeats}, "
+                             f"threads={threads}, device={device!r})")  # fmt: skip
+    where = ""
+    if out_dir is not None:
+        where = f"; results in {write_run(report, out_dir)}"
+    if report.failed:
+        details = "; ".join(f"{p['suite']}: {p['reason'].splitlines()[0]}" for p in report.failed)
+        raise RuntimeError(f"benchmark suite(s) failed: {details}{where}")
+    return report.rows

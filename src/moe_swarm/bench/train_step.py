@@ -1,0 +1,266 @@
+"""Suite ``train_step``: one training step of the MoE LM, plain PyTorch loop vs the Lightning Trainer.
+
+Both train the same model (same seed, same config), on the same fixed batches, with the same
+loss (LM + aux + z-loss coefficients of ``MoELanguageModel``) and the same AdamW parameter groups.
+Each repeat runs a few steps of each, alternating which goes first; the first step of every run
+is a warm-up and is not counted. Lightning's step time is measured by a callback as the time
+between the ends of consecutive batches, so it includes the loop's own per-step work (fetching
+the batch, hooks, logging) that a plain loop does not have.
+
+Model-FLOPs utilisation compares achieved model FLOP/s with a matmul peak MEASURED in this run at
+the same thread count (fp32 on CPU; bf16 on CUDA, where training runs bf16-mixed). Training FLOPs
+per token = 6 * N + 12 * n_layers * d_model * T (the PaLM appendix B estimate), with N = the
+matmul parameters a token touches: active parameters minus the embedding lookup plus the output
+head (tied or not). Router, norms and softmax are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+
+from moe_swarm.bench.context import BenchContext, require
+from moe_swarm.bench.results import Row
+from moe_swarm.bench.timing import median, time_call, time_interleaved
+from moe_swarm.model import MoETransformer, TransformerConfig
+
+SUITE = "train_step"
+NEEDS = "moe_swarm.lit (moe_swarm.lit.lm_module.MoELanguageModel)"
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    num_experts: int
+    top_k: int
+    batch_size: int
+    seq_len: int
+    steps: int  # counted steps per run (one warm-up step more is run)
+    peak_n: int  # matmul size for the peak measurement
+
+    @property
+    def case(self) -> str:
+        return f"d{self.d_model}L{self.n_layers}E{self.num_experts}k{self.top_k}_b{self.batch_size}t{self.seq_len}"
+
+    def model_config(self) -> TransformerConfig:
+        return TransformerConfig(
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            d_ff=self.d_ff,
+            num_experts=self.num_experts,
+            top_k=self.top_k,
+            max_seq_len=self.seq_len,
+        )
+
+
+FULL = TrainSetup(128, 4, 4, 256, 8, 2, batch_size=8, seq_len=128, steps=8, peak_n=1024)
+QUICK = TrainSetup(64, 2, 2, 64, 4, 2, batch_size=4, seq_len=32, steps=3, peak_n=256)
+
+
+def make_batches(setup: TrainSetup, n: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """Fixed random byte sequences as the datamodules shape them (input_ids, targets, attention_mask)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        seq = torch.randint(0, 256, (setup.batch_size, setup.seq_len + 1), generator=gen)
+        out.append(
+            {
+                "input_ids": seq[:, :-1].contiguous(),
+                "targets": seq[:, 1:].contiguous(),
+                "attention_mask": torch.ones(setup.batch_size, setup.seq_len, dtype=torch.bool),
+            }
+        )
+    return out
+
+
+def train_flops_per_token(model: MoETransformer, seq_len: int) -> float:
+    cfg = model.cfg
+    count = model.count_parameters()
+    head = cfg.vocab_size * cfg.d_model
+    matmul_params = count.active - count.embedding + head
+    return 6.0 * matmul_params + 12.0 * cfg.n_layers * cfg.d_model * seq_len
+
+
+def matmul_peak_gflops(
+    ctx: BenchContext, n: int, dtype: torch.dtype, repeats: int
+) -> tuple[float, list[float]]:
+    """Median GFLOP/s of an (n x n) @ (n x n) matmul on this device at the run's thread count."""
+    a = torch.randn(n, n, device=ctx.device, dtype=dtype)
+    b = torch.randn(n, n, device=ctx.device, dtype=dtype)
+    times = time_interleaved({"mm": lambda: torch.mm(a, b)}, repeats=repeats, warmup=2, device=ctx.device)[
+        "mm"
+    ]
+    gflops = [2.0 * n**3 / t / 1e9 for t in times]
+    return median(gflops), gflops
+
+
+class PlainLoop:
+    """The reference: forward, loss, backward, AdamW step, zero_grad, nothing else."""
+
+    def __init__(self, coefs, model_cfg: TransformerConfig, ctx: BenchContext, batches: list[dict]):
+        from moe_swarm.lit.lm_module import parameter_groups
+
+        self.coefs = coefs  # the LightningModule's hparams: same loss coefficients and weight decay
+        torch.manual_seed(ctx.seed)
+        self.model = MoETransformer(model_cfg).to(ctx.device).train()
+        self.opt = torch.optim.AdamW(
+            parameter_groups(self.model, self.coefs.weight_decay), lr=1e-3, betas=(0.9, 0.95)
+        )
+        self.batches = [{k: v.to(ctx.device) for k, v in b.items()} for b in batches]
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else nullcontext()
+        )
+        self.losses: list[float] = []
+
+    def step(self, i: int) -> None:
+        batch = self.batches[i % len(self.batches)]
+        with self.autocast:
+            out = self.model(batch["input_ids"], batch["targets"], pad_mask=batch["attention_mask"])
+            loss = (
+                out.loss
+                + self.coefs.aux_loss_coef * out.load_balance_loss
+                + self.coefs.z_loss_coef * out.z_loss
+            )
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.losses.append(loss.detach())
+
+    def run(self, ctx: BenchContext, steps: int) -> list[float]:
+        """Seconds per step for ``steps`` counted steps after one warm-up step."""
+        self.step(0)
+        return [time_call(lambda i=i: self.step(i), ctx.device) for i in range(1, steps + 1)]
+
+
+def lightning_run(lm_module, ctx: BenchContext, batches: list[dict], steps: int) -> tuple[list[float], float]:
+    """Seconds per step of ``Trainer.fit`` over ``steps`` counted steps (+1 warm-up), and its first loss."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    class StepTimer(Callback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+            self.first_loss = float("nan")
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            self.ends.append(time.perf_counter())
+            if batch_idx == 0 and outputs is not None:
+                self.first_loss = float(outputs["loss"].detach())
+
+    timer = StepTimer()
+    trainer = L.Trainer(
+        max_steps=steps + 1,
+        accelerator="gpu" if ctx.device.type == "cuda" else "cpu",
+        devices=[ctx.device.index] if ctx.device.type == "cuda" else 1,
+        precision="bf16-mixed" if ctx.device.type == "cuda" else "32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+    trainer.fit(lm_module, train_dataloaders=loader)
+    if len(timer.ends) != steps + 1:
+        raise RuntimeError(f"Lightning ran {len(timer.ends)} steps, expected {steps + 1}")
+    return [b - a for a, b in zip(timer.ends, timer.ends[1:])], timer.first_loss
+
+
+def run(ctx: BenchContext) -> list[Row]:
+    lm = require("moe_swarm.lit.lm_module", NEEDS)
+    setup = QUICK if ctx.quick else FULL
+    repeats = ctx.repeats_or(full=3, quick=1)
+    model_cfg = setup.model_config()
+    batches = make_batches(setup, setup.steps + 1, ctx.seed)
+
+    torch.manual_seed(ctx.seed)
+    module = lm.MoELanguageModel(model=model_cfg.to_dict())
+    plain = PlainLoop(module.hparams, model_cfg, ctx, batches)
+    same_init = all(
+        torch.equal(a, b.cpu()) for a, b in zip(module.model.parameters(), plain.model.parameters())
+    )
+    if not same_init:
+        raise RuntimeError("train_step: plain and Lightning models did not start from the same weights")
+
+    plain_s: list[float] = []
+    lit_s: list[float] = []
+    first_lit_loss = float("nan")
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # no "GPU available: False" banners for every repeat
+    try:
+        with warnings.catch_warnings():
+            for message in (".*does not have many workers.*", ".*no `val_dataloader`.*", ".*treespec.*"):
+                warnings.filterwarnings("ignore", message=message)
+            for r in range(repeats):
+                order = ("plain", "lightning") if r % 2 == 0 else ("lightning", "plain")
+                for who in order:
+                    if who == "plain":
+                        plain_s += plain.run(ctx, setup.steps)
+                    else:
+                        secs, loss = lightning_run(module, ctx, batches, setup.steps)
+                        lit_s += secs
+                        if r == 0:
+                            first_lit_loss = loss
+    finally:
+        quiet.setLevel(level)
+    first_plain_loss = float(plain.losses[0])
+
+    peak_dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
+    # A GPU needs a far bigger matmul than a CPU core to reach its peak.
+    peak_n = max(setup.peak_n, 8192) if ctx.device.type == "cuda" else setup.peak_n
+    peak, peak_samples = matmul_peak_gflops(ctx, peak_n, peak_dtype, ctx.repeats_or(full=5, quick=3))
+    tokens = setup.batch_size * setup.seq_len
+    flops_tok = train_flops_per_token(plain.model, setup.seq_len)
+    plain_ms, lit_ms = median(plain_s) * 1e3, median(lit_s) * 1e3
+
+    case = setup.case
+    config = {
+        **asdict(setup),
+        "dtype": "bf16-mixed" if ctx.device.type == "cuda" else "fp32",
+        "optimizer": "AdamW",
+    }
+    config.pop("steps")
+    config["peak_n"] = peak_n
+    ref_ms = f"{SUITE}/{case}/plain_ms"
+    ref_tok = f"{SUITE}/{case}/plain_tok_s"
+    ref_peak = f"{SUITE}/{case}/matmul_peak_gflops"
+    loss_note = f"first-step loss (LM + aux + z) plain {first_plain_loss:.4f}, lightning {first_lit_loss:.4f}"
+    plain_tok, lit_tok = tokens / (plain_ms / 1e3), tokens / (lit_ms / 1e3)
+    plain_gf, lit_gf = plain_tok * flops_tok / 1e9, lit_tok * flops_tok / 1e9
+    c = {"config": config}
+    return [
+        ctx.row(SUITE, f"{case}/plain_ms", plain_ms, "ms", reference=ref_ms, reference_value=plain_ms,
+                higher_is_better=False, samples=[s * 1e3 for s in plain_s], **c),
+        ctx.row(SUITE, f"{case}/lightning_ms", lit_ms, "ms", reference=ref_ms, reference_value=plain_ms,
+                higher_is_better=False, samples=[s * 1e3 for s in lit_s], note=loss_note, **c),
+        ctx.row(SUITE, f"{case}/lightning_over_plain", lit_ms / plain_ms, "x", reference=ref_ms,
+                reference_value=1.0, higher_is_better=False, note="Lightning step time / plain loop step time", **c),
+        ctx.row(SUITE, f"{case}/plain_tok_s", plain_tok, "tok/s", reference=ref_tok, reference_value=plain_tok,
+                higher_is_better=True, **c),
+        ctx.row(SUITE, f"{case}/lightning_tok_s", lit_tok, "tok/s", reference=ref_tok, reference_value=plain_tok,
+                higher_is_better=True, **c),
+        ctx.row(SUITE, f"{case}/matmul_peak_gflops", peak, "GFLOP/s", reference=ref_peak, reference_value=peak,
+                higher_is_better=True, samples=peak_samples, note=f"{peak_n}^3 {peak_dtype} matmul", **c),
+        ctx.row(SUITE, f"{case}/plain_model_gflops", plain_gf, "GFLOP/s", reference=ref_peak, reference_value=peak,
+                higher_is_better=True, note=f"ratio = MFU; {flops_tok / 1e6:.2f} MFLOP per token", **c),
+        ctx.row(SUITE, f"{case}/lightning_model_gflops", lit_gf, "GFLOP/s", reference=ref_peak, reference_value=peak,
+                higher_is_better=True, note="ratio = MFU", **c),
+        ctx.row(SUITE, f"{case}/plain_mfu", plain_gf / peak, "fraction", reference=ref_peak, reference_value=1.0,
+                higher_is_better=True, note="model FLOP/s / measured matmul peak", **c),
+        ctx.row(SUITE, f"{case}/lightning_mfu", lit_gf / peak, "fraction", reference=ref_peak, reference_value=1.0,
+                higher_is_better=True, note="model FLOP/s / measured matmul peak", **c),
+    ]  # fmt: skip
