@@ -11,7 +11,7 @@ IMAGE ?= moe-swarm:0.1.0
 TORCH_INDEX_URL ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast bench bench-quick serve lint format docker-build fly-deploy k8s-render k8s-apply clean
+.PHONY: help install train test test-fast bench bench-quick bench-serve serve lint format docker-build fly-deploy k8s-render k8s-apply clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ bench: $(STAMP) ## run the full benchmark suite (writes bench-results/<timestamp
 
 bench-quick: $(STAMP) ## a small version of every benchmark suite (< 1 min)
 	$(BIN)/moe-swarm-bench run --quick $(ARGS)
+
+bench-serve: $(STAMP) ## RunInference throughput and latency with/without dynamic batching
+	$(BIN)/python -m moe_swarm.serve.loadtest $(ARGS)
 
 serve: $(STAMP) ## start the gRPC control sidecar (Hydra overrides via ARGS)
 	$(BIN)/moe-swarm-serve $(ARGS)

@@ -173,3 +173,53 @@ def test_two_job_multirun_leaves_one_results_table(tmp_path):
     assert "model.num_experts=2" in text and "model.num_experts=4" in text
     rows = json.loads((tmp_path / "sweeps" / "sweep" / "results.json").read_text())
     assert len(rows) == 2 and all(math.isfinite(r["value"]) for r in rows)
+
+
+def test_optuna_preset_runs_trials_in_memory(tmp_path):
+    tiny = [o for o in TINY if not o.startswith("model.num_experts")]
+    proc = _run_cli(["-m", "hparams_search=optuna", "experiment=quickstart", *tiny, "trainer.max_steps=2",
+                     "trainer.val_check_interval=2", "data.val_windows=2", "run_id=opt",
+                     "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Best value" in proc.stdout + proc.stderr or "best_value" in proc.stdout + proc.stderr
+    rows = json.loads((tmp_path / "sweeps" / "opt" / "results.json").read_text())
+    assert len(rows) == 2
+
+
+def test_configs_are_found_from_an_installed_wheel_in_any_directory(tmp_path, repo_root):
+    """Build the wheel, unpack it away from the repo, compose the config from there."""
+    wheel_dir = tmp_path / "wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(wheel_dir), str(repo_root)], check=True, timeout=300)
+    (wheel,) = wheel_dir.glob("moe_swarm-*.whl")
+    site = tmp_path / "site"
+    import zipfile
+
+    zipfile.ZipFile(wheel).extractall(site)
+    assert (site / "moe_swarm" / "conf" / "train.yaml").is_file()
+    code = (
+        "import moe_swarm.config as c, hydra; print(c.config_dir());"
+        "from hydra import compose, initialize_config_dir;"
+        "initialize_config_dir(config_dir=str(c.config_dir()), version_base='1.3');"
+        "print(compose('train', overrides=['experiment=quickstart']).trainer.max_steps)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MOE_SWARM_CONFIG_DIR"}
+    env["PYTHONPATH"] = str(site)
+    # -I would drop the venv's site-packages; -P keeps cwd off sys.path. The editable install's
+    # path hook is bypassed because PYTHONPATH comes first on sys.path.
+    out = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    conf_dir, steps = out.stdout.split()
+    assert conf_dir == str((site / "moe_swarm" / "conf").resolve())
+    assert int(steps) > 0
+
+
+def test_metrics_lines_for_a_supervisor(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MOE_SWARM_METRICS_LINES", "1")
+    train(compose_cfg(["experiment=quickstart", *TINY, "run_id=lines", "trainer.max_steps=4",
+                       "trainer.log_every_n_steps=2", "trainer.val_check_interval=4", "data.val_windows=2"], tmp_path))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("MOE_SWARM_METRICS ")]
+    assert len(lines) >= 2
+    last = json.loads(lines[-1].split(" ", 1)[1])
+    assert last["trainer/global_step"] == 4 and "val/bpb" in last and "train/loss" in last

@@ -19,6 +19,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from moe_swarm.cluster import ClusterSpec
 from moe_swarm.config import config_dir, register_resolvers
 
 log = logging.getLogger("moe_swarm.train")
@@ -65,16 +66,26 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"model.top_k={cfg.model.top_k} must be in [1, model.num_experts={cfg.model.num_experts}]")
 
 
-def apply_cluster(cfg: DictConfig) -> None:
+def apply_cluster(cfg: DictConfig) -> ClusterSpec:
     """Validate node/device counts against the trainer and export the rendezvous for Lightning."""
     from moe_swarm.cluster import ClusterSpec, apply_to_environ, check_matches_trainer
 
     spec = ClusterSpec.from_config(cfg.cluster, os.environ, socket.gethostname())
     check_matches_trainer(spec, cfg.trainer.num_nodes, cfg.trainer.devices)
     apply_to_environ(spec)
+    return spec
 
 
-def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
+# Node start-up check timeout when the trainer config sets no DDP timeout (trainer.strategy.timeout).
+DEFAULT_RENDEZVOUS_TIMEOUT_S = 300.0
+
+
+def rendezvous_timeout_s(cfg: DictConfig) -> float:
+    seconds = OmegaConf.select(cfg, "trainer.strategy.timeout.seconds", default=None)
+    return float(seconds) if seconds is not None else DEFAULT_RENDEZVOUS_TIMEOUT_S
+
+
+def build_callbacks(cfg: DictConfig, has_logger: bool, expected_world_size: int | None = None) -> list:
     callbacks = []
     for name, cb_cfg in (cfg.get("callbacks") or {}).items():
         if cb_cfg is None or "_target_" not in cb_cfg:
@@ -88,8 +99,15 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
             continue
         callbacks.append(hydra.utils.instantiate(cb_cfg))
         log.debug("callback %s: %s", name, target)
+    if os.environ.get("MOE_SWARM_METRICS_LINES") == "1":  # set by the gRPC sidecar for its children
+        from moe_swarm.lit.callbacks import MetricsLines
+
+        callbacks.append(MetricsLines())
     callbacks.append(hydra.utils.instantiate({"_target_": "moe_swarm.lit.fault.CheckpointOnSigterm",
                                               "dirpath": f"{cfg.run_dir}/checkpoints"}))
+    from moe_swarm.lit.fault import WorldSizeCheck
+
+    callbacks.append(WorldSizeCheck(expected_world_size))
     return callbacks
 
 
@@ -118,21 +136,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import torch
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from moe_swarm.lit.fault import AtomicCheckpointIO, check_nodes_agree
+
     run_dir = prepare_run(cfg)
     check_config(cfg)
-    apply_cluster(cfg)
+    spec = apply_cluster(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
 
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     module = hydra.utils.instantiate(cfg.module, _convert_="all")
     # The resolved config travels in the checkpoint as plain data (never instantiated from there).
     module.hparams["run_config"] = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg)
-    callbacks = build_callbacks(cfg, has_logger=bool(loggers))
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks = build_callbacks(cfg, has_logger=bool(loggers), expected_world_size=spec.world_size)
+    # Checkpoints are written to a temp file in their folder, fsynced, then renamed: never torn.
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                      plugins=[AtomicCheckpointIO()])
 
     resume = last_checkpoint(run_dir) if cfg.resume else None
+    # Several nodes: all must agree on nodes, devices, run id and resuming before DDP starts.
+    check_nodes_agree(spec, run_id=cfg.run_id, resuming=resume is not None, timeout_s=rendezvous_timeout_s(cfg))
     start_metrics: dict[str, float] = {}
     if resume is None and cfg.validate_before_fit and not cfg.trainer.get("fast_dev_run"):
         start_metrics = _scalar_metrics(trainer.validate(module, datamodule=datamodule, verbose=False)[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -92,3 +93,35 @@ class NonFiniteLossGuard(Callback):
                 "The last good checkpoint is left untouched. Try a lower learning rate, gradient clipping "
                 "(trainer.gradient_clip_val) or precision=32-true, then resume with the same run_id."
             )
+
+
+class MetricsLines(Callback):
+    """Prints ``MOE_SWARM_METRICS {json}`` lines on stdout (rank 0) for a supervising process.
+
+    The gRPC sidecar sets ``MOE_SWARM_METRICS_LINES=1`` for its training children and turns these
+    lines into WatchJob metric events. One line every ``log_every_n_steps`` and after validation.
+    """
+
+    PREFIX = "MOE_SWARM_METRICS"
+
+    def _emit(self, trainer: L.Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {}
+        for k, v in trainer.callback_metrics.items():
+            try:
+                value = float(v)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(value):
+                metrics[k] = value
+        metrics["trainer/global_step"] = trainer.global_step
+        print(f"{self.PREFIX} {json.dumps(metrics, sort_keys=True)}", flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            self._emit(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._emit(trainer)

@@ -1,0 +1,346 @@
+"""Checkpoints held in memory for inference, and which one a request without a model id gets.
+
+A model is named by a loaded model id, a job id or run id of a training job, or a checkpoint path inside
+the allowed roots (the training runs folder plus ``serve.inference.checkpoint_roots``). The default model
+is, in order: one loaded with ``make_default``, ``serve.inference.default_model``, else the newest
+checkpoint of a succeeded training job, so a client that only knows the seed RPCs can train, then infer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moe_swarm.serve.errors import failed_precondition, invalid_argument, not_found
+from moe_swarm.serve.registry import JobRegistry, JobState
+from moe_swarm.serve.settings import InferenceSettings
+from moe_swarm.serve.validation import ID_PATTERN, check_id, resolve_checkpoint_path
+from moe_swarm.swarm import SwarmSolver, mix_seed
+
+
+@dataclass(frozen=True)
+class InferParams:
+    """Swarm settings of one request except its seed; requests with equal params (and model) share a batch."""
+
+    max_new_tokens: int
+    agents: int
+    rounds: int
+    temperature: float
+
+
+class RequestSeededSolver(SwarmSolver):
+    """A SwarmSolver whose per-problem seed comes from the request that sent the prompt.
+
+    The base solver derives each problem's seed from ``cfg.seed`` and the prompt's ids; here the request's
+    seed takes the place of ``cfg.seed``. Rows decode independently (counter-based sampling noise), so a
+    request gets the same answer alone or batched with requests that carry other seeds.
+    """
+
+    def __init__(self, *args: Any, seeds: dict[tuple[int, ...], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seeds = seeds
+
+    def problem_seed(self, ids: list[int]) -> int:
+        return mix_seed(self.seeds[tuple(ids)], zlib.crc32(",".join(map(str, ids)).encode()))
+
+
+@dataclass
+class LoadedModel:
+    model_id: str
+    checkpoint: Path
+    model: Any  # MoETransformer
+    hparams: dict
+    tokenizer: Any
+    canonical: Any
+    base_swarm: Any  # SwarmConfig
+    value_head: Any
+    device: str
+    loaded_unix: float
+    task: str = ""
+    file_stamp: tuple[int, int] = (0, 0)
+
+    def swarm_config(self, params: InferParams):
+        return self.base_swarm.replace(
+            num_agents=params.agents,
+            rounds=params.rounds,
+            temperature=(params.temperature,),
+            max_new_tokens=params.max_new_tokens,
+        )
+
+    def solver(
+        self, params: InferParams, seeds: dict[tuple[int, ...], int] | None = None
+    ) -> RequestSeededSolver:
+        """A solver for these settings (cheap to build: it only counts the model's parameters)."""
+        cfg = self.swarm_config(params)
+        head = self.value_head if cfg.score in ("value", "both") else None
+        return RequestSeededSolver(self.model, cfg, self.tokenizer, canonical=self.canonical, value_head=head,
+                                   seeds=seeds or {})  # fmt: skip
+
+    def check_prompt(self, prompt: str, params: InferParams) -> None:
+        """Reject a prompt that does not fit the model's context before it joins a batch."""
+        solver = self.solver(params)
+        try:
+            solver.check_lengths(solver.encode([prompt]))
+        except ValueError as exc:
+            raise invalid_argument(f"prompt does not fit model {self.model_id!r}: {exc}") from exc
+
+    def solve(self, params: InferParams, prompts: list[str], seeds: list[int]) -> list:
+        """Batched swarm solves: all agents of all prompts per round in one generate call.
+
+        The same prompt sent with two different seeds needs two problem seeds, so such duplicates go to
+        a second call; everything else shares one.
+        """
+        import torch
+
+        ids = [tuple(self.tokenizer.encode(p, bos=True)) for p in prompts]
+        groups: list[tuple[dict[tuple[int, ...], int], list[int]]] = []
+        for i, (key, seed) in enumerate(zip(ids, seeds)):
+            for seed_of, members in groups:
+                if seed_of.setdefault(key, seed) == seed:
+                    members.append(i)
+                    break
+            else:
+                groups.append(({key: seed}, [i]))
+        results: list = [None] * len(prompts)
+        with torch.inference_mode():
+            for seed_of, members in groups:
+                solved = self.solver(params, seed_of).solve([prompts[i] for i in members])
+                for i, r in zip(members, solved):
+                    results[i] = r
+        return results
+
+    def param_counts(self) -> tuple[int, int]:
+        pc = self.model.count_parameters()
+        return int(pc.total), int(pc.active)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+def _task_canonical(hparams: dict) -> tuple[str, Any]:
+    """The task's answer normaliser when the checkpoint names a reasoning task, else strip()."""
+    from moe_swarm.swarm import default_canonical
+
+    task = hparams.get("task")
+    name, kwargs = "", {}
+    if isinstance(task, dict):
+        name, kwargs = str(task.get("name") or ""), dict(task.get("kwargs") or {})
+    elif isinstance(task, str):
+        name = task
+    if not name:
+        return "", default_canonical
+    from moe_swarm.data.tasks import get_task
+
+    try:
+        return name, get_task(name, **kwargs).canonical
+    except (ValueError, TypeError, KeyError):
+        return name, default_canonical
+
+
+def load_checkpoint(path: Path, model_id: str, device: str) -> LoadedModel:
+    """Blocking: read a training checkpoint (weights only, never pickle code) and prepare it for the swarm."""
+    from moe_swarm.checkpoint import load_model
+    from moe_swarm.data.tokenizer import ByteTokenizer
+    from moe_swarm.swarm import SwarmConfig, load_swarm_state
+
+    stamp = _stamp(path)
+    model, hparams = load_model(path, map_location=device)
+    model.eval()
+    head, base = None, SwarmConfig()
+    if isinstance(hparams.get("swarm_state"), dict):
+        try:
+            head, base = load_swarm_state(hparams["swarm_state"], map_location=device)
+        except (ValueError, KeyError, TypeError):
+            head, base = None, SwarmConfig()
+    if base.score in ("value", "both") and head is None:
+        base = base.replace(score="logprob")
+    task, canonical = _task_canonical(hparams)
+    return LoadedModel(
+        model_id=model_id,
+        checkpoint=path,
+        model=model,
+        hparams=hparams,
+        tokenizer=ByteTokenizer(),
+        canonical=canonical,
+        base_swarm=base,
+        value_head=head,
+        device=device,
+        loaded_unix=time.time(),
+        task=task,
+        file_stamp=stamp,
+    )
+
+
+class ModelStore:
+    """Loaded models by id (at most ``max_loaded_models``, least recently used evicted)."""
+
+    def __init__(self, settings: InferenceSettings, registry: JobRegistry, runs_dir: Path) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.runs_dir = Path(runs_dir)
+        self.roots = [self.runs_dir, *(Path(r) for r in settings.checkpoint_roots)]
+        self.device = self._pick_device(settings.device)
+        self._models: collections.OrderedDict[str, LoadedModel] = collections.OrderedDict()
+        self._default_id: str | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._aliases: dict[str, str] = {}  # reference (path, ...) -> the id it was loaded under
+
+    @staticmethod
+    def _pick_device(device: str) -> str:
+        import torch
+
+        if device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(
+                f"serve.inference.device={device!r} but CUDA is not available here; use 'cpu' or 'auto'"
+            )
+        return device
+
+    # ------------------------------------------------------------------ resolution
+    def resolve_reference(self, ref: str) -> tuple[Path, str]:
+        """(checkpoint path, suggested model id) for a job id, run id or checkpoint path."""
+        ref = ref.strip()
+        if not ref:
+            raise invalid_argument("checkpoint is empty; pass a job id, run id or checkpoint path")
+        if "/" in ref or "\\" in ref or ref.endswith((".ckpt", ".pt")):
+            path = resolve_checkpoint_path(ref, self.roots)
+            return path, self._id_for_path(path)
+        check_id(ref, "model/checkpoint id", required=True)
+        job = self.registry.get(ref)
+        if job is not None:
+            if job.kind != "training":
+                raise invalid_argument(f"job {ref} is a {job.kind} job; name a training job")
+            if not job.checkpoint or not Path(job.checkpoint).is_file():
+                last = Path(job.run_dir) / "checkpoints" / "last.ckpt" if job.run_dir else None
+                if last is not None and last.is_file():
+                    return last, ref
+                raise failed_precondition(
+                    f"training job {ref} ({job.state.value}) has no checkpoint yet; wait until it has "
+                    f"saved one (WatchJob) or name another job"
+                )
+            return Path(job.checkpoint), ref
+        last = self.runs_dir / ref / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return last, ref
+        raise not_found(
+            f"no loaded model, training job or run named {ref!r}; see ListModels / ListJobs, "
+            f"or pass a checkpoint path under {[str(r) for r in self.roots]}"
+        )
+
+    def _id_for_path(self, path: Path) -> str:
+        try:
+            rel = path.resolve().relative_to(self.runs_dir.resolve())
+            base = f"{rel.parts[0]}.{path.stem}" if len(rel.parts) > 1 else path.stem
+        except ValueError:
+            base = path.stem
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", base).strip("._-") or "model"
+        return base[:64] if ID_PATTERN.match(base[:64]) else "model"
+
+    def default_reference(self) -> tuple[str, str] | None:
+        """(reference, where it comes from) of the default model, or None when there is none yet."""
+        if self._default_id and self._default_id in self._models:
+            return self._default_id, "LoadModel(make_default=true)"
+        if self.settings.default_model:
+            return self.settings.default_model, "serve.inference.default_model"
+        done = [
+            j
+            for j in self.registry.list(states={JobState.SUCCEEDED}, kind="training")
+            if j.checkpoint and Path(j.checkpoint).is_file()
+        ]
+        if done:
+            newest = max(done, key=lambda j: (j.finished_unix, j.job_id))
+            return newest.job_id, "newest succeeded training job"
+        return None
+
+    # ------------------------------------------------------------------ loading
+    async def get(self, ref: str) -> LoadedModel:
+        """The model for a request: a loaded id, a reference (loaded on first use), or the default."""
+        if not ref:
+            default = self.default_reference()
+            if default is None:
+                raise failed_precondition(
+                    "no model to answer with: no training job has succeeded yet and none is loaded; "
+                    "train one (StartTraining, e.g. `moe-swarm-ctl train quickstart`), load a checkpoint "
+                    "(LoadModel) or set serve.inference.default_model"
+                )
+            ref = default[0]
+        loaded = self._models.get(self._aliases.get(ref, ref))
+        if loaded is not None:
+            if self._fresh(loaded):
+                self._models.move_to_end(loaded.model_id)
+                return loaded
+            return await self.load(loaded.checkpoint, loaded.model_id)  # the file changed: reload it
+        path, model_id = self.resolve_reference(ref)
+        loaded = await self.load(path, model_id)
+        if ref != model_id:
+            self._aliases[ref] = model_id
+        return loaded
+
+    @staticmethod
+    def _fresh(loaded: LoadedModel) -> bool:
+        try:
+            return _stamp(loaded.checkpoint) == loaded.file_stamp
+        except OSError:
+            return True  # the file went away: keep serving what is in memory
+
+    async def load(self, path: Path, model_id: str, make_default: bool = False) -> LoadedModel:
+        """Load ``path`` under ``model_id`` (in a worker thread); reuse it if already loaded and unchanged."""
+        check_id(model_id, "model_id", required=True)
+        lock = self._locks.setdefault(model_id, asyncio.Lock())
+        async with lock:
+            current = self._models.get(model_id)
+            if current is not None and current.checkpoint == path and self._fresh(current):
+                loaded = current
+            else:
+                try:
+                    loaded = await asyncio.get_running_loop().run_in_executor(
+                        None, load_checkpoint, path, model_id, self.device
+                    )
+                except (ValueError, OSError) as exc:
+                    raise failed_precondition(f"cannot load checkpoint {str(path)!r}: {exc}") from exc
+                self._models[model_id] = loaded
+                self._evict()
+            self._models.move_to_end(model_id)
+            if make_default:
+                self._default_id = model_id
+            return loaded
+
+    def _evict(self) -> None:
+        while len(self._models) > max(1, self.settings.max_loaded_models):
+            oldest = next(iter(self._models))
+            if oldest == self._default_id and len(self._models) > 1:
+                self._models.move_to_end(oldest)
+                oldest = next(iter(self._models))
+            del self._models[oldest]
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._models.values())
+
+    def _default_target(self) -> tuple[str, str]:
+        """(model id, checkpoint) a request without model id gets now; ("", "") when there is none."""
+        ref = self.default_reference()
+        if ref is None:
+            return "", ""
+        model_id = self._aliases.get(ref[0], ref[0])
+        if model_id in self._models:
+            return model_id, str(self._models[model_id].checkpoint)
+        try:
+            path, model_id = self.resolve_reference(ref[0])
+        except Exception:  # reported as unknown here; a request gets the precise error
+            return ref[0], ""
+        return model_id, str(path)
+
+    def default_id(self) -> str:
+        return self._default_target()[0]
+
+    def default_checkpoint(self) -> str:
+        return self._default_target()[1]

@@ -1,0 +1,244 @@
+"""The job registry: one JSON file per job on disk, a state machine whose terminal states never change.
+
+States go PENDING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED (a PENDING job may also fail to start or be
+cancelled). Every change is written atomically (temporary file, fsync, rename), so a crash never leaves a
+torn record. After a sidecar restart, :meth:`JobRegistry.recover` lists finished jobs as they were and marks
+jobs that were still PENDING or RUNNING as FAILED, saying why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+
+class JobState(str, Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+JOB_KINDS = ("training", "benchmark")
+
+
+class InvalidTransition(RuntimeError):
+    """A change the state machine forbids (anything out of a terminal state, or skipping RUNNING)."""
+
+
+@dataclass
+class JobRecord:
+    """Everything known about one job; what is persisted and what GetJob returns."""
+
+    job_id: str
+    kind: str
+    state: JobState = JobState.PENDING
+    created_unix: float = 0.0
+    started_unix: float = 0.0
+    finished_unix: float = 0.0
+    config_path: str = ""
+    overrides: list[str] = field(default_factory=list)
+    run_id: str = ""
+    request_id: str = ""
+    request_fingerprint: str = ""
+    argv: list[str] = field(default_factory=list)
+    pid: int = 0
+    exit_code: int | None = None
+    message: str = ""
+    log_tail: list[str] = field(default_factory=list)
+    run_dir: str = ""
+    checkpoint: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    cancel_requested: bool = False
+    log_path: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["state"] = self.state.value
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["state"] = JobState(values.get("state", "PENDING"))
+        return cls(**values)
+
+
+def new_job_id(kind: str) -> str:
+    prefix = {"training": "train", "benchmark": "bench"}.get(kind, kind)
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
+    """Write ``text`` to a temporary file in the same folder and rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class JobRegistry:
+    """Jobs by id, persisted under ``<root>/<job_id>.json``. Used from one thread (the event loop)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._jobs: dict[str, JobRecord] = {}
+
+    # --- persistence -------------------------------------------------------------------------------
+    def _path(self, job_id: str) -> Path:
+        return self.root / f"{job_id}.json"
+
+    def _save(self, rec: JobRecord, *, durable: bool = True) -> None:
+        atomic_write_text(
+            self._path(rec.job_id), json.dumps(rec.to_dict(), indent=1, sort_keys=True), durable=durable
+        )
+
+    def recover(self, now: float | None = None) -> list[JobRecord]:
+        """Load every job from disk; jobs left PENDING/RUNNING by a previous sidecar become FAILED.
+
+        Returns the jobs that were marked FAILED. Unreadable files are skipped with a note (and kept).
+        """
+        now = time.time() if now is None else now
+        recovered: list[JobRecord] = []
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                rec = JobRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError) as exc:
+                print(f"moe-swarm-serve: skipping unreadable job record {path}: {exc}", flush=True)
+                continue
+            self._jobs[rec.job_id] = rec
+            if not rec.state.terminal:
+                previous = rec.state.value
+                rec.state = JobState.FAILED
+                rec.finished_unix = now
+                rec.message = (
+                    f"the sidecar stopped while this job was {previous}"
+                    + (f" (pid {rec.pid})" if rec.pid else "")
+                    + "; it is no longer supervised"
+                    + (
+                        f". Start it again with run_id={rec.run_id} to resume from its last checkpoint"
+                        if rec.run_id
+                        else ""
+                    )
+                )
+                self._save(rec)
+                recovered.append(rec)
+        return recovered
+
+    # --- queries -----------------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._jobs.get(job_id)
+
+    def list(
+        self, states: set[JobState] | None = None, kind: str | None = None, limit: int = 0
+    ) -> list[JobRecord]:
+        """Newest first, optionally filtered by state and kind."""
+        jobs = [
+            j
+            for j in self._jobs.values()
+            if (not states or j.state in states) and (not kind or j.kind == kind)
+        ]
+        jobs.sort(key=lambda j: (j.created_unix, j.job_id), reverse=True)
+        return jobs[:limit] if limit > 0 else jobs
+
+    def find_by_request_id(self, request_id: str) -> JobRecord | None:
+        if not request_id:
+            return None
+        for j in self._jobs.values():
+            if j.request_id == request_id:
+                return j
+        return None
+
+    def active(self, kind: str | None = None) -> list[JobRecord]:
+        return [j for j in self._jobs.values() if not j.state.terminal and (kind is None or j.kind == kind)]
+
+    # --- changes -----------------------------------------------------------------------------------
+    def create(self, rec: JobRecord) -> JobRecord:
+        if rec.job_id in self._jobs:
+            raise ValueError(f"job {rec.job_id} already exists")
+        if rec.kind not in JOB_KINDS:
+            raise ValueError(f"job kind must be one of {JOB_KINDS}, got {rec.kind!r}")
+        if rec.state is not JobState.PENDING:
+            raise InvalidTransition(f"a new job starts PENDING, not {rec.state.value}")
+        rec.created_unix = rec.created_unix or time.time()
+        self._jobs[rec.job_id] = rec
+        self._save(rec)
+        return rec
+
+    def transition(self, job_id: str, new_state: JobState, **updates: Any) -> JobRecord:
+        """Move a job to ``new_state`` (and set fields); refuses anything the state machine forbids."""
+        rec = self._require(job_id)
+        if new_state not in ALLOWED_TRANSITIONS[rec.state]:
+            raise InvalidTransition(f"job {job_id} cannot go from {rec.state.value} to {new_state.value}")
+        self._apply(rec, updates)
+        rec.state = new_state
+        now = time.time()
+        if new_state is JobState.RUNNING:
+            rec.started_unix = rec.started_unix or now
+        if new_state.terminal:
+            rec.finished_unix = now
+        self._save(rec)
+        return rec
+
+    def update(self, job_id: str, *, durable: bool = True, **updates: Any) -> JobRecord:
+        """Set fields of a job that is not finished yet (a finished job's record never changes)."""
+        rec = self._require(job_id)
+        if rec.state.terminal:
+            raise InvalidTransition(
+                f"job {job_id} is {rec.state.value}; a finished job's record never changes"
+            )
+        self._apply(rec, updates)
+        self._save(rec, durable=durable)
+        return rec
+
+    def _require(self, job_id: str) -> JobRecord:
+        rec = self._jobs.get(job_id)
+        if rec is None:
+            raise KeyError(job_id)
+        return rec
+
+    @staticmethod
+    def _apply(rec: JobRecord, updates: dict[str, Any]) -> None:
+        for key, value in updates.items():
+            if key in ("job_id", "state", "kind") or not hasattr(rec, key):
+                raise AttributeError(f"cannot set {key!r} on a job record")
+            setattr(rec, key, value)

@@ -1,0 +1,175 @@
+"""`moe-swarm-serve` as a real process: ready line, graceful SIGTERM, restart recovery of the job registry."""
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from moe_swarm.serve.proto import mcp_pb2 as pb
+from moe_swarm.serve.proto import mcp_pb2_grpc
+from moe_swarm.serve.server import READY_PREFIX
+from moe_swarm.serve.testing import wait_until
+
+CHILD = Path(__file__).with_name("serve_child_train.py")
+
+
+class ServerProcess:
+    """The console entry point in a child process; stdout lines are collected by a reader thread."""
+
+    def __init__(self, state_dir: Path, *overrides: str) -> None:
+        argv = [sys.executable, "-c", "from moe_swarm.serve.server import main; main()",
+                "serve.port=0", "serve.auth.enabled=false", f"serve.state_dir={state_dir}",
+                f"serve.training.command=[python,{CHILD}]", "serve.training.extra_overrides=[]", *overrides]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read, args=(self.proc.stdout, self.lines.put), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr.append), daemon=True).start()
+        line = self.lines.get(timeout=60)
+        assert line.startswith(READY_PREFIX), (line, self.stderr)
+        self.address = line[len(READY_PREFIX) :].strip()
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = mcp_pb2_grpc.MCPControlStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    @staticmethod
+    def _read(stream, sink):
+        for line in stream:
+            sink(line)
+
+    def close(self) -> None:
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def processes():
+    started: list[ServerProcess] = []
+    yield started
+    for p in started:
+        p.close()
+
+
+def _running_with_checkpoint(stub, job_id):
+    job = stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=10)
+    return job.state == pb.RUNNING and (Path(job.run_dir) / "checkpoints" / "last.ckpt").is_file() and job
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_sigterm_drains_rpcs_stops_jobs_with_a_checkpoint_and_exits_zero(tmp_path, processes):
+    state = tmp_path / "state"
+    srv = ServerProcess(state, "serve.grace_s=30")
+    processes.append(srv)
+    job = srv.stub.StartTraining(pb.TrainRequest(config_path="quickstart",
+                                                 overrides=["fake.steps=100000", "fake.step_s=0.05"]), timeout=30)  # fmt: skip
+    running = wait_until(
+        lambda: _running_with_checkpoint(srv.stub, job.job_id), timeout=60, what="job running"
+    )
+
+    health_seen: list[int] = []
+    health_stream = srv.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=90)
+    threading.Thread(
+        target=lambda: [health_seen.append(r.status) for r in health_stream], daemon=True
+    ).start()
+    wait_until(lambda: health_seen, timeout=30, what="first health status")
+    events: list = []
+    errors: list = []
+
+    def follow():
+        try:
+            events.extend(srv.stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=90))
+        except grpc.RpcError as e:
+            errors.append(e)
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
+    wait_until(lambda: events or errors, timeout=30, what="watch snapshot")
+
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(timeout=90) == 0, "".join(srv.stderr)
+    watcher.join(timeout=30)
+    assert not errors, errors
+    assert events[-1].job.state == pb.CANCELLED  # the in-flight stream finished normally
+    assert "shutting down" in events[-1].job.message and events[-1].job.checkpoint
+    assert health_seen[0] == health_pb2.HealthCheckResponse.SERVING
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in health_seen
+    assert not _alive(running.pid)
+    record = json.loads((state / "jobs" / f"{job.job_id}.json").read_text())
+    assert record["state"] == "CANCELLED" and record["exit_code"] == 143
+    assert Path(record["checkpoint"]).is_file()
+    log = "".join(srv.stderr)
+    assert "NOT_SERVING" in log and "stopped" in log
+
+    # a restarted sidecar still lists the finished job, unchanged
+    again = ServerProcess(state)
+    processes.append(again)
+    listed = again.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs
+    assert [(j.job_id, j.state) for j in listed] == [(job.job_id, pb.CANCELLED)]
+
+
+def test_restart_after_a_crash_marks_running_jobs_failed_and_keeps_finished_ones(tmp_path, processes):
+    state = tmp_path / "state"
+    srv = ServerProcess(state)
+    processes.append(srv)
+    done = srv.stub.StartTraining(
+        pb.TrainRequest(config_path="quickstart", overrides=["fake.steps=1"]), timeout=30
+    )
+    final = list(srv.stub.WatchJob(pb.WatchJobRequest(job_id=done.job_id), timeout=60))[-1].job
+    assert final.state == pb.SUCCEEDED
+    live = srv.stub.StartTraining(pb.TrainRequest(config_path="quickstart", run_id="live-run",
+                                                  overrides=["fake.steps=100000", "fake.step_s=0.05"]), timeout=30)  # fmt: skip
+    running = wait_until(
+        lambda: _running_with_checkpoint(srv.stub, live.job_id), timeout=60, what="job running"
+    )
+    srv.proc.kill()  # a crash: no graceful shutdown
+    srv.proc.wait(timeout=30)
+    try:
+        # the orphaned child loses its stdout pipe and dies on its next write
+        wait_until(lambda: not _alive(running.pid), timeout=30, what="orphan child exit")
+    finally:
+        if _alive(running.pid):
+            os.kill(running.pid, signal.SIGKILL)
+
+    again = ServerProcess(state)
+    processes.append(again)
+    jobs = {j.job_id: j for j in again.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs}
+    assert jobs[done.job_id].state == pb.SUCCEEDED and jobs[done.job_id].checkpoint == final.checkpoint
+    failed = jobs[live.job_id]
+    assert failed.state == pb.FAILED
+    assert f"sidecar stopped while this job was RUNNING (pid {running.pid})" in failed.message
+    assert "run_id=live-run" in failed.message
+    # the run can be resumed under the same run id
+    resumed = again.stub.StartTraining(pb.TrainRequest(config_path="quickstart", run_id="live-run",
+                                                       overrides=["fake.steps=1"]), timeout=30)  # fmt: skip
+    assert (
+        list(again.stub.WatchJob(pb.WatchJobRequest(job_id=resumed.job_id), timeout=60))[-1].job.state
+        == pb.SUCCEEDED
+    )
+
+
+def test_bad_configuration_exits_with_a_message(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "from moe_swarm.serve.server import main; main()",
+                           f"serve.state_dir={tmp_path}", "+serve.no_such_key=1"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "no_such_key" in proc.stderr
+    proc = subprocess.run([sys.executable, "-c", "from moe_swarm.serve.server import main; main()",
+                           f"serve.state_dir={tmp_path}", "serve.port=0"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "MOE_SWARM_TOKENS": ""})  # fmt: skip
+    assert proc.returncode == 2 and "no token is configured" in proc.stderr

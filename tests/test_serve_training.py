@@ -1,0 +1,68 @@
+"""Real training jobs (`python -m moe_swarm.train`) through the sidecar: success, graceful cancel."""
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from moe_swarm.serve.proto import mcp_pb2 as pb
+from moe_swarm.serve.proto import mcp_pb2_grpc
+from moe_swarm.serve.server import BackgroundServer
+from moe_swarm.serve.testing import local_settings, wait_until
+
+TINY = ["model.d_model=32", "data.batch_size=4", "data.block_size=32", "trainer.limit_val_batches=1",
+        "validate_before_fit=false"]  # fmt: skip
+
+
+@pytest.fixture
+def server(tmp_path):
+    # a state folder whose path needs quoting in Hydra overrides (space, comma, quote)
+    with (
+        BackgroundServer(local_settings(tmp_path / "state dir, it's")) as srv,
+        grpc.insecure_channel(srv.address) as ch,
+    ):
+        srv.stub = mcp_pb2_grpc.MCPControlStub(ch)
+        yield srv
+
+
+def test_real_training_job_succeeds_and_its_checkpoint_answers_inference(server):
+    from moe_swarm.checkpoint import load_model
+
+    resp = server.stub.StartTraining(pb.TrainRequest(
+        config_path="quickstart", overrides=[*TINY, "trainer.max_steps=4", "trainer.val_check_interval=4"]),
+        timeout=30)  # fmt: skip
+    assert resp.success and resp.job.state == pb.PENDING
+    events = list(server.stub.WatchJob(pb.WatchJobRequest(job_id=resp.job_id), timeout=300))
+    states = [e.job.state for e in events if e.type != pb.JobEvent.METRICS]
+    job = events[-1].job
+    assert job.state == pb.SUCCEEDED, "\n".join(job.log_tail) + job.message
+    assert pb.RUNNING in states or events[0].job.state == pb.SUCCEEDED
+    assert job.exit_code == 0 and job.checkpoint == str(Path(job.run_dir) / "checkpoints" / "last.ckpt")
+    model, hparams = load_model(job.checkpoint)
+    assert model.cfg.d_model == 32 and hparams["global_step"] == 4
+    assert "val/bpb" in job.metrics and job.metrics["val/bpb"] > 0  # from the run's summary.json
+    out = server.stub.RunInference(pb.InferRequest(prompt="The ", max_new_tokens=4, agents=2), timeout=120)
+    assert out.model_id == resp.job_id and out.forward_passes > 0
+
+
+def test_real_training_job_cancels_with_its_last_checkpoint_intact(server):
+    from moe_swarm.checkpoint import load_model
+
+    resp = server.stub.StartTraining(pb.TrainRequest(
+        config_path="quickstart", overrides=[*TINY, "trainer.max_steps=100000", "trainer.val_check_interval=2"]),
+        timeout=30)  # fmt: skip
+
+    def checkpointed():
+        job = server.stub.GetJob(pb.GetJobRequest(job_id=resp.job_id), timeout=10)
+        assert job.state in (pb.PENDING, pb.RUNNING), job.message + "\n".join(job.log_tail)
+        return (Path(job.run_dir) / "checkpoints" / "last.ckpt").is_file()
+
+    wait_until(checkpointed, timeout=240, interval=0.2, what="first last.ckpt")
+    cancel = server.stub.CancelJob(pb.CancelJobRequest(job_id=resp.job_id), timeout=10)
+    assert cancel.cancel_requested
+    job = list(server.stub.WatchJob(pb.WatchJobRequest(job_id=resp.job_id), timeout=240))[-1].job
+    assert job.state == pb.CANCELLED, job.message
+    assert job.exit_code == 143, job.message  # training's "stopped on request, checkpoint saved"
+    assert job.checkpoint and "last checkpoint" in job.message
+    model, hparams = load_model(job.checkpoint)
+    assert hparams["global_step"] >= 2 and model.cfg.d_model == 32
