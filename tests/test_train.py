@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from moe_swarm.checkpoint import load_model
 from moe_swarm.config import config_dir
@@ -55,11 +55,16 @@ def test_every_experiment_composes_and_resolves(experiment, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "group", ["data", "model", "router", "trainer", "callbacks", "logger", "debug", "hparams_search", "cluster"]
+    "group",
+    ["data", "model", "router", "trainer", "callbacks", "logger", "debug", "hparams_search", "cluster"],
 )
 def test_every_group_option_composes(group, tmp_path):
     for option in group_options(group):
-        extra = {"files": ["data.paths=[x]"], "bin": ["data.bin_path=x"]}.get(option, []) if group == "data" else []
+        extra = (
+            {"files": ["data.paths=[x]"], "bin": ["data.bin_path=x"]}.get(option, [])
+            if group == "data"
+            else []
+        )
         cfg = compose_cfg([f"{group}={option}", *extra], tmp_path)
         OmegaConf.resolve(cfg)
 
@@ -68,16 +73,27 @@ def test_every_group_option_composes(group, tmp_path):
 def test_fast_dev_run_every_experiment_on_cpu(experiment, tmp_path):
     overrides = [f"experiment={experiment}", "debug=fdr", *TINY, f"run_id=fdr-{experiment}"]
     if experiment in GPU_ONLY:
-        overrides += ["data=pydoc", "data.max_bytes=200000", "model.max_seq_len=128", "data.block_size=64",
-                      "data.num_workers=0"]
+        overrides += [
+            "data=pydoc",
+            "data.max_bytes=200000",
+            "model.max_seq_len=128",
+            "data.block_size=64",
+            "data.num_workers=0",
+        ]
     cfg = compose_cfg(overrides, tmp_path)
     summary = train(cfg)
     assert summary["status"] == "succeeded" and summary["global_step"] == 1
 
 
 def test_short_run_learns_checkpoints_and_resumes(tmp_path):
-    base = ["experiment=quickstart", *TINY, "run_id=resume-me", "trainer.val_check_interval=10",
-            "data.val_windows=4", "module.scheduler.warmup_steps=2"]
+    base = [
+        "experiment=quickstart",
+        *TINY,
+        "run_id=resume-me",
+        "trainer.val_check_interval=10",
+        "data.val_windows=4",
+        "module.scheduler.warmup_steps=2",
+    ]
     first = train(compose_cfg([*base, "trainer.max_steps=10"], tmp_path))
     ckpt = Path(first["checkpoint"])
     assert ckpt.is_file() and first["global_step"] == 10
@@ -91,8 +107,19 @@ def test_short_run_learns_checkpoints_and_resumes(tmp_path):
 
 
 def test_checkpoint_loads_back_for_generation(tmp_path):
-    s = train(compose_cfg(["experiment=quickstart", *TINY, "run_id=gen", "trainer.max_steps=3",
-                           "trainer.val_check_interval=3", "data.val_windows=2"], tmp_path))
+    s = train(
+        compose_cfg(
+            [
+                "experiment=quickstart",
+                *TINY,
+                "run_id=gen",
+                "trainer.max_steps=3",
+                "trainer.val_check_interval=3",
+                "data.val_windows=2",
+            ],
+            tmp_path,
+        )
+    )
     model, hparams = load_model(s["checkpoint"])
     assert hparams["model"]["d_model"] == 32 and hparams["global_step"] == 3
     assert hparams["run_config"]["run_id"] == "gen"
@@ -101,8 +128,19 @@ def test_checkpoint_loads_back_for_generation(tmp_path):
 
 
 def test_reasoning_run_reports_exact_match(tmp_path):
-    s = train(compose_cfg(["experiment=reasoning_mul", *TINY, "run_id=em", "trainer.max_steps=2",
-                           "trainer.val_check_interval=2", "trainer.limit_val_batches=1"], tmp_path))
+    s = train(
+        compose_cfg(
+            [
+                "experiment=reasoning_mul",
+                *TINY,
+                "run_id=em",
+                "trainer.max_steps=2",
+                "trainer.val_check_interval=2",
+                "trainer.limit_val_batches=1",
+            ],
+            tmp_path,
+        )
+    )
     assert 0.0 <= s["metrics"]["val/em"] <= 1.0 and s["optimized_metric"] == "val/em"
     _, hparams = load_model(s["checkpoint"])  # weights_only load: no pickled config objects inside
     assert hparams["eval_task"]["name"] == "mul"
@@ -124,15 +162,29 @@ def test_bits_per_byte_equals_hand_computation(tmp_path):
     module.log_dict = lambda d, **kw: logged.update({k: float(v) for k, v in d.items()})
     module.on_validation_epoch_end()
     t = batch["targets"]
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), t.reshape(-1), ignore_index=-100,
-                                            reduction="sum") / (t != -100).sum()
+    nll = (
+        torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), t.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        / (t != -100).sum()
+    )
     assert logged["val/bpb"] == pytest.approx(nll.item() / math.log(2), rel=1e-5)
     assert logged["val/ppl"] == pytest.approx(math.exp(nll.item()), rel=1e-5)
 
 
 def test_sigmoid_bias_router_updates_bias_during_training(tmp_path):
-    cfg = compose_cfg(["experiment=quickstart", *TINY, "router=sigmoid_bias", "run_id=bias", "trainer.max_steps=3",
-                       "trainer.val_check_interval=3", "data.val_windows=2"], tmp_path)
+    cfg = compose_cfg(
+        [
+            "experiment=quickstart",
+            *TINY,
+            "router=sigmoid_bias",
+            "run_id=bias",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "data.val_windows=2",
+        ],
+        tmp_path,
+    )
     s = train(cfg)
     model, _ = load_model(s["checkpoint"])
     bias = model.moe_layers[0].router.bias
@@ -149,8 +201,14 @@ def test_block_size_longer_than_model_context_is_a_clear_error(tmp_path):
 def _run_cli(args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "MOE_SWARM_RUNS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
     env.pop("RUN_ID", None)
-    return subprocess.run([sys.executable, "-m", "moe_swarm.train", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "moe_swarm.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize(
@@ -165,8 +223,19 @@ def test_bad_override_exits_nonzero_with_hydras_message(override, message, tmp_p
 
 def test_two_job_multirun_leaves_one_results_table(tmp_path):
     tiny = [o for o in TINY if not o.startswith("model.num_experts")]
-    proc = _run_cli(["-m", "experiment=quickstart", *tiny, "model.num_experts=2,4", "trainer.max_steps=2",
-                     "trainer.val_check_interval=2", "data.val_windows=2", "run_id=sweep"], tmp_path)
+    proc = _run_cli(
+        [
+            "-m",
+            "experiment=quickstart",
+            *tiny,
+            "model.num_experts=2,4",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "data.val_windows=2",
+            "run_id=sweep",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = tmp_path / "sweeps" / "sweep" / "results.md"
     text = table.read_text()
@@ -177,9 +246,21 @@ def test_two_job_multirun_leaves_one_results_table(tmp_path):
 
 def test_optuna_preset_runs_trials_in_memory(tmp_path):
     tiny = [o for o in TINY if not o.startswith("model.num_experts")]
-    proc = _run_cli(["-m", "hparams_search=optuna", "experiment=quickstart", *tiny, "trainer.max_steps=2",
-                     "trainer.val_check_interval=2", "data.val_windows=2", "run_id=opt",
-                     "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1"], tmp_path)
+    proc = _run_cli(
+        [
+            "-m",
+            "hparams_search=optuna",
+            "experiment=quickstart",
+            *tiny,
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "data.val_windows=2",
+            "run_id=opt",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=1",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Best value" in proc.stdout + proc.stderr or "best_value" in proc.stdout + proc.stderr
     rows = json.loads((tmp_path / "sweeps" / "opt" / "results.json").read_text())
@@ -189,8 +270,22 @@ def test_optuna_preset_runs_trials_in_memory(tmp_path):
 def test_configs_are_found_from_an_installed_wheel_in_any_directory(tmp_path, repo_root):
     """Build the wheel, unpack it away from the repo, compose the config from there."""
     wheel_dir = tmp_path / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(wheel_dir), str(repo_root)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(repo_root),
+        ],
+        check=True,
+        timeout=300,
+    )
     (wheel,) = wheel_dir.glob("moe_swarm-*.whl")
     site = tmp_path / "site"
     import zipfile
@@ -207,8 +302,9 @@ def test_configs_are_found_from_an_installed_wheel_in_any_directory(tmp_path, re
     env["PYTHONPATH"] = str(site)
     # -I would drop the venv's site-packages; -P keeps cwd off sys.path. The editable install's
     # path hook is bypassed because PYTHONPATH comes first on sys.path.
-    out = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     conf_dir, steps = out.stdout.split()
     assert conf_dir == str((site / "moe_swarm" / "conf").resolve())
@@ -217,8 +313,20 @@ def test_configs_are_found_from_an_installed_wheel_in_any_directory(tmp_path, re
 
 def test_metrics_lines_for_a_supervisor(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MOE_SWARM_METRICS_LINES", "1")
-    train(compose_cfg(["experiment=quickstart", *TINY, "run_id=lines", "trainer.max_steps=4",
-                       "trainer.log_every_n_steps=2", "trainer.val_check_interval=4", "data.val_windows=2"], tmp_path))
+    train(
+        compose_cfg(
+            [
+                "experiment=quickstart",
+                *TINY,
+                "run_id=lines",
+                "trainer.max_steps=4",
+                "trainer.log_every_n_steps=2",
+                "trainer.val_check_interval=4",
+                "data.val_windows=2",
+            ],
+            tmp_path,
+        )
+    )
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("MOE_SWARM_METRICS ")]
     assert len(lines) >= 2
     last = json.loads(lines[-1].split(" ", 1)[1])

@@ -27,7 +27,9 @@ class CheckpointError(ValueError):
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass the path of a .ckpt written by training")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not exist; pass the path of a .ckpt written by training"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for torn or foreign files
@@ -39,12 +41,16 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def model_config_from_hparams(hparams: dict[str, Any]) -> TransformerConfig:
     if "model" not in hparams:
-        raise CheckpointError("checkpoint has no 'model' hyper-parameters; it was not written by moe-swarm training")
+        raise CheckpointError(
+            "checkpoint has no 'model' hyper-parameters; it was not written by moe-swarm training"
+        )
     fields = TransformerConfig.__dataclass_fields__
     return TransformerConfig(**{k: v for k, v in dict(hparams["model"]).items() if k in fields})
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[MoETransformer, dict]:
+def load_model(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[MoETransformer, dict]:
     """Build the model stored in a training checkpoint; returns (model in eval mode, hyper-parameters)."""
     ckpt = read_checkpoint(path, map_location)
     hparams = dict(ckpt.get("hyper_parameters") or {})
@@ -53,7 +59,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith(("rope_cos", "rope_sin"))]
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint does not match its model config: missing={missing} unexpected={unexpected}")
+        raise CheckpointError(
+            f"checkpoint does not match its model config: missing={missing} unexpected={unexpected}"
+        )
     model.to(map_location).eval()
     hparams["global_step"] = ckpt.get("global_step")
     if "swarm_state" in ckpt:
@@ -67,7 +75,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp's 0600 would hide it from a sidecar user
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
@@ -78,8 +89,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
-def save_model_checkpoint(path: str | os.PathLike, model: MoETransformer, hparams: dict | None = None,
-                          extra: dict | None = None) -> None:
+def save_model_checkpoint(
+    path: str | os.PathLike, model: MoETransformer, hparams: dict | None = None, extra: dict | None = None
+) -> None:
     """Write a checkpoint that :func:`load_model` (and the sidecar) can read, in the training layout."""
     hp = dict(hparams or {})
     hp["model"] = model.cfg.to_dict()

@@ -1,7 +1,7 @@
 """`moe-swarm-eval`: score a training checkpoint (val bpb / perplexity, greedy exact match).
 
-    moe-swarm-eval checkpoint=runs/<run_id>/checkpoints/last.ckpt
-    moe-swarm-eval checkpoint=... split=test em_problems=1000
+moe-swarm-eval checkpoint=runs/<run_id>/checkpoints/last.ckpt
+moe-swarm-eval checkpoint=... split=test em_problems=1000
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             targets = batch["targets"].to(cfg.device)
             out = model(batch["input_ids"].to(cfg.device))
             logits = out.logits.float().reshape(-1, out.logits.shape[-1])
-            nll_sum += torch.nn.functional.cross_entropy(logits, targets.reshape(-1), ignore_index=-100,
-                                                         reduction="sum").item()
+            nll_sum += torch.nn.functional.cross_entropy(
+                logits, targets.reshape(-1), ignore_index=-100, reduction="sum"
+            ).item()
             n_tok += int((targets != -100).sum())
     loss = nll_sum / max(n_tok, 1)
     report: dict[str, Any] = {
@@ -63,13 +64,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         f"{cfg.split}/bpb": loss / math.log(2),
         f"{cfg.split}/ppl": math.exp(min(loss, 50.0)),
     }
-    task_cfg = (hparams.get("eval_task") or None)
+    task_cfg = hparams.get("eval_task") or None
     if task_cfg and cfg.em_problems > 0:
         task = get_task(task_cfg["name"], **task_cfg.get("kwargs", {}))
         tok = ByteTokenizer()
         problems = task.generate(cfg.split, int(cfg.em_problems), seed=int(run_cfg.get("seed", 0)))
         max_new = int(cfg.max_new_tokens or hparams.get("eval_max_new_tokens") or 16)
-        correct = greedy_exact_match(model, problems, task, tok, max_new, cfg.device, encode_prompt, decode_answer)
+        correct = greedy_exact_match(
+            model, problems, task, tok, max_new, cfg.device, encode_prompt, decode_answer
+        )
         report[f"{cfg.split}/em"] = sum(correct) / len(correct)
         report["em_problems"] = len(correct)
     report["seconds"] = round(time.perf_counter() - t0, 2)
@@ -79,8 +82,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-def greedy_exact_match(model, problems, task, tok, max_new_tokens, device, encode_prompt, decode_answer,
-                       batch_size: int = 256) -> list[bool]:
+def greedy_exact_match(
+    model, problems, task, tok, max_new_tokens, device, encode_prompt, decode_answer, batch_size: int = 256
+) -> list[bool]:
     """Greedy KV-cache decoding, prompts bucketed by length; exact match per problem."""
     prompts = [encode_prompt(p, tok) for p in problems]
     buckets: dict[int, list[int]] = {}

@@ -1,8 +1,8 @@
 """`moe-swarm-train`: compose the Hydra config, instantiate data/module/trainer, fit, summarise.
 
-    moe-swarm-train experiment=quickstart
-    moe-swarm-train -m model.num_experts=4,8 trainer.max_steps=20     # a sweep
-    RUN_ID=my-run moe-swarm-train experiment=text_small               # restart = resume
+moe-swarm-train experiment=quickstart
+moe-swarm-train -m model.num_experts=4,8 trainer.max_steps=20     # a sweep
+RUN_ID=my-run moe-swarm-train experiment=text_small               # restart = resume
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def check_config(cfg: DictConfig) -> None:
             "lower data.block_size or raise model.max_seq_len"
         )
     if cfg.model.ffn == "moe" and not 1 <= cfg.model.top_k <= cfg.model.num_experts:
-        raise ValueError(f"model.top_k={cfg.model.top_k} must be in [1, model.num_experts={cfg.model.num_experts}]")
+        raise ValueError(
+            f"model.top_k={cfg.model.top_k} must be in [1, model.num_experts={cfg.model.num_experts}]"
+        )
 
 
 def apply_cluster(cfg: DictConfig) -> ClusterSpec:
@@ -103,8 +105,11 @@ def build_callbacks(cfg: DictConfig, has_logger: bool, expected_world_size: int 
         from moe_swarm.lit.callbacks import MetricsLines
 
         callbacks.append(MetricsLines())
-    callbacks.append(hydra.utils.instantiate({"_target_": "moe_swarm.lit.fault.CheckpointOnSigterm",
-                                              "dirpath": f"{cfg.run_dir}/checkpoints"}))
+    callbacks.append(
+        hydra.utils.instantiate(
+            {"_target_": "moe_swarm.lit.fault.CheckpointOnSigterm", "dirpath": f"{cfg.run_dir}/checkpoints"}
+        )
+    )
     from moe_swarm.lit.fault import WorldSizeCheck
 
     callbacks.append(WorldSizeCheck(expected_world_size))
@@ -112,7 +117,9 @@ def build_callbacks(cfg: DictConfig, has_logger: bool, expected_world_size: int 
 
 
 def build_loggers(cfg: DictConfig) -> list:
-    return [hydra.utils.instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
+    return [
+        hydra.utils.instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg
+    ]
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -153,12 +160,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, has_logger=bool(loggers), expected_world_size=spec.world_size)
     # Checkpoints are written to a temp file in their folder, fsynced, then renamed: never torn.
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      plugins=[AtomicCheckpointIO()])
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
 
     resume = last_checkpoint(run_dir) if cfg.resume else None
     # Several nodes: all must agree on nodes, devices, run id and resuming before DDP starts.
-    check_nodes_agree(spec, run_id=cfg.run_id, resuming=resume is not None, timeout_s=rendezvous_timeout_s(cfg))
+    check_nodes_agree(
+        spec, run_id=cfg.run_id, resuming=resume is not None, timeout_s=rendezvous_timeout_s(cfg)
+    )
     start_metrics: dict[str, float] = {}
     if resume is None and cfg.validate_before_fit and not cfg.trainer.get("fast_dev_run"):
         start_metrics = _scalar_metrics(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
@@ -183,8 +193,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def make_summary(cfg, module, trainer, run_dir: Path, start: dict, end: dict, wall: float, status: str,
-                 resumed_from: Path | None) -> dict[str, Any]:
+def make_summary(
+    cfg,
+    module,
+    trainer,
+    run_dir: Path,
+    start: dict,
+    end: dict,
+    wall: float,
+    status: str,
+    resumed_from: Path | None,
+) -> dict[str, Any]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from moe_swarm.lit.callbacks import ExpertLoadHeatmap, TokenThroughput
@@ -247,8 +266,15 @@ def write_sweep_table(sweep_dir: Path) -> Path | None:
     rows = []
     for path in sorted(sweep_dir.parent.parent.glob(f"{sweep_dir.name}-*/summary.json")):
         s = json.loads(path.read_text())
-        rows.append((s["run_id"], " ".join(s.get("overrides") or []), s["optimized_metric"], s["metric_end"],
-                     s["status"]))
+        rows.append(
+            (
+                s["run_id"],
+                " ".join(s.get("overrides") or []),
+                s["optimized_metric"],
+                s["metric_end"],
+                s["status"],
+            )
+        )
     if not rows:
         return None
     out = sweep_dir / "results.md"
@@ -256,8 +282,12 @@ def write_sweep_table(sweep_dir: Path) -> Path | None:
     lines += [f"| {r} | {o} | {m} | {v if v is None else f'{v:.4f}'} | {st} |" for r, o, m, v, st in rows]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    (sweep_dir / "results.json").write_text(json.dumps(
-        [{"run_id": r, "overrides": o, "metric": m, "value": v, "status": st} for r, o, m, v, st in rows], indent=2))
+    (sweep_dir / "results.json").write_text(
+        json.dumps(
+            [{"run_id": r, "overrides": o, "metric": m, "value": v, "status": st} for r, o, m, v, st in rows],
+            indent=2,
+        )
+    )
     return out
 
 
@@ -271,7 +301,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        table = write_sweep_table(Path(cfg.paths.runs_dir).resolve() / "sweeps" / str(cfg.run_id).rsplit("-", 1)[0])
+        table = write_sweep_table(
+            Path(cfg.paths.runs_dir).resolve() / "sweeps" / str(cfg.run_id).rsplit("-", 1)[0]
+        )
         if table:
             print(f"sweep results so far: {table}", flush=True)
     value = summary.get("metric_end")

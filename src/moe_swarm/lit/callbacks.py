@@ -85,7 +85,9 @@ class NonFiniteLossGuard(Callback):
     state: the last good ``last.ckpt`` stays as it was.
     """
 
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(

@@ -64,10 +64,18 @@ class MoELanguageModel(L.LightningModule):
         model = _plain(model)
         task = _plain(eval_task)
         self.save_hyperparameters(
-            {"model": model, "weight_decay": weight_decay, "aux_loss_coef": aux_loss_coef,
-             "z_loss_coef": z_loss_coef, "bias_update_gamma": bias_update_gamma, "compile": compile,
-             "eval_task": task, "eval_problems": eval_problems, "eval_max_new_tokens": eval_max_new_tokens,
-             "eval_batch_size": eval_batch_size}
+            {
+                "model": model,
+                "weight_decay": weight_decay,
+                "aux_loss_coef": aux_loss_coef,
+                "z_loss_coef": z_loss_coef,
+                "bias_update_gamma": bias_update_gamma,
+                "compile": compile,
+                "eval_task": task,
+                "eval_problems": eval_problems,
+                "eval_max_new_tokens": eval_max_new_tokens,
+                "eval_batch_size": eval_batch_size,
+            }
         )
         fields = TransformerConfig.__dataclass_fields__
         self.model = MoETransformer(TransformerConfig(**{k: v for k, v in model.items() if k in fields}))
@@ -90,34 +98,62 @@ class MoELanguageModel(L.LightningModule):
                 block.compile()
 
     # ---- training ---------------------------------------------------------------------------
-    def forward(self, idx: Tensor, targets: Tensor | None = None, pad_mask: Tensor | None = None) -> ModelOutput:
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, pad_mask: Tensor | None = None
+    ) -> ModelOutput:
         return self.model(idx, targets, pad_mask=pad_mask)
 
     def _shared_step(self, batch: dict[str, Tensor]) -> tuple[ModelOutput, Tensor]:
         out = self(batch["input_ids"], batch["targets"], batch.get("attention_mask"))
-        loss = out.loss + self.hparams.aux_loss_coef * out.load_balance_loss + self.hparams.z_loss_coef * out.z_loss
+        loss = (
+            out.loss
+            + self.hparams.aux_loss_coef * out.load_balance_loss
+            + self.hparams.z_loss_coef * out.z_loss
+        )
         return out, loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out, loss = self._shared_step(batch)
         bs = batch["input_ids"].shape[0]
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
-        self.log("train/total_loss", loss, batch_size=bs)
+        means = {"train/loss": out.loss.detach(), "train/total_loss": loss.detach()}
+        counts = None
         if out.aux:
             counts = torch.stack([a.counts for a in out.aux])
             self._step_counts += counts
             self.train_expert_counts = self.train_expert_counts.to(counts.device) + counts.detach()
-            self.log_dict(
+            means.update(
                 {
-                    "train/aux_loss": out.load_balance_loss,
-                    "train/z_loss": out.z_loss,
-                    "router/load_max_over_mean": torch.stack([a.load_max_over_mean for a in out.aux]).mean(),
+                    "train/aux_loss": out.load_balance_loss.detach(),
+                    "train/z_loss": out.z_loss.detach(),
                     "router/entropy": torch.stack([a.entropy for a in out.aux]).mean(),
                     "router/dropped_frac": torch.stack([a.dropped_frac for a in out.aux]).mean(),
-                },
-                batch_size=bs,
+                }
             )
+        metrics = self._global_train_metrics(means, counts)
+        self.log("train/loss", metrics.pop("train/loss"), prog_bar=True, batch_size=bs)
+        self.log_dict(metrics, batch_size=bs)
         return loss
+
+    def _global_train_metrics(self, means: dict[str, Tensor], counts: Tensor | None) -> dict[str, Tensor]:
+        """Step metrics over all ranks in one all-reduce: losses averaged, expert counts summed.
+
+        The load ratio max/mean comes from the summed counts (the whole global batch), not from an
+        average of per-rank ratios; on one process this is the plain local value.
+        """
+        names = list(means)
+        flat = torch.stack([means[k].float() for k in names])
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if counts is not None:
+            flat = torch.cat([flat / world, counts.detach().float().reshape(-1)])
+        else:
+            flat = flat / world
+        if world > 1:
+            flat = self.trainer.strategy.reduce(flat, reduce_op="sum")
+        out = dict(zip(names, flat[: len(names)]))
+        if counts is not None:
+            total = flat[len(names) :].reshape(counts.shape)
+            out["router/load_max_over_mean"] = (total.amax(dim=1) / total.mean(dim=1).clamp_min(1e-9)).mean()
+        return out
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         layers = self.model.moe_layers
@@ -146,8 +182,11 @@ class MoELanguageModel(L.LightningModule):
         loss = self.val_loss.compute()
         self.val_loss.reset()
         # Byte-level tokens: nats per token / ln 2 = bits per byte.
-        self.log_dict({"val/loss": loss, "val/bpb": loss / LN2, "val/ppl": torch.exp(loss)}, prog_bar=True,
-                      sync_dist=False)
+        self.log_dict(
+            {"val/loss": loss, "val/bpb": loss / LN2, "val/ppl": torch.exp(loss)},
+            prog_bar=True,
+            sync_dist=False,
+        )
         if self.task is not None and self.hparams.eval_problems > 0:
             self.log("val/em", self.exact_match("val"), prog_bar=True, sync_dist=False)
 
@@ -185,7 +224,9 @@ class MoELanguageModel(L.LightningModule):
             for start in range(0, len(idxs), bs):
                 chunk = idxs[start : start + bs]
                 batch = torch.tensor([prompts[i] for i in chunk], device=self.device)
-                out = self.model.generate(batch, self.hparams.eval_max_new_tokens, eos_id=tok.EOS, pad_id=tok.PAD)
+                out = self.model.generate(
+                    batch, self.hparams.eval_max_new_tokens, eos_id=tok.EOS, pad_id=tok.PAD
+                )
                 for row, i in enumerate(chunk):
                     pred = decode_answer(out.tokens[row], tok)
                     correct[i] = self.task.score(pred, problems[i].answer)
