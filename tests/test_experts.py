@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from moe_swarm.model import ExpertPool, MoELayer
 from moe_swarm.model.experts import grouped_mm_supported
 
-IMPLS = ["grouped_mm", "sorted_split"]
+IMPLS = ["grouped_mm", "gather_bmm", "sorted_split"]
 
 
 def run_layer(layer: MoELayer, x: torch.Tensor, impl: str, pad_mask=None):
@@ -70,10 +70,10 @@ def test_every_expert_gets_a_gradient_even_without_tokens():
 
 
 def test_auto_dispatch_resolution_and_fallback_for_unaligned_sizes():
-    aligned = ExpertPool(4, 16, 32)
-    assert aligned.resolve_dispatch(torch.randn(2, 16)) == "grouped_mm"
-    odd = ExpertPool(4, 10, 6)  # 40- and 24-byte rows: grouped_mm cannot take them
-    assert odd.resolve_dispatch(torch.randn(2, 10)) == "sorted_split"
+    aligned = ExpertPool(4, 64, 128)
+    assert aligned.resolve_dispatch(torch.randn(512, 64)) == "grouped_mm"
+    odd = ExpertPool(4, 60, 130)  # 2-byte aligned rows only: grouped_mm cannot take them
+    assert odd.resolve_dispatch(torch.randn(512, 60)) == "sorted_split"
     forced = ExpertPool(4, 16, 32, dispatch="reference_loop")
     assert forced.resolve_dispatch(torch.randn(2, 16)) == "reference_loop"
     with pytest.raises(ValueError, match="dispatch"):
