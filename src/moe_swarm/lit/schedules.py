@@ -8,7 +8,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
-def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1) -> LambdaLR:
+def warmup_cosine(
+    optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1
+) -> LambdaLR:
     """Linear warmup to the base LR over ``warmup_steps``, then cosine decay to ``min_lr_ratio * base``."""
     if total_steps <= 0:
         raise ValueError(f"total_steps must be > 0, got {total_steps}")
