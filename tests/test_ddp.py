@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from conftest import TINY_MODEL
 
 from moe_swarm.checkpoint import load_model
 from moe_swarm.cluster import ClusterConfigError, ClusterSpec, clean_env
@@ -22,16 +23,8 @@ from moe_swarm.lit.fault import WorldSizeCheck, check_nodes_agree
 
 TINY = [
     "experiment=quickstart",
-    "model.d_model=32",
-    "model.n_layers=1",
-    "model.n_heads=2",
-    "model.d_ff=32",
-    "model.num_experts=4",
-    "data.batch_size=4",
+    *TINY_MODEL,
     "data.val_windows=2",
-    "trainer.enable_progress_bar=false",
-    "module.eval_problems=4",
-    "logger=csv",
     "router=sigmoid_bias",  # the bias update must see token counts summed over ranks
     "callbacks.replica_check.every_n_train_steps=1",  # compare ranks after every optimizer step
 ]

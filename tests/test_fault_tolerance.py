@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 from moe_swarm.checkpoint import load_model
 from moe_swarm.cluster import clean_env
@@ -24,18 +25,10 @@ from moe_swarm.lit.fault import AtomicCheckpointIO
 
 TINY = [
     "experiment=quickstart",
-    "model.d_model=32",
-    "model.n_layers=1",
-    "model.n_heads=2",
-    "model.d_ff=32",
-    "model.num_experts=4",
-    "data.batch_size=4",
+    *TINY_MODEL,
     "data.val_windows=2",
-    "trainer.enable_progress_bar=false",
     "trainer.accelerator=cpu",
     "trainer.devices=1",
-    "module.eval_problems=4",
-    "logger=csv",
     "validate_before_fit=false",
 ]
 # Long enough never to finish by itself; validation far away so only the step checkpoint writes last.ckpt.

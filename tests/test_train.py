@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -19,19 +20,11 @@ from moe_swarm.train import train
 CONF = config_dir()
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 TINY = [
-    "model.d_model=32",
-    "model.n_layers=1",
-    "model.n_heads=2",
-    "model.d_ff=32",
-    "model.num_experts=4",
-    "data.batch_size=4",
-    "trainer.enable_progress_bar=false",
+    *TINY_MODEL,
     "trainer.accelerator=cpu",
     "trainer.devices=1",
     "trainer.precision=32-true",
     "module.compile=false",
-    "module.eval_problems=4",
-    "logger=csv",
 ]
 GPU_ONLY = {"gpu_a100", "gpu_h100"}
 
