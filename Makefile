@@ -11,7 +11,7 @@ IMAGE ?= moe-swarm:0.1.0
 TORCH_INDEX_URL ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast bench bench-quick bench-serve serve lint format docker-build fly-deploy k8s-render k8s-apply clean
+.PHONY: help install train swarm test test-fast bench bench-quick bench-serve serve lint format docker-build fly-deploy k8s-render k8s-apply clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,13 @@ install: $(STAMP) ## create .venv (if missing) and install torch, then the proje
 
 train: $(STAMP) ## run the main job on the CPU (experiment=quickstart); extra Hydra overrides via ARGS="..."
 	$(BIN)/moe-swarm-train experiment=quickstart $(ARGS)
+
+SWARM_RUN ?= swarm
+RUNS := $(or $(MOE_SWARM_RUNS_DIR),runs)
+swarm: $(STAMP) ## base MoE (experiment=reasoning_swarm) -> value head -> swarm eval, in runs/$(SWARM_RUN)-*
+	$(BIN)/moe-swarm-train experiment=reasoning_swarm run_id=$(SWARM_RUN)-base trainer.enable_progress_bar=false $(ARGS)
+	$(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$(SWARM_RUN)-base/checkpoints/last.ckpt run_id=$(SWARM_RUN)-head trainer.enable_progress_bar=false
+	$(BIN)/moe-swarm-swarm-eval checkpoint=$(RUNS)/$(SWARM_RUN)-head/checkpoints/swarm.ckpt threads=1
 
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest $(ARGS)

@@ -37,3 +37,50 @@ def repo_root() -> Path:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+# A 1x1-digit multiplication MoE small enough to train in seconds (swarm training and eval tests).
+TINY_MUL_BASE = [
+    "experiment=reasoning_mul",
+    "model.d_model=32",
+    "model.n_layers=1",
+    "model.n_heads=2",
+    "model.d_ff=32",
+    "model.num_experts=4",
+    "model.max_seq_len=32",
+    "data.task_kwargs.digits_a=1",
+    "data.task_kwargs.digits_b=1",
+    "data.n_train=30",
+    "data.n_val=4",
+    "data.n_test=4",
+    "data.batch_size=32",
+    "module.eval_problems=4",
+    "module.optimizer.lr=0.01",
+    "module.scheduler.warmup_steps=10",
+    "trainer.max_steps=100",
+    "trainer.val_check_interval=100",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "validate_before_fit=false",
+    "logger=csv",
+    "run_id=base",
+]
+
+
+def compose_cfg(name: str, overrides: list[str], runs_dir: Path):
+    """Compose a primary config (train, eval, swarm_train, ...) with runs written under runs_dir."""
+    from hydra import compose, initialize_config_dir
+
+    from moe_swarm.config import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(name, overrides=[f"paths.runs_dir={runs_dir}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_mul_base_ckpt(tmp_path_factory) -> Path:
+    """A real training checkpoint of the tiny 1x1 multiplication model (trained once per session)."""
+    from moe_swarm.train import train
+
+    runs = tmp_path_factory.mktemp("tiny_mul_base")
+    return Path(train(compose_cfg("train", TINY_MUL_BASE, runs))["checkpoint"])

@@ -129,7 +129,7 @@ def _task_canonical(hparams: dict) -> tuple[str, Any]:
     """The task's answer normaliser when the checkpoint names a reasoning task, else strip()."""
     from moe_swarm.swarm import default_canonical
 
-    task = hparams.get("task")
+    task = hparams.get("eval_task") or hparams.get("task")  # training stores it as eval_task
     name, kwargs = "", {}
     if isinstance(task, dict):
         name, kwargs = str(task.get("name") or ""), dict(task.get("kwargs") or {})

@@ -1,0 +1,420 @@
+"""Train the swarm's value head from the swarm's own rollouts (exact-match reward) with Lightning.
+
+Each training step runs the swarm (no gradient) on a batch of training problems, labels every
+record of every round by exact match, and fits the value head to those labels with binary
+cross-entropy. The backbone is frozen by default. Unfrozen, the thought vectors are recomputed with
+gradient by one teacher-forced forward pass over prompt + generated tokens (under each agent's own
+routing perturbation), so the value loss reaches the backbone, and ``lm_coef`` adds the LM loss of
+the correct rollouts (rejection-sampling fine-tuning) to keep the backbone a good generator.
+
+The module's checkpoints are ordinary model checkpoints plus a ``swarm_state`` entry: the backbone
+sits under ``model.`` and ``hyper_parameters["model"]`` holds its config, so
+``moe_swarm.checkpoint.load_model`` reads them and returns the swarm state in ``hparams``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from torchmetrics.functional.classification import binary_auroc
+
+from moe_swarm.checkpoint import load_model
+from moe_swarm.data.tasks import Problem, Task, get_task
+from moe_swarm.data.tokenizer import ByteTokenizer
+from moe_swarm.model import MoETransformer, RowRouting
+from moe_swarm.swarm import (
+    Rollouts,
+    SwarmConfig,
+    SwarmSolver,
+    ThoughtRecord,
+    ValueHead,
+    collect_rollouts,
+    embedding_scale,
+    normalise_thoughts,
+    save_swarm_state,
+    value_loss,
+    vote,
+)
+
+# Rollouts keep every round of every problem: early exit would drop the later (harder) records.
+DEFAULT_ROLLOUT_OVERRIDES = {"early_exit_share": 2.0}
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def task_from(task: dict | None, hparams: dict, checkpoint: str) -> tuple[Task, dict]:
+    """The reasoning task to train/evaluate on: ``task`` if given, else the checkpoint's ``eval_task``."""
+    spec = _plain(task) or hparams.get("eval_task")
+    if not spec:
+        raise ValueError(
+            f"{checkpoint} names no reasoning task (no hparams['eval_task']; it was not a task run); "
+            "pass task={name: mul, kwargs: {digits_a: 3, digits_b: 2}} or train with experiment=reasoning_swarm"
+        )
+    spec = {"name": str(spec["name"]), "kwargs": dict(spec.get("kwargs") or {})}
+    return get_task(spec["name"], **spec["kwargs"]), spec
+
+
+def _list_collate(batch: list[Problem]) -> list[Problem]:
+    return list(batch)
+
+
+class ProblemDataModule(L.LightningDataModule):
+    """Batches of task ``Problem``s (plain lists): the swarm encodes prompts itself.
+
+    ``train`` problems feed the rollouts the value head learns from; a fixed ``val`` subset measures
+    it. Both are generated from ``seed`` and are disjoint by the task's split hashing.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        n_train: int = 4096,
+        n_val: int = 128,
+        batch_size: int = 16,
+        val_batch_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in [
+            ("n_train", n_train),
+            ("n_val", n_val),
+            ("batch_size", batch_size),
+            ("val_batch_size", val_batch_size),
+        ]:
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self.task = task
+        self.n_train, self.n_val = n_train, n_val
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.seed = seed
+        self.problems: dict[str, list[Problem]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.problems:
+            self.problems = {
+                "train": self.task.generate("train", self.n_train, seed=self.seed),
+                "val": self.task.generate("val", self.n_val, seed=self.seed),
+            }
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.problems["train"],
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=gen,
+            collate_fn=_list_collate,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            self.problems["val"], batch_size=self.val_batch_size, shuffle=False, collate_fn=_list_collate
+        )
+
+
+class TokenKeepingSolver(SwarmSolver):
+    """A SwarmSolver that also keeps each record's generated token ids (EOS included).
+
+    Records carry decoded text only; recomputing a thought with gradient needs the exact tokens.
+    ``tokens[(problem, round, agent)]`` is the row's ids.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.tokens: dict[tuple[Hashable, int, int], list[int]] = {}
+
+    def make_records(self, props, scores, keys, rnd, counts) -> list[ThoughtRecord]:
+        records = super().make_records(props, scores, keys, rnd, counts)
+        rows, lengths = props.tokens.tolist(), props.lengths.tolist()
+        for rec, row, n in zip(records, rows, lengths):
+            self.tokens[(rec.problem, rec.round, rec.agent)] = row[:n]
+        return records
+
+
+def recompute_thoughts(
+    model: MoETransformer,
+    prompt_ids: Sequence[Sequence[int]],
+    generated: Sequence[Sequence[int]],
+    records: Sequence[ThoughtRecord],
+    mode: str,
+    pad_id: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Teacher-forced thought vectors (with gradient) for records whose rows were decoded by ``generate``.
+
+    Row i reads ``prompt_ids[i] + generated[i][:-1]``; its thought is the final hidden state at the
+    position that produced the last generated token (``mode="last"``) or the mean over the positions
+    that produced the generated tokens (``"mean"``), rescaled like the solver's. Each row runs under its
+    agent's routing perturbation, so without parameter changes this equals the decoded thought.
+    Returns ``(thoughts (R, d), logits (R, T, V), targets (R, T))`` with targets -100 off the answer.
+    """
+    if not records:
+        raise ValueError("recompute_thoughts needs at least one record")
+    dev = next(model.parameters()).device
+    inputs, targets, spans = [], [], []
+    for prompt, gen in zip(prompt_ids, generated):
+        if len(gen) < 1:
+            raise ValueError("every record must have generated at least one token")
+        p = len(prompt)
+        inputs.append(list(prompt) + list(gen[:-1]))
+        targets.append([-100] * (p - 1) + list(gen))
+        spans.append((p - 1, p + len(gen) - 2))
+    width = max(len(x) for x in inputs)
+    idx = torch.full((len(inputs), width), pad_id, dtype=torch.long)
+    tgt = torch.full((len(inputs), width), -100, dtype=torch.long)
+    mask = torch.zeros(len(inputs), width, dtype=torch.bool)
+    for i, (x, t) in enumerate(zip(inputs, targets)):
+        idx[i, : len(x)] = torch.tensor(x)
+        tgt[i, : len(t)] = torch.tensor(t)
+        mask[i, : len(x)] = True
+    specs = [r.spec for r in records]
+    routing = None
+    if any(s is not None and (s.routing_noise > 0 or s.top_k is not None) for s in specs):
+        noise = torch.tensor([s.routing_noise if s else 0.0 for s in specs], dtype=torch.float32, device=dev)
+        seed = torch.tensor([s.seed if s else 0 for s in specs], dtype=torch.long, device=dev)
+        k = torch.tensor([(s.top_k or model.cfg.top_k) if s else model.cfg.top_k for s in specs], device=dev)
+        routing = RowRouting(noise, seed, k)
+    out = model(idx.to(dev), pad_mask=mask.to(dev), routing=routing)
+    hidden = out.hidden.float()
+    first = torch.tensor([a for a, _ in spans], device=dev)
+    last = torch.tensor([b for _, b in spans], device=dev)
+    if mode == "last":
+        thought = hidden[torch.arange(hidden.shape[0], device=dev), last]
+    else:
+        pos = torch.arange(width, device=dev)[None]
+        sel = ((pos >= first[:, None]) & (pos <= last[:, None])).float()
+        thought = (hidden * sel[..., None]).sum(1) / sel.sum(1, keepdim=True)
+    return normalise_thoughts(thought, embedding_scale(model)), out.logits, tgt.to(dev)
+
+
+class SwarmValueModule(L.LightningModule):
+    """Trains a :class:`~moe_swarm.swarm.ValueHead` (and, unfrozen, the backbone) from swarm rollouts.
+
+    ``checkpoint``: a training checkpoint of the backbone. ``swarm``: SwarmConfig fields (the Hydra
+    ``swarm/`` preset); rollouts use it with ``rollout_overrides`` applied (default: no early exit),
+    and it is saved with the head as the swarm state. ``task``: ``{name, kwargs}``, default the
+    checkpoint's ``eval_task``. ``pos_weight`` up-weights correct records in the BCE (None = calibrated
+    probabilities, what a weighted vote wants).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str,
+        swarm: dict | DictConfig,
+        task: dict | DictConfig | None = None,
+        freeze_backbone: bool = True,
+        value_hidden: int = 64,
+        lr: float = 3e-3,
+        backbone_lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        pos_weight: float | None = None,
+        lm_coef: float = 1.0,
+        rollout_overrides: dict | DictConfig | None = None,
+    ) -> None:
+        super().__init__()
+        swarm = dict(_plain(swarm) or {})
+        self.swarm_cfg = SwarmConfig.from_dict(swarm)
+        overrides = (
+            DEFAULT_ROLLOUT_OVERRIDES if rollout_overrides is None else dict(_plain(rollout_overrides))
+        )
+        self.rollout_cfg = self.swarm_cfg.replace(**overrides)
+        if not freeze_backbone and self.rollout_cfg.inject_top_k > 0:
+            raise ValueError(
+                "freeze_backbone=false recomputes thoughts from tokens and cannot replay injected thought slots; "
+                "set swarm.inject_top_k=0 or keep the backbone frozen"
+            )
+        model, base_hparams = load_model(checkpoint)
+        self.task, task_spec = task_from(task, base_hparams, checkpoint)
+        self.model = model
+        self.value_head = ValueHead(model.cfg.d_model, value_hidden)
+        self.tokenizer = ByteTokenizer()
+        self.model.requires_grad_(not freeze_backbone)
+        self.save_hyperparameters(
+            {
+                "checkpoint": str(checkpoint),
+                "swarm": self.swarm_cfg.to_dict(),
+                "task": task_spec,
+                "freeze_backbone": freeze_backbone,
+                "value_hidden": value_hidden,
+                "lr": lr,
+                "backbone_lr": backbone_lr,
+                "weight_decay": weight_decay,
+                "pos_weight": pos_weight,
+                "lm_coef": lm_coef,
+                "rollout_overrides": overrides,
+                # what load_model / the sidecar / moe-swarm-eval read from a model checkpoint:
+                "model": model.cfg.to_dict(),
+                "eval_task": task_spec,
+                "eval_max_new_tokens": base_hparams.get("eval_max_new_tokens", self.swarm_cfg.max_new_tokens),
+                "base_global_step": base_hparams.get("global_step"),
+            }
+        )
+        self.val_loss = MeanMetric()
+        self.val_auroc = BinaryAUROC()
+        self.val_acc = BinaryAccuracy()
+        self.val_classes = [0, 0]  # (wrong, right) records seen this validation: AUROC needs both
+        self.val_outcomes = torch.nn.ModuleDict(
+            {
+                k: MeanMetric()
+                for k in (
+                    "agent_em",
+                    "pass_any",
+                    "plurality",
+                    "weighted",
+                    "value_vote",
+                    "best_value",
+                    "swarm_em",
+                )
+            }
+        )
+
+    @property
+    def backbone_trainable(self) -> bool:
+        return not self.hparams.freeze_backbone
+
+    # ---- rollouts ---------------------------------------------------------------------------
+    def solver(self) -> TokenKeepingSolver:
+        head = self.value_head if self.rollout_cfg.score in ("value", "both") else None
+        return TokenKeepingSolver(
+            self.model, self.rollout_cfg, self.tokenizer, canonical=self.task.canonical, value_head=head
+        )
+
+    def rollouts(self, problems: list[Problem]) -> tuple[Rollouts, TokenKeepingSolver]:
+        """Run the swarm on ``problems`` with the backbone in eval mode (no dropout, no router jitter)."""
+        self.model.eval()
+        solver = self.solver()
+        with torch.no_grad():
+            ro = collect_rollouts(solver, problems, self.task)
+        return ro, solver
+
+    def thoughts_for_loss(self, ro: Rollouts, solver: TokenKeepingSolver, problems: list[Problem]) -> tuple:
+        """The thought vectors the value loss sees, and the LM loss on correct records (0 when frozen)."""
+        dev = self.device
+        if not self.backbone_trainable:
+            return ro.thoughts.to(dev), torch.zeros((), device=dev)
+        ids = solver.encode([p.prompt for p in problems])
+        records = [rec for res in ro.results for rec in res.records]
+        prompts = [ids[int(g)] for g in ro.group_ids]
+        generated = [solver.tokens[(rec.problem, rec.round, rec.agent)] for rec in records]
+        thoughts, logits, targets = recompute_thoughts(
+            self.model, prompts, generated, records, self.rollout_cfg.thought, self.tokenizer.PAD
+        )
+        correct = ro.rewards.to(dev) > 0.5
+        lm = torch.zeros((), device=dev)
+        if bool(correct.any()) and self.hparams.lm_coef > 0:
+            lg, tg = logits[correct].float(), targets[correct]
+            lm = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tg.reshape(-1), ignore_index=-100)
+        return thoughts, lm
+
+    def transfer_batch_to_device(
+        self, batch: list[Problem], device: torch.device, dataloader_idx: int
+    ) -> list:
+        """Batches are lists of Problems (text): nothing to move, the solver encodes on the model's device."""
+        return batch
+
+    # ---- training ---------------------------------------------------------------------------
+    def training_step(self, batch: list[Problem], batch_idx: int) -> Tensor:
+        ro, solver = self.rollouts(batch)
+        thoughts, lm = self.thoughts_for_loss(ro, solver, batch)
+        rewards = ro.rewards.to(self.device)
+        loss_v = value_loss(self.value_head, thoughts, rewards, self.hparams.pos_weight)
+        loss = loss_v + self.hparams.lm_coef * lm
+        n = len(batch)
+        with torch.no_grad():
+            prob = torch.sigmoid(self.value_head(thoughts.detach()))
+            stats = {
+                "value/loss": loss_v.detach(),
+                "value/acc": ((prob > 0.5).float() == rewards).float().mean(),
+                "value/base_rate": rewards.mean(),
+                "swarm/train_em": torch.tensor(
+                    sum(self.task.score(r.answer, p.answer) for r, p in zip(ro.results, batch)) / n
+                ),
+                "swarm/train_pass_any": torch.tensor(self._pass_any(ro)),
+                "swarm/forward_passes": torch.tensor(
+                    sum(r.forward_passes for r in ro.results) / n, dtype=torch.float
+                ),
+            }
+            if 0.0 < float(rewards.mean()) < 1.0:  # AUROC is undefined with one class
+                stats["value/auc"] = binary_auroc(prob, rewards.long())
+            if self.backbone_trainable:
+                stats["train/lm_loss"] = lm.detach()
+        self.log_dict(stats, prog_bar=False, batch_size=n)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
+        return loss
+
+    @staticmethod
+    def _pass_any(ro: Rollouts) -> float:
+        hits = torch.zeros(int(ro.group_ids.max()) + 1).scatter_reduce_(0, ro.group_ids, ro.rewards, "amax")
+        return float(hits.mean())
+
+    # ---- validation -------------------------------------------------------------------------
+    def validation_step(self, batch: list[Problem], batch_idx: int) -> None:
+        ro, _ = self.rollouts(batch)
+        thoughts, rewards = ro.thoughts.to(self.device), ro.rewards.to(self.device)
+        with torch.no_grad():
+            logits = self.value_head(thoughts)
+            self.val_loss.update(F.binary_cross_entropy_with_logits(logits, rewards), weight=rewards.numel())
+            prob = torch.sigmoid(logits)
+        self.val_auroc.update(prob, rewards.long())
+        self.val_acc.update(prob, rewards.long())
+        right = int(rewards.sum())
+        self.val_classes[0] += rewards.numel() - right
+        self.val_classes[1] += right
+        value = prob.cpu().tolist()
+        offset = 0
+        for res, problem in zip(ro.results, batch):
+            recs = res.records
+            v = value[offset : offset + len(recs)]
+            offset += len(recs)
+            answers = [r.answer for r in recs]
+            score = self.task.score
+            right = [score(r.text, problem.answer) for r in recs]
+            best = max(range(len(recs)), key=lambda i: v[i])
+            outcome = {
+                "agent_em": sum(right) / len(right),
+                "pass_any": float(any(right)),
+                "plurality": float(score(vote(answers).answer, problem.answer)),
+                "weighted": float(score(vote(answers, [r.score for r in recs]).answer, problem.answer)),
+                "value_vote": float(score(vote(answers, v).answer, problem.answer)),
+                "best_value": float(right[best]),
+                "swarm_em": float(score(res.answer, problem.answer)),
+            }
+            for name, x in outcome.items():
+                self.val_outcomes[name].update(torch.tensor(x, device=self.device))
+
+    def on_validation_epoch_end(self) -> None:
+        out = {"val/value_loss": self.val_loss.compute(), "val/value_acc": self.val_acc.compute()}
+        self.val_loss.reset()
+        self.val_acc.reset()
+        if min(self.val_classes) > 0:
+            out["val/value_auc"] = self.val_auroc.compute()
+        self.val_auroc.reset()
+        self.val_classes = [0, 0]
+        for name, metric in self.val_outcomes.items():
+            out[f"val/{name}"] = metric.compute()
+            metric.reset()
+        self.log_dict(out, prog_bar=False)
+        self.log("val/em", out["val/swarm_em"], prog_bar=True)
+
+    # ---- optimisation and state ------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = [{"params": list(self.value_head.parameters()), "lr": self.hparams.lr}]
+        backbone = [p for p in self.model.parameters() if p.requires_grad]
+        if backbone:
+            groups.append({"params": backbone, "lr": self.hparams.backbone_lr})
+        return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_swarm_state(checkpoint, self.value_head, self.swarm_cfg)
