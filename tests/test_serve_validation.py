@@ -230,7 +230,9 @@ def test_checkpoint_paths(tmp_path):
 def test_task_canonical_reads_the_key_training_writes():
     from moe_swarm.serve.models import _task_canonical
 
-    name, canonical = _task_canonical({"eval_task": {"name": "mul", "kwargs": {"digits_a": 2, "digits_b": 1}}})
+    name, canonical = _task_canonical(
+        {"eval_task": {"name": "mul", "kwargs": {"digits_a": 2, "digits_b": 1}}}
+    )
     assert name == "mul"
     assert canonical(" 042 ") == canonical("042")
     assert _task_canonical({})[0] == ""
