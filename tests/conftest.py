@@ -1,6 +1,7 @@
 """Shared test settings: one intra-op thread (2-core CI machines), deterministic seeds."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -84,3 +85,19 @@ def tiny_mul_base_ckpt(tmp_path_factory) -> Path:
 
     runs = tmp_path_factory.mktemp("tiny_mul_base")
     return Path(train(compose_cfg("train", TINY_MUL_BASE, runs))["checkpoint"])
+
+
+def run_entry_point(
+    module: str, args: list[str], runs_dir: Path, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> args`` as a real child process with its runs under runs_dir."""
+    env = {**os.environ, "MOE_SWARM_RUNS_DIR": str(runs_dir), "OMP_NUM_THREADS": "1"}
+    env.pop("RUN_ID", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=runs_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

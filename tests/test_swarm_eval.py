@@ -2,14 +2,11 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import compose_cfg, run_entry_point
 
 from moe_swarm.config import config_dir
 from moe_swarm.data import ByteTokenizer, get_task
@@ -225,7 +222,6 @@ def test_eval_rejects_a_reference_cell_outside_the_grid(checkpoints, tmp_path):
 
 
 def test_cli_writes_results_next_to_the_checkpoint_run(checkpoints, tmp_path):
-    env = {**os.environ, "MOE_SWARM_RUNS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
     args = [
         f"checkpoint={checkpoints['swarm']}",
         *TINY_EVAL,
@@ -234,30 +230,12 @@ def test_cli_writes_results_next_to_the_checkpoint_run(checkpoints, tmp_path):
         "controls.diversity=[]",
         "timing.enabled=false",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "moe_swarm.swarm_eval", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_entry_point("moe_swarm.swarm_eval", args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = checkpoints["swarm"].parent.parent / "swarm_eval"
     assert (out / "results.json").is_file() and (out / "results.md").is_file()
     assert "| 2 | 1 |" in proc.stdout
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "moe_swarm.swarm_eval",
-            f"checkpoint={checkpoints['base']}",
-            "timing.enabled=false",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    bad = run_entry_point(
+        "moe_swarm.swarm_eval", [f"checkpoint={checkpoints['base']}", "timing.enabled=false"], tmp_path, 120
     )
     assert bad.returncode != 0 and "needs a value head" in bad.stderr + bad.stdout

@@ -7,14 +7,11 @@ Trainer, and the checkpoints on disk are read back the way eval and the sidecar 
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import compose_cfg, run_entry_point
 from omegaconf import OmegaConf
 from torchmetrics.functional.classification import binary_auroc
 
@@ -272,8 +269,6 @@ def test_reasoning_swarm_experiment_composes_with_calibrated_task(tmp_path):
 
 
 def test_cli_trains_and_writes_summary(base_ckpt, tmp_path):
-    env = {**os.environ, "MOE_SWARM_RUNS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    env.pop("RUN_ID", None)
     args = [
         f"checkpoint={base_ckpt}",
         *TINY_SWARM,
@@ -282,23 +277,11 @@ def test_cli_trains_and_writes_summary(base_ckpt, tmp_path):
         "trainer.max_steps=2",
         "trainer.val_check_interval=2",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "moe_swarm.swarm_train", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_entry_point("moe_swarm.swarm_train", args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert summary["global_step"] == 2 and Path(summary["checkpoint"]).is_file()
-    bad = subprocess.run(
-        [sys.executable, "-m", "moe_swarm.swarm_train", f"checkpoint={tmp_path}/nope.ckpt", "run_id=bad"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    bad = run_entry_point(
+        "moe_swarm.swarm_train", [f"checkpoint={tmp_path}/nope.ckpt", "run_id=bad"], tmp_path, 120
     )
     assert bad.returncode != 0 and "does not exist" in bad.stderr + bad.stdout

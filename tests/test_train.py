@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, run_entry_point
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -192,16 +192,7 @@ def test_block_size_longer_than_model_context_is_a_clear_error(tmp_path):
 
 
 def _run_cli(args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MOE_SWARM_RUNS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    env.pop("RUN_ID", None)
-    return subprocess.run(
-        [sys.executable, "-m", "moe_swarm.train", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_entry_point("moe_swarm.train", args, tmp_path, timeout)
 
 
 @pytest.mark.parametrize(
