@@ -315,3 +315,42 @@ def test_metrics_lines_for_a_supervisor(tmp_path, monkeypatch, capsys):
     assert len(lines) >= 2
     last = json.loads(lines[-1].split(" ", 1)[1])
     assert last["trainer/global_step"] == 4 and "val/bpb" in last and "train/loss" in last
+
+
+def test_eval_entry_point_reports_bpb_and_exact_match(tmp_path):
+    from moe_swarm.data.tasks import get_task, greedy_exact_match
+    from moe_swarm.data.tokenizer import ByteTokenizer
+    from moe_swarm.eval import evaluate
+
+    s = train(
+        compose_cfg(
+            [
+                "experiment=reasoning_mul",
+                *TINY,
+                "run_id=ev",
+                "trainer.max_steps=2",
+                "trainer.val_check_interval=2",
+                "trainer.limit_val_batches=1",
+            ],
+            tmp_path,
+        )
+    )
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "eval",
+            overrides=[
+                f"checkpoint={s['checkpoint']}",
+                "split=test",
+                "max_batches=2",
+                "em_problems=16",
+                f"out={tmp_path / 'ev.json'}",
+            ],
+        )
+    report = evaluate(cfg)
+    assert report["test/bpb"] == pytest.approx(report["test/loss"] / math.log(2))
+    assert json.loads((tmp_path / "ev.json").read_text())["em_problems"] == 16
+    model, hp = load_model(s["checkpoint"])
+    task = get_task(hp["eval_task"]["name"], **hp["eval_task"]["kwargs"])
+    problems = task.generate("test", 16, seed=hp["run_config"]["seed"])
+    expected = greedy_exact_match(model, problems, task, ByteTokenizer(), hp["eval_max_new_tokens"])
+    assert report["test/em"] == sum(expected) / 16

@@ -22,7 +22,7 @@ from moe_swarm.config import config_dir, register_resolvers
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; returns the report that is also written as JSON."""
-    from moe_swarm.data.tasks import decode_answer, encode_prompt, get_task
+    from moe_swarm.data.tasks import get_task, greedy_exact_match
     from moe_swarm.data.tokenizer import ByteTokenizer
 
     if cfg.threads:
@@ -70,9 +70,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         tok = ByteTokenizer()
         problems = task.generate(cfg.split, int(cfg.em_problems), seed=int(run_cfg.get("seed", 0)))
         max_new = int(cfg.max_new_tokens or hparams.get("eval_max_new_tokens") or 16)
-        correct = greedy_exact_match(
-            model, problems, task, tok, max_new, cfg.device, encode_prompt, decode_answer
-        )
+        correct = greedy_exact_match(model, problems, task, tok, max_new)
         report[f"{cfg.split}/em"] = sum(correct) / len(correct)
         report["em_problems"] = len(correct)
     report["seconds"] = round(time.perf_counter() - t0, 2)
@@ -80,25 +78,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_path.write_text(json.dumps(report, indent=2))
     report["written_to"] = str(out_path)
     return report
-
-
-def greedy_exact_match(
-    model, problems, task, tok, max_new_tokens, device, encode_prompt, decode_answer, batch_size: int = 256
-) -> list[bool]:
-    """Greedy KV-cache decoding, prompts bucketed by length; exact match per problem."""
-    prompts = [encode_prompt(p, tok) for p in problems]
-    buckets: dict[int, list[int]] = {}
-    for i, ids in enumerate(prompts):
-        buckets.setdefault(len(ids), []).append(i)
-    correct = [False] * len(problems)
-    for idxs in buckets.values():
-        for s in range(0, len(idxs), batch_size):
-            chunk = idxs[s : s + batch_size]
-            batch = torch.tensor([prompts[i] for i in chunk], device=device)
-            out = model.generate(batch, max_new_tokens, eos_id=tok.EOS, pad_id=tok.PAD)
-            for row, i in enumerate(chunk):
-                correct[i] = task.score(decode_answer(out.tokens[row], tok), problems[i].answer)
-    return correct
 
 
 register_resolvers()

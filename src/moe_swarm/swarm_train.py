@@ -24,11 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from moe_swarm.config import config_dir, register_resolvers
 from moe_swarm.train import (
     SIGTERM_EXIT_CODE,
-    _scalar_metrics,
     build_callbacks,
     build_loggers,
     last_checkpoint,
     prepare_run,
+    scalar_metrics,
 )
 
 log = logging.getLogger("moe_swarm.swarm_train")
@@ -83,7 +83,7 @@ def swarm_train(cfg: DictConfig) -> dict[str, Any]:
     resume = last_checkpoint(run_dir) if cfg.resume else None
     start: dict[str, float] = {}
     if resume is None and cfg.validate_before_fit:
-        start = _scalar_metrics(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+        start = scalar_metrics(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
     t0 = time.perf_counter()
     status = "succeeded"
     try:
@@ -91,7 +91,7 @@ def swarm_train(cfg: DictConfig) -> dict[str, Any]:
     except SIGTERMException:
         status = "stopped"
     wall = time.perf_counter() - t0
-    end = _scalar_metrics(trainer.callback_metrics)
+    end = scalar_metrics(trainer.callback_metrics)
 
     ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     best = (ckpt_cb.best_model_path or None) if ckpt_cb else None

@@ -127,7 +127,7 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():
         try:
@@ -171,7 +171,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     start_metrics: dict[str, float] = {}
     if resume is None and cfg.validate_before_fit and not cfg.trainer.get("fast_dev_run"):
-        start_metrics = _scalar_metrics(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+        start_metrics = scalar_metrics(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
     if resume is not None:
         log.info("resuming run %s from %s", cfg.run_id, resume)
 
@@ -183,7 +183,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         status = "stopped"  # CheckpointOnSigterm has written last.ckpt
     wall = time.perf_counter() - t0
 
-    end_metrics = _scalar_metrics(trainer.callback_metrics)
+    end_metrics = scalar_metrics(trainer.callback_metrics)
     summary = make_summary(cfg, module, trainer, run_dir, start_metrics, end_metrics, wall, status, resume)
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

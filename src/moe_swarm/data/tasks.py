@@ -347,3 +347,28 @@ def decode_answer(generated_ids: Iterable[int] | torch.Tensor, tok: ByteTokenize
     if isinstance(generated_ids, torch.Tensor):
         generated_ids = generated_ids.reshape(-1).tolist()
     return tok.decode(generated_ids, stop_at_eos=True)
+
+
+def greedy_exact_match(
+    model, problems: list[Problem], task: Task, tok: ByteTokenizer, max_new_tokens: int, batch_size: int = 256
+) -> list[bool]:
+    """Exact match of greedy KV-cache answers, one bool per problem.
+
+    ``model`` is anything with ``MoETransformer.generate``'s signature. Prompts are bucketed by
+    length because ``generate`` needs equal-length prompts; each bucket decodes in chunks of
+    ``batch_size`` rows on the model's device.
+    """
+    device = next(model.parameters()).device
+    prompts = [encode_prompt(p, tok) for p in problems]
+    buckets: dict[int, list[int]] = {}
+    for i, ids in enumerate(prompts):
+        buckets.setdefault(len(ids), []).append(i)
+    correct = [False] * len(problems)
+    for idxs in buckets.values():
+        for start in range(0, len(idxs), batch_size):
+            chunk = idxs[start : start + batch_size]
+            batch = torch.tensor([prompts[i] for i in chunk], device=device)
+            out = model.generate(batch, max_new_tokens, eos_id=tok.EOS, pad_id=tok.PAD)
+            for row, i in enumerate(chunk):
+                correct[i] = task.score(decode_answer(out.tokens[row], tok), problems[i].answer)
+    return correct

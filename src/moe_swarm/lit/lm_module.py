@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from moe_swarm.data.tasks import decode_answer, encode_prompt, get_task
+from moe_swarm.data.tasks import get_task, greedy_exact_match
 from moe_swarm.data.tokenizer import ByteTokenizer
 from moe_swarm.model.transformer import ModelOutput, MoETransformer, TransformerConfig
 
@@ -202,7 +202,15 @@ class MoELanguageModel(L.LightningModule):
         mine = problems[rank::world]
         was_training = self.model.training
         self.model.eval()
-        for correct in self.greedy_correct(mine):
+        correct_list = greedy_exact_match(
+            self.model,
+            mine,
+            self.task,
+            self.tokenizer,
+            self.hparams.eval_max_new_tokens,
+            self.hparams.eval_batch_size,
+        )
+        for correct in correct_list:
             self.val_em.update(torch.tensor(float(correct), device=self.device))
         if not mine:  # keep collective ops balanced across ranks
             self.val_em.update(torch.tensor(0.0, device=self.device), weight=0.0)
@@ -210,27 +218,6 @@ class MoELanguageModel(L.LightningModule):
         em = self.val_em.compute()
         self.val_em.reset()
         return em
-
-    def greedy_correct(self, problems: list) -> list[bool]:
-        """Greedy answers for problems, bucketed by prompt length (generate needs equal lengths)."""
-        tok = self.tokenizer
-        buckets: dict[int, list[int]] = {}
-        prompts = [encode_prompt(p, tok) for p in problems]
-        for i, ids in enumerate(prompts):
-            buckets.setdefault(len(ids), []).append(i)
-        correct = [False] * len(problems)
-        bs = self.hparams.eval_batch_size
-        for idxs in buckets.values():
-            for start in range(0, len(idxs), bs):
-                chunk = idxs[start : start + bs]
-                batch = torch.tensor([prompts[i] for i in chunk], device=self.device)
-                out = self.model.generate(
-                    batch, self.hparams.eval_max_new_tokens, eos_id=tok.EOS, pad_id=tok.PAD
-                )
-                for row, i in enumerate(chunk):
-                    pred = decode_answer(out.tokens[row], tok)
-                    correct[i] = self.task.score(pred, problems[i].answer)
-        return correct
 
     # ---- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

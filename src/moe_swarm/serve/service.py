@@ -43,6 +43,15 @@ def _internal_message(name: str, exc: BaseException) -> str:
     return f"internal error in {name}: {type(exc).__name__}: {exc}; the server keeps running (see its log)"
 
 
+async def _abort_for(context: grpc.aio.ServicerContext, name: str, e: Exception) -> None:
+    """Abort with RequestError's own status, or INTERNAL (logged) for anything unexpected."""
+    if isinstance(e, RequestError):
+        await _abort(context, e.code, e.message)
+        return
+    log.exception("%s failed", name)
+    await _abort(context, grpc.StatusCode.INTERNAL, _internal_message(name, e))
+
+
 def unary(fn: Callable) -> Callable:
     """Map RequestError to its status and anything unexpected to INTERNAL."""
 
@@ -50,13 +59,10 @@ def unary(fn: Callable) -> Callable:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await fn(self, request, context)
-        except RequestError as e:
-            await _abort(context, e.code, e.message)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as e:
-            log.exception("%s failed", fn.__name__)
-            await _abort(context, grpc.StatusCode.INTERNAL, _internal_message(fn.__name__, e))
+            await _abort_for(context, fn.__name__, e)
 
     return wrapper
 
@@ -69,13 +75,10 @@ def streaming(fn: Callable) -> Callable:
         try:
             async for item in fn(self, request, context):
                 yield item
-        except RequestError as e:
-            await _abort(context, e.code, e.message)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as e:
-            log.exception("%s failed", fn.__name__)
-            await _abort(context, grpc.StatusCode.INTERNAL, _internal_message(fn.__name__, e))
+            await _abort_for(context, fn.__name__, e)
 
     return wrapper
 
