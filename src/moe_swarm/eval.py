@@ -16,7 +16,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from moe_swarm.checkpoint import load_model
+from moe_swarm.checkpoint import load_checkpoint
+from moe_swarm.cli import user_errors
 from moe_swarm.config import config_dir, register_resolvers
 
 
@@ -27,8 +28,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    model, hparams = load_model(cfg.checkpoint, map_location=cfg.device)
-    run_cfg = hparams.get("run_config") or {}
+    loaded = load_checkpoint(cfg.checkpoint, map_location=cfg.device)
+    model, hparams = loaded.model, loaded.hparams
+    run_cfg = loaded.run_config or {}
     if "data" not in run_cfg:
         raise ValueError(f"{cfg.checkpoint} carries no run config; it was not written by moe-swarm-train")
     data_cfg = OmegaConf.merge(run_cfg["data"], cfg.data_overrides or {})
@@ -57,14 +59,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loss = nll_sum / max(n_tok, 1)
     report: dict[str, Any] = {
         "checkpoint": str(cfg.checkpoint),
-        "global_step": hparams.get("global_step"),
+        "global_step": loaded.global_step,
         "split": cfg.split,
         "tokens": n_tok,
         f"{cfg.split}/loss": loss,
         f"{cfg.split}/bpb": loss / math.log(2),
         f"{cfg.split}/ppl": math.exp(min(loss, 50.0)),
     }
-    task_cfg = hparams.get("eval_task") or None
+    task_cfg = loaded.task
     if task_cfg and cfg.em_problems > 0:
         task = get_task(task_cfg["name"], **task_cfg.get("kwargs", {}))
         tok = ByteTokenizer()
@@ -85,7 +87,8 @@ register_resolvers()
 
 @hydra.main(config_path=str(config_dir()), config_name="eval", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    report = evaluate(cfg)
+    with user_errors():
+        report = evaluate(cfg)
     for k, v in report.items():
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
 

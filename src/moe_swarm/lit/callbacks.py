@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -11,6 +10,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+
+from moe_swarm.layout import format_metrics_line
 
 
 class TokenThroughput(Callback):
@@ -98,13 +99,11 @@ class NonFiniteLossGuard(Callback):
 
 
 class MetricsLines(Callback):
-    """Prints ``MOE_SWARM_METRICS {json}`` lines on stdout (rank 0) for a supervising process.
+    """Prints metrics lines (:mod:`moe_swarm.layout`) on stdout (rank 0) for a supervising process.
 
     The gRPC sidecar sets ``MOE_SWARM_METRICS_LINES=1`` for its training children and turns these
     lines into WatchJob metric events. One line every ``log_every_n_steps`` and after validation.
     """
-
-    PREFIX = "MOE_SWARM_METRICS"
 
     def _emit(self, trainer: L.Trainer) -> None:
         if not trainer.is_global_zero:
@@ -112,13 +111,11 @@ class MetricsLines(Callback):
         metrics = {}
         for k, v in trainer.callback_metrics.items():
             try:
-                value = float(v)
+                metrics[k] = float(v)
             except (TypeError, ValueError):
                 continue
-            if math.isfinite(value):
-                metrics[k] = value
         metrics["trainer/global_step"] = trainer.global_step
-        print(f"{self.PREFIX} {json.dumps(metrics, sort_keys=True)}", flush=True)
+        print(format_metrics_line(metrics), flush=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:

@@ -1,10 +1,9 @@
 """Fault tolerance for training: atomic checkpoints, SIGTERM, and distributed runs that are wired wrong.
 
-- :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file in the checkpoint's own
-  folder, fsyncs it and renames it over the target, so a kill during a save leaves the previous
-  ``last.ckpt`` whole. (Lightning's own writer goes through an fsspec transaction whose temporary
-  file lives in the system temp dir; when that is another filesystem, as ``/tmp`` and a mounted
-  volume are in containers, the final step is a copy into the target, not a rename.)
+- :class:`AtomicCheckpointIO` writes every checkpoint atomically (:mod:`moe_swarm.atomic`), so a kill
+  during a save leaves the previous ``last.ckpt`` whole. (Lightning's own writer goes through an
+  fsspec transaction whose temporary file lives in the system temp dir; when that is another
+  filesystem, as ``/tmp`` and a mounted volume are in containers, the last step is a copy.)
 - :class:`CheckpointOnSigterm` saves ``last.ckpt`` when Lightning stops on SIGTERM.
 - :func:`check_nodes_agree` runs before DDP starts: every node tells node 0 its node count, device
   count, run id and whether it resumes; a disagreement fails on every node within seconds with the
@@ -19,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +30,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from moe_swarm.atomic import atomic_torch_save
 from moe_swarm.cluster import ClusterConfigError, ClusterSpec, check_world_size
 
 log = logging.getLogger(__name__)
@@ -51,11 +50,9 @@ __all__ = [
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Local checkpoints via temp file + fsync + ``os.replace`` in the same folder; remote URLs as Lightning does.
+    """Local checkpoints through :func:`moe_swarm.atomic.atomic_torch_save`; remote URLs as Lightning does.
 
-    The file gets the usual ``0666 & ~umask`` mode (a bare ``mkstemp`` file would be 0600, unreadable
-    to a sidecar running as another user). A temporary file left by a process killed mid-save is
-    removed by the next save of the same path.
+    A temporary file left by a process killed mid-save is removed by the next save of the same path.
     """
 
     def save_checkpoint(
@@ -64,49 +61,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or _is_remote(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fchmod(f.fileno(), _FILE_MODE)
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)  # make the rename itself durable
-
-
-def _file_mode() -> int:
-    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-_FILE_MODE = _file_mode()
+        atomic_torch_save(checkpoint, path, remove_stale=True)
 
 
 def _is_remote(path: Any) -> bool:
     text = str(path)
     return "://" in text and not text.startswith("file://")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some filesystems cannot open a directory; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class CheckpointOnSigterm(Callback):
