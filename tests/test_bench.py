@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe_swarm.bench import SUITES, SuiteUnavailable, execute, run_benchmarks
+from moe_swarm.bench import SUITES, SuiteUnavailable, execute, run_benchmarks, select_suites
 from moe_swarm.bench.__main__ import main as bench_main
 from moe_swarm.bench.context import DTYPES
 from moe_swarm.bench.moe_layer import check_agreement
-from moe_swarm.bench.registry import _module_suite
 from moe_swarm.bench.results import Row, load_results
 from moe_swarm.bench.timing import time_interleaved
 from moe_swarm.model import MoELayer
@@ -177,7 +176,10 @@ def test_bad_options_are_rejected_with_a_clear_message(tmp_path: Path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_unavailable_suite_is_skipped_and_broken_suite_is_reported(monkeypatch):
+def test_unavailable_suite_is_skipped_and_broken_suite_is_reported():
+    def ghost(ctx):
+        raise SuiteUnavailable("needs a ghost")
+
     def broken(ctx):
         raise ZeroDivisionError("boom")
 
@@ -187,18 +189,44 @@ def test_unavailable_suite_is_skipped_and_broken_suite_is_reported(monkeypatch):
                     higher_is_better=False, config={"n": 1})
         ]  # fmt: skip
 
-    monkeypatch.setitem(SUITES, "ghost", _module_suite("moe_swarm.bench.no_such_suite", needs="a ghost"))
-    monkeypatch.setitem(SUITES, "broken", broken)
-    monkeypatch.setitem(SUITES, "tiny", tiny)
-    report = execute(suites="ghost,broken,tiny")
+    available = {"ghost": ghost, "broken": broken, "tiny": tiny}
+    report = execute(select_suites("tiny,ghost,broken", available))
     assert [r.metric for r in report.rows] == ["tiny/case/x_ms"]
     status = {p["suite"]: (p["status"], p["reason"]) for p in report.problems}
-    assert status["ghost"] == ("skipped", "not available yet: needs a ghost")
+    assert status["ghost"] == ("skipped", "needs a ghost")
     assert status["broken"][0] == "failed" and "ZeroDivisionError: boom" in status["broken"][1]
     with pytest.raises(RuntimeError, match="benchmark suite\\(s\\) failed: broken: ZeroDivisionError: boom"):
-        run_benchmarks(suites="broken")
-    with pytest.raises(SuiteUnavailable, match="a ghost"):
-        SUITES["ghost"](None)
+        run_benchmarks(suites="broken", available=available)
+    with pytest.raises(ValueError, match="unknown suite.*choose from ghost, broken, tiny"):
+        select_suites("serve", available)
+
+
+def test_bench_does_not_import_serve_and_serve_adds_its_suite():
+    """bench <- serve: the bench package never imports moe_swarm.serve; the sidecar's suite list adds
+    ``serve`` to bench's own, and the ``moe-swarm-bench`` console script runs over that list."""
+    import ast
+
+    import moe_swarm.bench
+
+    code = (
+        "import sys, moe_swarm.bench, moe_swarm.bench.__main__, moe_swarm.bench.registry;"
+        "print(sorted(m for m in sys.modules if m.startswith(('moe_swarm.serve', 'lightning'))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    for path in Path(moe_swarm.bench.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            for name in names:
+                assert not name.startswith(("moe_swarm.serve", "importlib")), (path.name, name)
+    from moe_swarm.serve.benchmarks import SUITES as SERVE_SUITES
+
+    assert list(SERVE_SUITES) == [*SUITES, "serve"]
 
 
 def test_rows_refuse_non_positive_or_nan_numbers():

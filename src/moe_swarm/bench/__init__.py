@@ -5,19 +5,20 @@ with results.json, results.md and plots; ``moe-swarm-bench compare A B`` shows w
 """
 
 from moe_swarm.bench.context import BenchContext, SuiteUnavailable
-from moe_swarm.bench.registry import SERVE_SUITE_MODULE, SUITES
+from moe_swarm.bench.registry import SUITES, run_benchmarks, select_suites
 from moe_swarm.bench.results import Row, load_results
-from moe_swarm.bench.runner import BenchReport, execute, run_benchmarks, write_run
+from moe_swarm.bench.runner import BenchReport, Suite, execute, write_run
 
 __all__ = [
-    "SERVE_SUITE_MODULE",
     "SUITES",
     "BenchContext",
     "BenchReport",
     "Row",
+    "Suite",
     "SuiteUnavailable",
     "execute",
     "load_results",
     "run_benchmarks",
+    "select_suites",
     "write_run",
 ]

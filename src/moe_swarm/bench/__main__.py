@@ -1,4 +1,8 @@
-"""``moe-swarm-bench`` / ``python -m moe_swarm.bench``: run benchmark suites, or compare two runs."""
+"""``python -m moe_swarm.bench``: run benchmark suites, or compare two runs.
+
+The ``moe-swarm-bench`` console script is :func:`moe_swarm.serve.benchmarks.main`: this same CLI with
+the sidecar's ``serve`` suite added (``bench`` does not import ``serve``; suites are passed in).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,20 @@ import argparse
 import logging
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from moe_swarm.bench.registry import SUITES
+from moe_swarm.bench.registry import SUITES, select_suites
+from moe_swarm.bench.runner import Suite
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(available: Mapping[str, Suite] = SUITES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moe-swarm-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run suites; writes <out>/<timestamp>/results.json, results.md, *.png")
     run.add_argument("--quick", action="store_true", help="a small version of every suite (under a minute)")
     run.add_argument(
-        "--suites", default="all", help=f"comma-separated subset of: {', '.join(SUITES)} (default: all)"
+        "--suites", default="all", help=f"comma-separated subset of: {', '.join(available)} (default: all)"
     )
     run.add_argument(
         "--repeats", type=int, default=None, help="timed repeats per measurement (default: per suite)"
@@ -43,13 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_run(args: argparse.Namespace, command: str) -> int:
+def cmd_run(args: argparse.Namespace, command: str, available: Mapping[str, Suite]) -> int:
     from moe_swarm.bench.goals import check_goals
     from moe_swarm.bench.report import fmt
     from moe_swarm.bench.runner import execute, write_run
 
     report = execute(
-        args.suites,
+        select_suites(args.suites, available),
         quick=args.quick,
         repeats=args.repeats,
         threads=args.threads,
@@ -84,13 +90,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if args.fail_on_worse and cmp.worse(args.threshold) else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, available: Mapping[str, Suite] = SUITES) -> int:
+    """The CLI over ``available`` suites (default: this package's own)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = build_parser(available).parse_args(argv)
     try:
         if args.command == "run":
-            return cmd_run(args, command="moe-swarm-bench " + shlex.join(argv))
+            return cmd_run(args, command="moe-swarm-bench " + shlex.join(argv), available=available)
         return cmd_compare(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"moe-swarm-bench: error: {e}", file=sys.stderr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 
 import torch
@@ -13,7 +12,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class SuiteUnavailable(RuntimeError):
-    """A suite whose code dependency is not in this tree yet; the runner reports it as skipped."""
+    """A suite that cannot run on this machine (e.g. it needs CUDA); the runner reports it as skipped."""
 
 
 @dataclass
@@ -44,20 +43,6 @@ class BenchContext:
     def row(self, suite: str, metric: str, value: float, unit: str, **kw) -> Row:
         """A row for this run; see :func:`moe_swarm.bench.results.make_row` for the keywords."""
         return make_row(self.env, suite, metric, value, unit, **kw)
-
-
-def require(module: str, needs: str):
-    """Import ``module`` for a suite, or raise SuiteUnavailable if that module is not in this tree yet.
-
-    Only a missing ``module`` (or its parent package) counts as unavailable; an error raised while
-    importing it is a real failure and propagates.
-    """
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name is not None and module.startswith(e.name):
-            raise SuiteUnavailable(f"not available yet: needs {needs}") from e
-        raise
 
 
 def resolve_device(device: str) -> torch.device:

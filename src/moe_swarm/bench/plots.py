@@ -22,17 +22,22 @@ def _cases(rows: list[Row]) -> list[str]:
 
 
 def plot_moe_layer(rows: list[Row], path: Path) -> bool:
-    """Grouped bars: median fwd+bwd ms per implementation, one group per case (log scale)."""
-    from moe_swarm.bench.moe_layer import IMPLS
+    """Grouped bars: median fwd+bwd ms per implementation, one group per case (log scale).
 
+    The implementations are read from the rows (``moe_layer/<case>/<impl>_ms``), in order of appearance."""
     ms = {r.metric: r.value for r in rows if r.metric.endswith("_ms")}
+    impls: list[str] = []
+    for metric in ms:
+        impl = metric.split("/")[-1].removesuffix("_ms")
+        if impl not in impls:
+            impls.append(impl)
     cases = _cases([r for r in rows if r.metric.endswith("_ms")])
     if not cases:
         return False
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(cases)), 4.5))
-    width = 0.8 / len(IMPLS)
-    for i, impl in enumerate(IMPLS):
-        xs = [c + (i - (len(IMPLS) - 1) / 2) * width for c in range(len(cases))]
+    width = 0.8 / len(impls)
+    for i, impl in enumerate(impls):
+        xs = [c + (i - (len(impls) - 1) / 2) * width for c in range(len(cases))]
         ys = [ms.get(f"moe_layer/{case}/{impl}_ms", 0.0) for case in cases]
         ax.bar(xs, ys, width, label=impl)
     ax.set_xticks(range(len(cases)), cases, rotation=30, ha="right", fontsize=8)

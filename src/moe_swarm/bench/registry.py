@@ -1,63 +1,99 @@
-"""The suite registry: ``SUITES = {name: callable(ctx) -> list[Row]}``.
+"""The benchmark suites of this package by name, and :func:`run_benchmarks`, the library entry point.
 
-Suites are imported when they run, so a suite whose dependency is not in this tree yet (or not
-installed) raises :class:`SuiteUnavailable` and is reported as skipped without breaking the others.
-To add a suite, write a module with ``run(ctx: BenchContext) -> list[Row]`` and register it here.
-
-The ``serve`` suite is a hook: the gRPC sidecar provides ``moe_swarm.bench.serve_suite`` with a
-``run(ctx)`` function; until that module exists the suite is skipped.
+``SUITES = {name: run(ctx) -> list[Row]}``. Each entry imports its module when it runs (a plain import,
+deferred so that listing the suites does not pull in Lightning or matplotlib). Packages above ``bench``
+add their own suites by passing them in: the gRPC sidecar's ``serve`` suite lives in
+:mod:`moe_swarm.serve.benchmarks`, because ``bench`` never imports ``serve``.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
+from collections.abc import Mapping
+from pathlib import Path
 
-from moe_swarm.bench.context import BenchContext, SuiteUnavailable
+from moe_swarm.bench.context import BenchContext
 from moe_swarm.bench.results import Row
-
-SERVE_SUITE_MODULE = "moe_swarm.bench.serve_suite"
-
-
-def _module_suite(module: str, needs: str | None = None) -> Callable[[BenchContext], list[Row]]:
-    """A suite that imports ``module`` and calls its ``run(ctx)``.
-
-    If ``module`` itself is missing (not a module it imports), the suite is unavailable: ``needs``
-    names what has to land first.
-    """
-
-    def suite(ctx: BenchContext) -> list[Row]:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:
-                raise SuiteUnavailable(f"not available yet: needs {needs or module}") from e
-            raise
-        return mod.run(ctx)
-
-    suite.__name__ = module.rsplit(".", 1)[-1]
-    suite.__doc__ = f"runs {module}.run(ctx)"
-    return suite
+from moe_swarm.bench.runner import Suite, execute, write_run
 
 
-SUITES: dict[str, Callable[[BenchContext], list[Row]]] = {
-    "moe_layer": _module_suite("moe_swarm.bench.moe_layer"),
-    "generate": _module_suite("moe_swarm.bench.generate"),
-    "train_step": _module_suite("moe_swarm.bench.train_step"),
-    "swarm": _module_suite("moe_swarm.bench.swarm_suite"),
-    "serve": _module_suite(SERVE_SUITE_MODULE, needs=f"{SERVE_SUITE_MODULE} (written with the gRPC sidecar)"),
+def moe_layer(ctx: BenchContext) -> list[Row]:
+    """MoE layer forward+backward per dispatch implementation."""
+    from moe_swarm.bench import moe_layer
+
+    return moe_layer.run(ctx)
+
+
+def generate(ctx: BenchContext) -> list[Row]:
+    """Decoding: KV cache vs recompute, N agents batched vs sequential."""
+    from moe_swarm.bench import generate
+
+    return generate.run(ctx)
+
+
+def train_step(ctx: BenchContext) -> list[Row]:
+    """A Lightning training step vs a plain PyTorch loop."""
+    from moe_swarm.bench import train_step
+
+    return train_step.run(ctx)
+
+
+def swarm(ctx: BenchContext) -> list[Row]:
+    """The swarm loop's cost as the number of agents grows."""
+    from moe_swarm.bench import swarm_suite
+
+    return swarm_suite.run(ctx)
+
+
+SUITES: dict[str, Suite] = {
+    "moe_layer": moe_layer,
+    "generate": generate,
+    "train_step": train_step,
+    "swarm": swarm,
 }
 
 
-def parse_suites(names: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    """Suite names in registry order; ``None`` or ``"all"`` means every registered suite."""
+def select_suites(
+    names: str | list[str] | tuple[str, ...] | None, available: Mapping[str, Suite] | None = None
+) -> dict[str, Suite]:
+    """``{name: suite}`` for the comma-separated or listed ``names`` (``None``/``"all"``: every one), in
+    the order of ``available`` (default: :data:`SUITES`)."""
+    available = SUITES if available is None else available
     if names is None or names == "all":
-        return list(SUITES)
+        return dict(available)
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SUITES]
+    unknown = [n for n in names if n not in available]
     if unknown or not names:
         raise ValueError(
-            f"unknown suite(s) {unknown or names!r}; choose from {', '.join(SUITES)} (comma-separated)"
+            f"unknown suite(s) {unknown or names!r}; choose from {', '.join(available)} (comma-separated)"
         )
-    return [n for n in SUITES if n in names]
+    return {n: fn for n, fn in available.items() if n in names}
+
+
+def run_benchmarks(
+    suites: str | list[str] | None = None,
+    quick: bool = False,
+    repeats: int | None = None,
+    threads: int = 1,
+    device: str = "cpu",
+    out_dir: str | Path | None = None,
+    available: Mapping[str, Suite] | None = None,
+) -> list[Row]:
+    """Run suites by name and return every measured row (the sidecar's RunBenchmark maps num_samples to
+    ``repeats`` and passes its own suites as ``available``).
+
+    Metric names look like ``moe_layer/E64k8_t4096_fp32/auto_speedup``. With ``out_dir`` the run is also
+    written to ``<out_dir>/<timestamp>/``. Suites that cannot run here are skipped (logged); if a suite
+    fails, raises RuntimeError after writing the results.
+    """
+    chosen = select_suites(suites, available)
+    report = execute(chosen, quick=quick, repeats=repeats, threads=threads, device=device,
+                     command=f"run_benchmarks(suites={suites!r}, quick={quick}, repeats={repeats}, "
+                             f"threads={threads}, device={device!r})")  # fmt: skip
+    where = ""
+    if out_dir is not None:
+        where = f"; results in {write_run(report, out_dir)}"
+    if report.failed:
+        details = "; ".join(f"{p['suite']}: {p['reason'].splitlines()[0]}" for p in report.failed)
+        raise RuntimeError(f"benchmark suite(s) failed: {details}{where}")
+    return report.rows

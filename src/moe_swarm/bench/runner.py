@@ -1,4 +1,8 @@
-"""Run suites with fixed threads and device, collect rows, write ``<out>/<timestamp>/`` results."""
+"""Run suites with fixed threads and device, collect rows, write ``<out>/<timestamp>/`` results.
+
+The runner receives the suites to run as ``{name: run(ctx)}``; it never looks them up itself, so a suite
+module (``moe_layer``'s own CLI) may call :func:`execute` without an import circle through the registry.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -15,12 +20,13 @@ from pathlib import Path
 import torch
 
 from moe_swarm.bench.context import BenchContext, SuiteUnavailable, resolve_device
-from moe_swarm.bench.registry import SUITES, parse_suites
 from moe_swarm.bench.results import EnvInfo, Row, write_results_json
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("bench-results")
+
+Suite = Callable[[BenchContext], list[Row]]
 
 
 @dataclass
@@ -35,20 +41,22 @@ class BenchReport:
 
 
 def execute(
-    suites: str | list[str] | None = None,
+    suites: Mapping[str, Suite],
     quick: bool = False,
     repeats: int | None = None,
     threads: int = 1,
     device: str = "cpu",
     command: str | None = None,
 ) -> BenchReport:
-    """Run the named suites (all by default) in this process and return their rows.
+    """Run ``suites`` (``{name: run(ctx)}``, in that order) in this process and return their rows.
 
     ``torch.set_num_threads(threads)`` holds for the whole run and is restored afterwards. A suite
     whose dependency is missing is recorded as skipped; one that raises is recorded as failed
     (with its traceback) and the remaining suites still run.
     """
-    names = parse_suites(suites)
+    names = list(suites)
+    if not names:
+        raise ValueError("no suites to run")
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     if repeats is not None and repeats < 1:
@@ -64,7 +72,7 @@ def execute(
         for name in names:
             start = time.perf_counter()
             try:
-                suite_rows = SUITES[name](ctx)
+                suite_rows = suites[name](ctx)
                 _check_suite_rows(name, suite_rows)
             except SuiteUnavailable as e:
                 ctx.report_problem(name, name, str(e), status="skipped")
@@ -138,29 +146,3 @@ def write_run(report: BenchReport, out_base: str | Path = DEFAULT_OUT, plots: bo
             write_results_json(run_dir / "results.json", report.rows, report.meta, report.problems)
     (run_dir / "results.md").write_text(results_markdown(report.rows, report.meta, report.problems, written))
     return run_dir
-
-
-def run_benchmarks(
-    suites: str | list[str] | None = None,
-    quick: bool = False,
-    repeats: int | None = None,
-    threads: int = 1,
-    device: str = "cpu",
-    out_dir: str | Path | None = None,
-) -> list[Row]:
-    """Library entry point (the gRPC sidecar's RunBenchmark maps num_samples to ``repeats``).
-
-    Returns every measured row; metric names look like ``moe_layer/E64k8_t4096_fp32/auto_speedup``.
-    With ``out_dir`` the run is also written to ``<out_dir>/<timestamp>/``. Suites whose dependency
-    is missing are skipped (logged); if a suite fails, raises RuntimeError after writing the results.
-    """
-    report = execute(suites, quick=quick, repeats=repeats, threads=threads, device=device,
-                     command=f"run_benchmarks(suites={suites!r}, quick={quick}, repeats={repeats}, "
-                             f"threads={threads}, device={device!r})")  # fmt: skip
-    where = ""
-    if out_dir is not None:
-        where = f"; results in {write_run(report, out_dir)}"
-    if report.failed:
-        details = "; ".join(f"{p['suite']}: {p['reason'].splitlines()[0]}" for p in report.failed)
-        raise RuntimeError(f"benchmark suite(s) failed: {details}{where}")
-    return report.rows

@@ -41,11 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from moe_swarm.bench import run_benchmarks
+    from moe_swarm.serve.benchmarks import SUITES
 
     suites = [s for s in args.suites.split(",") if s] or None
     print(f"benchmark: suites={suites or 'all'} repeats={args.repeats} quick={args.quick}", flush=True)
     rows = run_benchmarks(suites=suites, quick=args.quick, repeats=args.repeats, threads=args.threads,
-                          device=args.device)  # fmt: skip
+                          device=args.device, available=SUITES)  # fmt: skip
     payload = rows_to_json(rows)
     atomic_write_text(args.out, json.dumps({"rows": payload}, indent=1))
     print(f"benchmark: {len(payload)} rows written to {args.out}", flush=True)

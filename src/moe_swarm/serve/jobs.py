@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from moe_swarm.serve.benchmarks import SUITES
 from moe_swarm.serve.errors import (
     failed_precondition,
     invalid_argument,
@@ -251,8 +252,6 @@ class JobManager:
             )
         repeats = num_samples or b.default_samples
         names = list(suites) or list(b.suites)
-        from moe_swarm.bench.registry import SUITES
-
         unknown = [s for s in names if s not in SUITES]
         if unknown:
             raise invalid_argument(f"unknown benchmark suite(s) {unknown}; choose from {sorted(SUITES)}")

@@ -29,7 +29,7 @@ import grpc
 
 from moe_swarm.serve.observability import percentile
 from moe_swarm.serve.proto import mcp_pb2, mcp_pb2_grpc
-from moe_swarm.serve.server import READY_PREFIX
+from moe_swarm.serve.settings import READY_PREFIX
 
 MODES = ("unbatched", "batched")
 SMALL_MODEL = {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_ff": 256, "num_experts": 8, "top_k": 2}

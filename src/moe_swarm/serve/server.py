@@ -32,11 +32,10 @@ from moe_swarm.serve.models import ModelStore
 from moe_swarm.serve.observability import ObservabilityInterceptor, RpcStats
 from moe_swarm.serve.proto import mcp_pb2, mcp_pb2_grpc
 from moe_swarm.serve.service import ControlService
-from moe_swarm.serve.settings import ServeSettings, from_config
+from moe_swarm.serve.settings import READY_PREFIX, ServeSettings, from_config
 
 log = logging.getLogger("moe_swarm.serve")
 SERVICE_NAME = mcp_pb2.DESCRIPTOR.services_by_name["MCPControl"].full_name
-READY_PREFIX = "moe-swarm serving on "
 LONG_LIVED_RPCS = frozenset({"/grpc.health.v1.Health/Watch"})
 
 

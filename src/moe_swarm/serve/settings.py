@@ -13,6 +13,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+# The line `moe-swarm-serve` prints on stdout once it accepts RPCs, followed by its address.
+READY_PREFIX = "moe-swarm serving on "
+
 
 @dataclass
 class AuthSettings:
