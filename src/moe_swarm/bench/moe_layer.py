@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     report = execute(
-        [SUITE],
+        {SUITE: run},
         quick=args.quick,
         repeats=args.repeats,
         threads=args.threads,

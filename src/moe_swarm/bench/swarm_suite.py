@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import torch
 
-from moe_swarm.bench.context import BenchContext, require
+from moe_swarm.bench.context import BenchContext
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, time_interleaved
+from moe_swarm.data.tokenizer import ByteTokenizer
 from moe_swarm.model import MoETransformer, TransformerConfig
+from moe_swarm.swarm.config import SwarmConfig
+from moe_swarm.swarm.solver import SwarmSolver
 
 SUITE = "swarm"
-NEEDS = "moe_swarm.swarm (SwarmSolver, SwarmConfig)"
 AGENT_COUNTS = (1, 4, 8, 16)
 PROMPTS = ("123*45=", "678*90=", "314*15=", "271*82=")  # equal length: one generate bucket per round
 
 
 def run(ctx: BenchContext) -> list[Row]:
-    solver_mod = require("moe_swarm.swarm.solver", NEEDS)
-    config_mod = require("moe_swarm.swarm.config", NEEDS)
-    tokenizer_mod = require("moe_swarm.data.tokenizer", "moe_swarm.data (ByteTokenizer)")
 
     if ctx.quick:
         dims = {"d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 64, "num_experts": 4, "top_k": 2}
@@ -35,7 +34,7 @@ def run(ctx: BenchContext) -> list[Row]:
         new_tokens, prompts = 16, PROMPTS
     torch.manual_seed(ctx.seed)
     model = MoETransformer(TransformerConfig(**dims, max_seq_len=64)).to(ctx.device).eval()
-    tokenizer = tokenizer_mod.ByteTokenizer()
+    tokenizer = ByteTokenizer()
     swarm_kw = {
         "rounds": 1,
         "diversity": "both",
@@ -46,7 +45,7 @@ def run(ctx: BenchContext) -> list[Row]:
         "seed": ctx.seed,
     }
     solvers = {
-        n: solver_mod.SwarmSolver(model, config_mod.SwarmConfig(num_agents=n, **swarm_kw), tokenizer)
+        n: SwarmSolver(model, SwarmConfig(num_agents=n, **swarm_kw), tokenizer)
         for n in AGENT_COUNTS
     }
     results: dict[int, list] = {}

@@ -24,13 +24,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from moe_swarm.bench.context import BenchContext, require
+from moe_swarm.bench.context import BenchContext
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, time_call, time_interleaved
 from moe_swarm.model import MoETransformer, TransformerConfig
 
 SUITE = "train_step"
-NEEDS = "moe_swarm.lit (moe_swarm.lit.lm_module.MoELanguageModel)"
 
 
 @dataclass(frozen=True)
@@ -180,7 +179,8 @@ def lightning_run(lm_module, ctx: BenchContext, batches: list[dict], steps: int)
 
 
 def run(ctx: BenchContext) -> list[Row]:
-    lm = require("moe_swarm.lit.lm_module", NEEDS)
+    from moe_swarm.lit import lm_module as lm  # Lightning: imported only when this suite runs
+
     setup = QUICK if ctx.quick else FULL
     repeats = ctx.repeats_or(full=3, quick=1)
     model_cfg = setup.model_config()
