@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moe_swarm.data import ByteTokenizer, MultiplicationTask, Problem
-from moe_swarm.model import MoETransformer, TransformerConfig
+from moe_swarm.model import MoEConfig, MoETransformer, TransformerConfig
 from moe_swarm.swarm import (
     AgentBatch,
     AgentSpec,
@@ -31,7 +31,7 @@ A, C = ord("A"), ord("C")
 def tiny(seed: int = 0, **kw) -> MoETransformer:
     torch.manual_seed(seed)
     cfg = TransformerConfig(
-        d_model=32, n_layers=2, n_heads=4, d_ff=32, num_experts=4, top_k=2, max_seq_len=64, **kw
+        d_model=32, n_layers=2, n_heads=4, max_seq_len=64, moe=MoEConfig(num_experts=4, d_ff=32), **kw
     )
     return MoETransformer(cfg).eval()
 

@@ -220,13 +220,15 @@ def test_unfrozen_backbone_is_trained_by_value_and_lm_loss(base_ckpt, tmp_path):
 
 
 def test_checkpoint_without_a_task_is_a_clear_error(tmp_path):
-    from moe_swarm.model import MoETransformer, TransformerConfig
+    from moe_swarm.model import MoEConfig, MoETransformer, TransformerConfig
 
     path = tmp_path / "text.ckpt"
     save_model_checkpoint(
         path,
         MoETransformer(
-            TransformerConfig(d_model=32, n_layers=1, n_heads=2, d_ff=32, num_experts=4, max_seq_len=32)
+            TransformerConfig(
+                d_model=32, n_layers=1, n_heads=2, max_seq_len=32, moe=MoEConfig(num_experts=4, d_ff=32)
+            )
         ),
     )
     with pytest.raises(ValueError, match="names no reasoning task"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import random
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -58,6 +59,19 @@ class Task(ABC):
     def params(self) -> dict:
         """Constructor arguments, for reproducibility records and seeding."""
         return {}
+
+    # What a prompt of this task looks like (for users of a trained model): a regular expression a
+    # prompt must match in full, and a one-line description with an example.
+    def prompt_pattern(self) -> str:
+        return ".+"
+
+    def prompt_format(self) -> str:
+        return f"a prompt like {self.sample(random.Random(0)).prompt!r}"
+
+    def check_prompt(self, prompt: str) -> None:
+        """Raise ValueError saying the expected format when ``prompt`` cannot be a problem of this task."""
+        if re.fullmatch(self.prompt_pattern(), prompt) is None:
+            raise ValueError(f"{prompt!r} is not a {self.name!r} prompt; expected {self.prompt_format()}")
 
     def split_of(self, problem: Problem) -> str:
         """The split a problem belongs to, from a stable hash of its key."""
@@ -144,6 +158,17 @@ class MultiplicationTask(Task):
     def params(self) -> dict:
         return {"digits_a": self.digits_a, "digits_b": self.digits_b}
 
+    def prompt_pattern(self) -> str:
+        return rf"[0-9]{{{self.digits_a}}}\*[0-9]{{{self.digits_b}}}="
+
+    def prompt_format(self) -> str:
+        a, b = int("123456789"[: self.digits_a]), int("456789123"[: self.digits_b])
+        ex = self.make(a, b)
+        return (
+            f"a {self.digits_a}-digit times a {self.digits_b}-digit number, digits reversed, ending in '=': "
+            f"{ex.prompt!r} asks {a}*{b}, answer {ex.answer!r} (= {a * b} reversed)"
+        )
+
     def make(self, a: int, b: int) -> Problem:
         """The problem for ``a * b`` in reversed-digit form."""
         return Problem(
@@ -188,6 +213,13 @@ class ArithmeticTask(Task):
 
     def params(self) -> dict:
         return {"max_value": self.max_value}
+
+    def prompt_pattern(self) -> str:
+        n = r"[0-9]+"
+        return rf"{n}\+{n}\*{n}\+{n}-{n}\*{n}="
+
+    def prompt_format(self) -> str:
+        return f"'a+b*c+d-e*f=' with integers 0..{self.max_value}, e.g. '3+4*5+6-7*8=' (answer '-27')"
 
     def make(self, a: int, b: int, c: int, d: int, e: int, f: int) -> Problem:
         """The problem for the given operands."""
@@ -244,6 +276,15 @@ class ReachabilityTask(Task):
 
     def params(self) -> dict:
         return {"min_hops": self.min_hops, "max_hops": self.max_hops, "num_distractors": self.num_distractors}
+
+    def prompt_pattern(self) -> str:
+        return r"(every [a-z]+ is a [a-z]+\. )+is [a-z]+ a [a-z]+ or a [a-z]+\?"
+
+    def prompt_format(self) -> str:
+        return (
+            "facts 'every X is a Y.' then a question, e.g. 'every tobu is a kemi. every kemi is a rupo. "
+            "is tobu a rupo or a nika?' (answer 'rupo')"
+        )
 
     def sample(self, rng: random.Random) -> Problem:
         used: set[str] = set()

@@ -30,7 +30,7 @@ from torchmetrics.functional.classification import binary_auroc
 from moe_swarm.checkpoint import load_model
 from moe_swarm.data.tasks import Problem, Task, get_task
 from moe_swarm.data.tokenizer import ByteTokenizer
-from moe_swarm.model import MoETransformer, RowRouting
+from moe_swarm.model import MoETransformer, RoutingControl
 from moe_swarm.swarm import (
     Rollouts,
     SwarmConfig,
@@ -184,8 +184,8 @@ def recompute_thoughts(
     if any(s is not None and (s.routing_noise > 0 or s.top_k is not None) for s in specs):
         noise = torch.tensor([s.routing_noise if s else 0.0 for s in specs], dtype=torch.float32, device=dev)
         seed = torch.tensor([s.seed if s else 0 for s in specs], dtype=torch.long, device=dev)
-        k = torch.tensor([(s.top_k or model.cfg.top_k) if s else model.cfg.top_k for s in specs], device=dev)
-        routing = RowRouting(noise, seed, k)
+        k = torch.tensor([(s.top_k or model.cfg.moe.router.top_k) if s else model.cfg.moe.router.top_k for s in specs], device=dev)
+        routing = RoutingControl(noise, seed, k)
     out = model(idx.to(dev), pad_mask=mask.to(dev), routing=routing)
     hidden = out.hidden.float()
     first = torch.tensor([a for a, _ in spans], device=dev)

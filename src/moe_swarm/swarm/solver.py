@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from moe_swarm.model import MoETransformer, RowRouting
+from moe_swarm.model import MoETransformer, RoutingControl
 from moe_swarm.swarm.agents import AgentBatch, make_agents, mix_seed, resample_agents, seeded_generator
 from moe_swarm.swarm.buffer import ThoughtBuffer, ThoughtRecord
 from moe_swarm.swarm.compute import ModelCost
@@ -197,7 +197,7 @@ class SwarmSolver:
         token_lp = torch.zeros(rows, new)
         lengths = torch.zeros(rows, dtype=torch.long)
         hidden = torch.zeros(rows, d, device=dev)
-        model_k = model.cfg.top_k
+        model_k = model.cfg.moe.router.top_k
         for k in torch.unique(key).tolist():
             bucket = (key == k).nonzero().squeeze(1)
             step = cfg.max_batch_rows or bucket.numel()
@@ -218,7 +218,7 @@ class SwarmSolver:
                     if bool((part.top_k > 0).any()):
                         top_k = torch.where(part.top_k > 0, part.top_k, torch.full_like(part.top_k, model_k))
                         top_k = top_k.to(dev)
-                    routing = RowRouting(part.routing_noise.to(dev), part.seed.to(dev), top_k)
+                    routing = RoutingControl(part.routing_noise.to(dev), part.seed.to(dev), top_k)
                 out = model.generate(
                     idx,
                     new,
