@@ -277,7 +277,7 @@ class LoadModelRequest(_message.Message):
     def __init__(self, checkpoint: _Optional[str] = ..., model_id: _Optional[str] = ..., make_default: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "checkpoint", "params_total", "params_active", "task", "global_step", "loaded_unix", "is_default", "device", "max_seq_len")
+    __slots__ = ("model_id", "checkpoint", "params_total", "params_active", "task", "global_step", "loaded_unix", "is_default", "device", "max_seq_len", "prompt_format", "example_prompt")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +288,8 @@ class ModelInfo(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     checkpoint: str
     params_total: int
@@ -298,7 +300,9 @@ class ModelInfo(_message.Message):
     is_default: bool
     device: str
     max_seq_len: int
-    def __init__(self, model_id: _Optional[str] = ..., checkpoint: _Optional[str] = ..., params_total: _Optional[int] = ..., params_active: _Optional[int] = ..., task: _Optional[str] = ..., global_step: _Optional[int] = ..., loaded_unix: _Optional[float] = ..., is_default: _Optional[bool] = ..., device: _Optional[str] = ..., max_seq_len: _Optional[int] = ...) -> None: ...
+    prompt_format: str
+    example_prompt: str
+    def __init__(self, model_id: _Optional[str] = ..., checkpoint: _Optional[str] = ..., params_total: _Optional[int] = ..., params_active: _Optional[int] = ..., task: _Optional[str] = ..., global_step: _Optional[int] = ..., loaded_unix: _Optional[float] = ..., is_default: _Optional[bool] = ..., device: _Optional[str] = ..., max_seq_len: _Optional[int] = ..., prompt_format: _Optional[str] = ..., example_prompt: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -376,3 +380,45 @@ class ServerInfo(_message.Message):
     max_batch_delay_ms: float
     grpc_version: str
     def __init__(self, version: _Optional[str] = ..., torch_version: _Optional[str] = ..., device: _Optional[str] = ..., cuda_available: _Optional[bool] = ..., cuda_device_count: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., running_jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., rpc_stats: _Optional[_Iterable[_Union[RpcStats, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., auth_enabled: _Optional[bool] = ..., tls_enabled: _Optional[bool] = ..., batching_enabled: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., max_batch_delay_ms: _Optional[float] = ..., grpc_version: _Optional[str] = ...) -> None: ...
+
+class ListExperimentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Experiment(_message.Message):
+    __slots__ = ("name", "description", "yaml")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    YAML_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    yaml: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., yaml: _Optional[str] = ...) -> None: ...
+
+class ListExperimentsResponse(_message.Message):
+    __slots__ = ("experiments",)
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    experiments: _containers.RepeatedCompositeFieldContainer[Experiment]
+    def __init__(self, experiments: _Optional[_Iterable[_Union[Experiment, _Mapping]]] = ...) -> None: ...
+
+class GetRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class RunInfo(_message.Message):
+    __slots__ = ("run_id", "run_dir", "config_yaml", "summary_json", "checkpoint", "job_ids")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_DIR_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    run_dir: str
+    config_yaml: str
+    summary_json: str
+    checkpoint: str
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., run_dir: _Optional[str] = ..., config_yaml: _Optional[str] = ..., summary_json: _Optional[str] = ..., checkpoint: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -89,6 +89,21 @@ class MCPControlStub:
                 request_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.ListExperiments = channel.unary_unary(
+                '/mcp.MCPControl/ListExperiments',
+                request_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ListExperimentsRequest.SerializeToString,
+                response_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ListExperimentsResponse.FromString,
+                _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/mcp.MCPControl/GetRun',
+                request_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.RunInfo.FromString,
+                _registered_method=True)
+        self.GetBenchmarkResults = channel.unary_unary(
+                '/mcp.MCPControl/GetBenchmarkResults',
+                request_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.BenchmarkResponse.FromString,
+                _registered_method=True)
 
 
 class MCPControlServicer:
@@ -171,6 +186,28 @@ class MCPControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListExperiments(self, request, context):
+        """--- experiments, runs, benchmark results -----------------------------------------------------------
+        The experiments a TrainRequest may name (conf/experiment/), with their one-line purpose and YAML.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRun(self, request, context):
+        """A run directory's composed Hydra config, summary.json and newest checkpoint (by run id or job id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBenchmarkResults(self, request, context):
+        """The rows of a finished benchmark job (RunBenchmark returns them too; this reads them again later).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MCPControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +265,21 @@ def add_MCPControlServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetServerInfoRequest.FromString,
                     response_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ServerInfo.SerializeToString,
+            ),
+            'ListExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExperiments,
+                    request_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ListExperimentsRequest.FromString,
+                    response_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ListExperimentsResponse.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetRunRequest.FromString,
+                    response_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.RunInfo.SerializeToString,
+            ),
+            'GetBenchmarkResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBenchmarkResults,
+                    request_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetJobRequest.FromString,
+                    response_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.BenchmarkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -527,6 +579,87 @@ class MCPControl:
             '/mcp.MCPControl/GetServerInfo',
             moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetServerInfoRequest.SerializeToString,
             moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp.MCPControl/ListExperiments',
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ListExperimentsRequest.SerializeToString,
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ListExperimentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp.MCPControl/GetRun',
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetRunRequest.SerializeToString,
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.RunInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBenchmarkResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp.MCPControl/GetBenchmarkResults',
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetJobRequest.SerializeToString,
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.BenchmarkResponse.FromString,
             options,
             channel_credentials,
             insecure,
