@@ -3,10 +3,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moe_swarm.model import ExpertPool, MoELayer
+from moe_swarm.model import ExpertPool, MoEConfig, MoELayer, RouterConfig
 from moe_swarm.model.experts import grouped_mm_supported
 
 IMPLS = ["grouped_mm", "gather_bmm", "sorted_split"]
+
+
+def moe_layer(d: int, d_ff: int, e: int, k: int, shared_expert_d_ff: int = 0, **router_kw) -> MoELayer:
+    cfg = MoEConfig(
+        num_experts=e,
+        d_ff=d_ff,
+        shared_expert_d_ff=shared_expert_d_ff,
+        router=RouterConfig(top_k=k, **router_kw),
+    )
+    return MoELayer(d, cfg)
 
 
 def run_layer(layer: MoELayer, x: torch.Tensor, impl: str, pad_mask=None):
@@ -41,29 +51,29 @@ def test_grouped_mm_is_available_here():
 
 @pytest.mark.parametrize("e,k", [(8, 2), (4, 1), (4, 4), (16, 3)])
 def test_dispatch_agrees_fp32(e, k):
-    layer = MoELayer(16, 32, e, k)
+    layer = moe_layer(16, 32, e, k)
     assert_agree(layer, torch.randn(2, 9, 16), atol=1e-5, rtol=1e-4)
 
 
 def test_dispatch_agrees_bf16():
-    layer = MoELayer(16, 32, 8, 2).to(torch.bfloat16)
+    layer = moe_layer(16, 32, 8, 2).to(torch.bfloat16)
     assert_agree(layer, torch.randn(2, 9, 16, dtype=torch.bfloat16), atol=3e-2, rtol=3e-2)
 
 
 def test_single_token_and_empty_experts():
-    layer = MoELayer(16, 32, 8, 2)  # one token: at least 6 experts are empty
+    layer = moe_layer(16, 32, 8, 2)  # one token: at least 6 experts are empty
     assert_agree(layer, torch.randn(1, 1, 16), atol=1e-5, rtol=1e-4)
 
 
 def test_capacity_drops_and_padding_agree():
-    layer = MoELayer(16, 32, 4, 2, capacity_factor=0.5)
+    layer = moe_layer(16, 32, 4, 2, capacity_factor=0.5)
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[1, 5:] = False
     assert_agree(layer, torch.randn(2, 9, 16), atol=1e-5, rtol=1e-4, pad_mask=mask)
 
 
 def test_every_expert_gets_a_gradient_even_without_tokens():
-    layer = MoELayer(16, 32, 8, 1)
+    layer = moe_layer(16, 32, 8, 1)
     y, _ = layer(torch.randn(1, 1, 16))
     y.sum().backward()
     assert layer.experts.w1.grad is not None and layer.experts.w1.grad.shape == (8, 16, 32)
@@ -80,20 +90,8 @@ def test_auto_dispatch_resolution_and_fallback_for_unaligned_sizes():
         ExpertPool(4, 16, 32, dispatch="magic")
 
 
-def test_dense_all_experts_baseline_matches():
-    layer = MoELayer(16, 32, 8, 2)
-    x = torch.randn(20, 16)
-    r = layer.router(x)
-    torch.testing.assert_close(
-        layer.experts.dense_all_experts(x, r.indices, r.weights, r.keep),
-        layer.experts(x, r.indices, r.weights, r.keep, impl="reference_loop"),
-        atol=1e-5,
-        rtol=1e-4,
-    )
-
-
 def test_shared_expert_adds_dense_path():
-    layer = MoELayer(16, 32, 4, 1, shared_expert_d_ff=24)
+    layer = moe_layer(16, 32, 4, 1, shared_expert_d_ff=24)
     x = torch.randn(1, 3, 16)
     y, _ = layer(x)
     flat = x.reshape(3, 16)
@@ -114,7 +112,7 @@ def test_shared_expert_adds_dense_path():
 def test_property_dispatch_agrees(t, e, k_frac, d, d_ff, seed):
     torch.manual_seed(seed)
     k = max(1, min(e, round(k_frac * e)))
-    layer = MoELayer(d, d_ff, e, k)
+    layer = moe_layer(d, d_ff, e, k)
     with torch.no_grad():
         layer.router.weight.normal_(std=2.0)  # peaky routing -> empty experts are common
     assert_agree(layer, torch.randn(1, t, d), atol=1e-5, rtol=1e-4)
@@ -129,7 +127,7 @@ def test_probe_made_under_no_grad_or_inference_mode_still_finds_grouped_mm():
 
 
 def test_decode_path_without_aux_matches_training_path():
-    layer = MoELayer(16, 32, 8, 2)
+    layer = moe_layer(16, 32, 8, 2)
     x = torch.randn(2, 5, 16)
     y_aux, aux = layer(x)
     y_fast, none = layer(x, compute_aux=False)

@@ -3,11 +3,12 @@ import math
 import pytest
 import torch
 
+from moe_swarm.model import RouterConfig
 from moe_swarm.model.router import Router, RoutingControl, expected_capacity
 
 
 def make_router(e=8, k=2, d=16, **kw) -> Router:
-    r = Router(d, e, k, **kw)
+    r = Router(d, e, RouterConfig(top_k=k, **kw))
     torch.nn.init.normal_(r.weight, std=1.0)
     return r
 
@@ -60,7 +61,7 @@ def test_sigmoid_bias_selection_and_weights():
 
 def test_bias_update_moves_skewed_load_toward_balance():
     torch.manual_seed(1)
-    r = Router(16, 8, 2, mode="sigmoid_bias")
+    r = Router(16, 8, RouterConfig(top_k=2, mode="sigmoid_bias"))
     with torch.no_grad():
         r.weight.normal_(std=0.5)
         r.weight[0] += 2.0  # skew: expert 0 wins for most tokens
@@ -75,7 +76,7 @@ def test_bias_update_moves_skewed_load_toward_balance():
 
 def test_capacity_drops_overflow_and_counts_it():
     e, k, n = 4, 1, 8
-    r = Router(4, e, k, capacity_factor=1.0)
+    r = Router(4, e, RouterConfig(top_k=k, capacity_factor=1.0))
     with torch.no_grad():
         r.weight.copy_(torch.eye(4) * 10)
     x = torch.zeros(n, 4)
@@ -91,7 +92,7 @@ def test_capacity_drops_overflow_and_counts_it():
 
 
 def test_capacity_second_choices_yield_to_first_choices():
-    r = Router(4, 4, 2, capacity_factor=0.5)  # capacity = ceil(0.5*4*2/4) = 1
+    r = Router(4, 4, RouterConfig(top_k=2, capacity_factor=0.5))  # capacity = ceil(0.5*4*2/4) = 1
     with torch.no_grad():
         r.weight.copy_(torch.eye(4) * 10)
     x = torch.tensor([[1.0, 0.5, 0, 0], [0.5, 1.0, 0, 0], [0, 0, 1.0, 0.5], [0, 0, 0.5, 1.0]])
@@ -114,7 +115,7 @@ def test_padding_is_excluded_from_losses_and_stats():
 
 
 def test_load_balance_and_z_loss_hand_computed():
-    r = Router(2, 2, 1)
+    r = Router(2, 2, RouterConfig(top_k=1))
     with torch.no_grad():
         r.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     x = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # logits equal x
@@ -128,7 +129,7 @@ def test_load_balance_and_z_loss_hand_computed():
 
 
 def test_uniform_routing_gives_the_documented_minimum_of_one():
-    r = Router(4, 4, 2)
+    r = Router(4, 4, RouterConfig(top_k=2))
     with torch.no_grad():
         r.weight.zero_()  # uniform probabilities
     # With zero logits top-k ties; construct f uniform via 4 tokens whose top-2 sets cover experts evenly.
@@ -167,7 +168,7 @@ def test_control_top_k_override_per_token():
     ctl = RoutingControl(
         torch.zeros(n),
         torch.zeros(n, dtype=torch.long),
-        torch.zeros(n, dtype=torch.long),
+        position=torch.zeros(n, dtype=torch.long),
         top_k=torch.tensor([1, 2, 3, 4, 1, 2]),
     )
     out = r(torch.randn(n, 16), control=ctl)
@@ -178,8 +179,8 @@ def test_control_top_k_override_per_token():
 
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="top_k"):
-        Router(4, 4, 5)
+        Router(4, 4, RouterConfig(top_k=5))
     with pytest.raises(ValueError, match="mode"):
-        Router(4, 4, 1, mode="hash")
+        Router(4, 4, RouterConfig(top_k=1, mode="hash"))
     with pytest.raises(ValueError, match="capacity_factor"):
-        Router(4, 4, 1, capacity_factor=0)
+        Router(4, 4, RouterConfig(top_k=1, capacity_factor=0))

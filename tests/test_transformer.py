@@ -1,13 +1,12 @@
 import pytest
 import torch
 
-from moe_swarm.model import MoETransformer, RowRouting, TransformerConfig
+from moe_swarm.model import MoEConfig, MoETransformer, RoutingControl, TransformerConfig
 
 
-def tiny(**kw) -> MoETransformer:
-    cfg = TransformerConfig(
-        d_model=32, n_layers=2, n_heads=4, d_ff=32, num_experts=4, top_k=2, max_seq_len=64, **kw
-    )
+def tiny(moe: dict | None = None, **kw) -> MoETransformer:
+    moe_cfg = MoEConfig(**{"num_experts": 4, "d_ff": 32, **(moe or {})})
+    cfg = TransformerConfig(d_model=32, n_layers=2, n_heads=4, max_seq_len=64, moe=moe_cfg, **kw)
     model = MoETransformer(cfg)
     model.eval()
     return model
@@ -50,7 +49,7 @@ def test_per_row_parameters_affect_only_their_row():
     prompt = torch.randint(0, 256, (3, 6)).expand(3, 6).clone()
     prompt[:] = prompt[0]
     base = model.generate(prompt, 12)
-    routing = RowRouting(noise_scale=torch.tensor([0.0, 3.0, 0.0]), seed=torch.tensor([0, 1, 0]))
+    routing = RoutingControl(noise_scale=torch.tensor([0.0, 3.0, 0.0]), seed=torch.tensor([0, 1, 0]))
     mixed = model.generate(
         prompt, 12, temperature=torch.tensor([0.0, 0.0, 1.5]), seed=torch.tensor([0, 0, 9]), routing=routing
     )
@@ -68,7 +67,7 @@ def test_batched_rows_equal_rows_run_alone_and_seeds_reproduce():
     prompt = torch.randint(0, 256, (4, 6))
     temps = torch.tensor([0.0, 1.0, 1.0, 0.7])
     seeds = torch.tensor([3, 4, 5, 6])
-    routing = RowRouting(
+    routing = RoutingControl(
         noise_scale=torch.tensor([0.5, 1.0, 0.0, 2.0]), seed=seeds, top_k=torch.tensor([2, 3, 1, 2])
     )
     batched = model.generate(
@@ -89,7 +88,9 @@ def test_batched_rows_equal_rows_run_alone_and_seeds_reproduce():
             10,
             temperature=temps[i : i + 1],
             seed=seeds[i : i + 1],
-            routing=RowRouting(routing.noise_scale[i : i + 1], seeds[i : i + 1], routing.top_k[i : i + 1]),
+            routing=RoutingControl(
+                routing.noise_scale[i : i + 1], seeds[i : i + 1], routing.top_k[i : i + 1]
+            ),
             top_k=torch.tensor([5, 1, 50, 264])[i : i + 1],
         )
         assert torch.equal(one.tokens[0], batched.tokens[i]), f"row {i}"
@@ -133,7 +134,7 @@ def test_parameter_counts_and_dense_equivalent():
 
 
 def test_moe_every_and_shared_expert_layout():
-    model = tiny(moe_every=2, shared_expert_d_ff=16)
+    model = tiny(moe={"every": 2, "shared_expert_d_ff": 16})
     assert [b.is_moe for b in model.blocks] == [False, True]
     assert model.moe_layers[0].shared_expert is not None
 

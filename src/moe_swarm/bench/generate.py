@@ -15,7 +15,7 @@ import torch
 from moe_swarm.bench.context import BenchContext
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, paired_ratios, time_interleaved
-from moe_swarm.model import MoETransformer, RowRouting, TransformerConfig
+from moe_swarm.model import MoEConfig, MoETransformer, RouterConfig, RoutingControl, TransformerConfig
 
 SUITE = "generate"
 
@@ -44,10 +44,8 @@ def build_model(ctx: BenchContext, setup: GenerateSetup) -> tuple[MoETransformer
         d_model=setup.d_model,
         n_layers=setup.n_layers,
         n_heads=setup.n_heads,
-        d_ff=setup.d_ff,
-        num_experts=setup.num_experts,
-        top_k=setup.top_k,
         max_seq_len=setup.prompt_len + longest,
+        moe=MoEConfig(num_experts=setup.num_experts, d_ff=setup.d_ff, router=RouterConfig(top_k=setup.top_k)),
     )
     torch.manual_seed(ctx.seed)
     # bf16 on CUDA (what a GPU would serve), fp32 on CPU.
@@ -121,11 +119,11 @@ def bench_agents(ctx: BenchContext, model: MoETransformer, setup: GenerateSetup,
     prompt = torch.randint(0, 256, (1, setup.prompt_len), device=dev)
     temperature = torch.full((n_agents,), 0.8, device=dev)
     seeds = torch.arange(n_agents, device=dev) + 1000 * ctx.seed
-    routing = RowRouting(noise_scale=torch.full((n_agents,), 0.5, device=dev), seed=seeds.clone())
+    routing = RoutingControl(noise_scale=torch.full((n_agents,), 0.5, device=dev), seed=seeds.clone())
 
     def agent_call(i: int, j: int):
         """Agents i..j-1 of the swarm in one generate call."""
-        part = RowRouting(noise_scale=routing.noise_scale[i:j], seed=routing.seed[i:j])
+        part = RoutingControl(noise_scale=routing.noise_scale[i:j], seed=routing.seed[i:j])
         return lambda: model.generate(
             prompt.expand(j - i, -1), n, temperature=temperature[i:j], seed=seeds[i:j], routing=part
         )

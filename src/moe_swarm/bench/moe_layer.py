@@ -20,13 +20,16 @@ from pathlib import Path
 import torch
 
 from moe_swarm.bench.context import DTYPES, BenchContext
+from moe_swarm.bench.reference import dense_all_experts
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, paired_ratios, time_interleaved
-from moe_swarm.model import MoELayer, grouped_mm_supported
+from moe_swarm.model import MoEConfig, MoELayer, RouterConfig, grouped_mm_supported
 
 SUITE = "moe_layer"
 REFERENCE = "reference_loop"
 IMPLS = ("reference_loop", "grouped_mm", "sorted_split", "auto", "dense_all_experts")
+# Timed implementations that are not ExpertPool dispatch modes (bench/reference.py).
+BASELINES = {"dense_all_experts": dense_all_experts}
 # Output agreement with reference_loop, relative to the largest reference output.
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
 
@@ -45,6 +48,11 @@ QUICK_SHAPES = (LayerShape(8, 2, 64, 128), LayerShape(64, 8, 64, 64))
 QUICK_TOKENS = (256,)
 
 
+def make_layer(shape: LayerShape) -> MoELayer:
+    cfg = MoEConfig(num_experts=shape.num_experts, d_ff=shape.d_ff, router=RouterConfig(top_k=shape.top_k))
+    return MoELayer(shape.d_model, cfg)
+
+
 def case_name(shape: LayerShape, tokens: int, dtype_name: str) -> str:
     return f"E{shape.num_experts}k{shape.top_k}_t{tokens}_{dtype_name}"
 
@@ -58,8 +66,8 @@ def layer_step(layer: MoELayer, x: torch.Tensor, grad_out: torch.Tensor, impl: s
             p.grad = None
         x.grad = None
         routed = layer.router(x)
-        if impl == "dense_all_experts":
-            y = layer.experts.dense_all_experts(x, routed.indices, routed.weights, routed.keep)
+        if impl in BASELINES:
+            y = BASELINES[impl](layer.experts, x, routed.indices, routed.weights, routed.keep)
         else:
             y = layer.experts(
                 x, routed.indices, routed.weights, routed.keep, impl=None if impl == "auto" else impl
@@ -72,8 +80,8 @@ def layer_step(layer: MoELayer, x: torch.Tensor, grad_out: torch.Tensor, impl: s
 def _forward(layer: MoELayer, x: torch.Tensor, impl: str) -> torch.Tensor:
     with torch.no_grad():
         routed = layer.router(x)
-        if impl == "dense_all_experts":
-            return layer.experts.dense_all_experts(x, routed.indices, routed.weights, routed.keep)
+        if impl in BASELINES:
+            return BASELINES[impl](layer.experts, x, routed.indices, routed.weights, routed.keep)
         return layer.experts(
             x, routed.indices, routed.weights, routed.keep, impl=None if impl == "auto" else impl
         )
@@ -112,7 +120,7 @@ def runnable_impls(layer: MoELayer, x: torch.Tensor) -> tuple[list[str], dict[st
 def bench_case(ctx: BenchContext, shape: LayerShape, tokens: int, dtype_name: str) -> list[Row]:
     dtype = DTYPES[dtype_name]
     torch.manual_seed(ctx.seed)
-    layer = MoELayer(shape.d_model, shape.d_ff, shape.num_experts, shape.top_k).to(ctx.device, dtype)
+    layer = make_layer(shape).to(ctx.device, dtype)
     x = torch.randn(tokens, shape.d_model, device=ctx.device, dtype=dtype, requires_grad=True)
     grad_out = torch.randn(tokens, shape.d_model, device=ctx.device, dtype=dtype)
     impls, skipped = runnable_impls(layer, x)

@@ -27,7 +27,7 @@ import torch
 from moe_swarm.bench.context import BenchContext
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, time_call, time_interleaved
-from moe_swarm.model import MoETransformer, TransformerConfig
+from moe_swarm.model import MoEConfig, MoETransformer, RouterConfig, TransformerConfig
 
 SUITE = "train_step"
 
@@ -54,10 +54,10 @@ class TrainSetup:
             d_model=self.d_model,
             n_layers=self.n_layers,
             n_heads=self.n_heads,
-            d_ff=self.d_ff,
-            num_experts=self.num_experts,
-            top_k=self.top_k,
             max_seq_len=self.seq_len,
+            moe=MoEConfig(
+                num_experts=self.num_experts, d_ff=self.d_ff, router=RouterConfig(top_k=self.top_k)
+            ),
         )
 
 

@@ -77,8 +77,8 @@ class MoELanguageModel(L.LightningModule):
                 "eval_batch_size": eval_batch_size,
             }
         )
-        fields = TransformerConfig.__dataclass_fields__
-        self.model = MoETransformer(TransformerConfig(**{k: v for k, v in model.items() if k in fields}))
+        # Strict: a misspelt key (``+model.num_expert=16``) fails here, before any training.
+        self.model = MoETransformer(TransformerConfig.from_dict(model))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.tokenizer = ByteTokenizer()
@@ -86,7 +86,7 @@ class MoELanguageModel(L.LightningModule):
         self.val_loss = MeanMetric()
         self.val_em = MeanMetric()
         n_moe = len(self.model.moe_layers)
-        e = self.model.cfg.num_experts
+        e = self.model.cfg.moe.num_experts
         # Token counts since the last optimizer step (bias update) and over validation (heatmap).
         self.register_buffer("_step_counts", torch.zeros(n_moe, e), persistent=False)
         self.register_buffer("val_expert_counts", torch.zeros(n_moe, e), persistent=False)
@@ -159,7 +159,7 @@ class MoELanguageModel(L.LightningModule):
         layers = self.model.moe_layers
         if not layers:
             return
-        if layers[0].router.mode == "sigmoid_bias":
+        if layers[0].router.cfg.mode == "sigmoid_bias":
             counts = self._step_counts
             if self.trainer is not None and self.trainer.world_size > 1:
                 counts = self.trainer.strategy.reduce(counts.clone(), reduce_op="sum")

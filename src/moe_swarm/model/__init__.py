@@ -1,16 +1,10 @@
 """Sparse MoE building blocks in plain PyTorch (no Lightning, Hydra or gRPC)."""
 
-from moe_swarm.model.experts import DISPATCH_IMPLS, ExpertPool, grouped_mm_supported
+from moe_swarm.model.config import DISPATCH_IMPLS, ROUTING_MODES, MoEConfig, RouterConfig, TransformerConfig
+from moe_swarm.model.experts import ExpertPool, grouped_mm_supported
 from moe_swarm.model.moe import MoEAux, MoELayer, SwiGLU
-from moe_swarm.model.router import ROUTING_MODES, Router, RouterOutput, RoutingControl
-from moe_swarm.model.transformer import (
-    GenerationResult,
-    KVCache,
-    ModelOutput,
-    MoETransformer,
-    RowRouting,
-    TransformerConfig,
-)
+from moe_swarm.model.router import Router, RouterOutput, RoutingControl
+from moe_swarm.model.transformer import GenerationResult, KVCache, ModelOutput, MoETransformer
 
 __all__ = [
     "DISPATCH_IMPLS",
@@ -20,12 +14,13 @@ __all__ = [
     "KVCache",
     "ModelOutput",
     "MoEAux",
+    "MoEConfig",
     "MoELayer",
     "MoETransformer",
     "Router",
+    "RouterConfig",
     "RouterOutput",
     "RoutingControl",
-    "RowRouting",
     "SwiGLU",
     "TransformerConfig",
     "grouped_mm_supported",

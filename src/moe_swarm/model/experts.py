@@ -7,13 +7,12 @@ sharding on dim 0, and every expert receives a gradient each step (no DDP unused
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DISPATCH_IMPLS = ("auto", "grouped_mm", "gather_bmm", "sorted_split", "reference_loop")
+from moe_swarm.model.config import DISPATCH_IMPLS
 
 
 @functools.cache
@@ -185,20 +184,3 @@ class ExpertPool(nn.Module):
             ye = (h @ self.w2[expert]).float() * weights[token, slot].float()[:, None]
             out.index_add_(0, token, ye)
         return out.to(x.dtype)
-
-    def dense_all_experts(
-        self, x: Tensor, indices: Tensor, weights: Tensor, keep: Tensor | None = None
-    ) -> Tensor:
-        """Every expert on every token, then mask: the naive baseline for benchmarks only."""
-        n, k = indices.shape
-        h = F.silu(torch.einsum("nd,edf->enf", x, self.w1)) * torch.einsum("nd,edf->enf", x, self.w3)
-        ys = torch.einsum("enf,efd->end", h, self.w2)  # (E, N, d)
-        w = weights if keep is None else weights * keep
-        gate = torch.zeros(n, self.num_experts, dtype=torch.float32, device=x.device)
-        gate.scatter_add_(1, indices, w.float())
-        return torch.einsum("end,ne->nd", ys.float(), gate).to(x.dtype)
-
-
-def expert_init_std(d_model: int, n_layers: int) -> tuple[float, float]:
-    """GPT-2 style init: std 0.02, output projections scaled by 1/sqrt(2 * n_layers)."""
-    return 0.02, 0.02 / math.sqrt(2 * n_layers)

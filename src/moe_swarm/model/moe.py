@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moe_swarm.model.config import MoEConfig
 from moe_swarm.model.experts import ExpertPool
 from moe_swarm.model.router import Router, RouterOutput, RoutingControl
 
@@ -48,46 +49,25 @@ class MoEAux:
 class MoELayer(nn.Module):
     """Sparse MoE FFN. Defaults follow Mixtral: softmax top-k with renormalised weights, dropless.
 
+    Configured by one :class:`MoEConfig` (router settings in ``cfg.router``), e.g.
+    ``MoELayer(64, MoEConfig(num_experts=8, d_ff=128))``.
     ``forward(x: (B, T, d_model)) -> (y, aux)``; parameters are ``router.weight`` (E, d_model) and
     ``experts.w1/w3`` (E, d_model, d_ff), ``experts.w2`` (E, d_ff, d_model).
     """
 
     def __init__(
-        self,
-        d_model: int,
-        d_ff: int,
-        num_experts: int,
-        top_k: int,
-        router_mode: str = "softmax_topk",
-        renormalize: bool = True,
-        capacity_factor: float | None = None,
-        jitter_eps: float = 0.0,
-        noise_std: float = 0.0,
-        route_scale: float = 1.0,
-        shared_expert_d_ff: int = 0,
-        dispatch: str = "auto",
-        layer_id: int = 0,
-        init_std: float = 0.02,
-        out_init_std: float | None = None,
+        self, d_model: int, cfg: MoEConfig, layer_id: int = 0, out_init_std: float | None = None
     ) -> None:
         super().__init__()
-        self.router = Router(
-            d_model,
-            num_experts,
-            top_k,
-            mode=router_mode,
-            renormalize=renormalize,
-            capacity_factor=capacity_factor,
-            jitter_eps=jitter_eps,
-            noise_std=noise_std,
-            route_scale=route_scale,
-            layer_id=layer_id,
-        )
+        self.cfg = cfg
+        self.router = Router(d_model, cfg.num_experts, cfg.router, layer_id=layer_id)
         self.experts = ExpertPool(
-            num_experts, d_model, d_ff, dispatch=dispatch, init_std=init_std, out_init_std=out_init_std
+            cfg.num_experts, d_model, cfg.d_ff, dispatch=cfg.dispatch, out_init_std=out_init_std
         )
         self.shared_expert = (
-            SwiGLU(d_model, shared_expert_d_ff, init_std, out_init_std) if shared_expert_d_ff > 0 else None
+            SwiGLU(d_model, cfg.shared_expert_d_ff, out_init_std=out_init_std)
+            if cfg.shared_expert_d_ff > 0
+            else None
         )
 
     def forward(

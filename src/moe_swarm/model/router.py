@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ROUTING_MODES = ("softmax_topk", "sigmoid_bias")
+from moe_swarm.model.config import RouterConfig
 
 _MASK32 = 0xFFFFFFFF
 
@@ -46,18 +46,30 @@ def counter_gumbel(seed: Tensor, position: Tensor, stream: int, width: int) -> T
 
 @dataclass
 class RoutingControl:
-    """Per-token routing perturbation: what makes a swarm agent route differently from greedy.
+    """Routing perturbation: what makes a swarm agent route differently from greedy.
 
-    All tensors have shape (N,) over the flattened tokens.
+    Given to the model per batch row (tensors of shape (B,), fixed for a whole trajectory);
+    the model expands it per token with :meth:`for_tokens`, which fills ``position``, and the
+    router reads it per token (shape (N,) over the flattened tokens).
     ``noise_scale``: scale of Gumbel noise added to the selection scores of the *non-top-1*
     experts (the top-1 choice is never perturbed). ``seed`` and ``position`` key the noise.
-    ``top_k``: optional per-token number of experts (1..E) overriding the router's k.
+    ``top_k``: optional number of experts (1..E) overriding the router's k.
     """
 
     noise_scale: Tensor
     seed: Tensor
-    position: Tensor
     top_k: Tensor | None = None
+    position: Tensor | None = None
+
+    def for_tokens(self, positions: Tensor) -> RoutingControl:
+        """Expand per-row controls to per-token ones for a (B, T) block of absolute positions."""
+        t = positions.shape[1]
+        return RoutingControl(
+            noise_scale=self.noise_scale.repeat_interleave(t),
+            seed=self.seed.repeat_interleave(t),
+            top_k=None if self.top_k is None else self.top_k.repeat_interleave(t),
+            position=positions.reshape(-1),
+        )
 
 
 @dataclass
@@ -93,34 +105,12 @@ class Router(nn.Module):
     In ``sigmoid_bias`` mode, P_i uses the sigmoid scores normalised to sum to 1 per token.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_experts: int,
-        top_k: int,
-        mode: str = "softmax_topk",
-        renormalize: bool = True,
-        capacity_factor: float | None = None,
-        jitter_eps: float = 0.0,
-        noise_std: float = 0.0,
-        route_scale: float = 1.0,
-        layer_id: int = 0,
-    ) -> None:
+    def __init__(self, d_model: int, num_experts: int, cfg: RouterConfig, layer_id: int = 0) -> None:
         super().__init__()
-        if mode not in ROUTING_MODES:
-            raise ValueError(f"unknown router mode {mode!r}; choose one of {ROUTING_MODES}")
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
-        if capacity_factor is not None and capacity_factor <= 0:
-            raise ValueError(f"capacity_factor must be > 0 or None (dropless), got {capacity_factor}")
+        if not 1 <= cfg.top_k <= num_experts:
+            raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {cfg.top_k}")
+        self.cfg = cfg
         self.num_experts = num_experts
-        self.top_k = top_k
-        self.mode = mode
-        self.renormalize = renormalize
-        self.capacity_factor = capacity_factor
-        self.jitter_eps = jitter_eps
-        self.noise_std = noise_std
-        self.route_scale = route_scale
         self.layer_id = layer_id
         self.weight = nn.Parameter(torch.empty(num_experts, d_model))
         nn.init.normal_(self.weight, std=0.02)
@@ -130,8 +120,8 @@ class Router(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"mode={self.mode}, num_experts={self.num_experts}, top_k={self.top_k}, "
-            f"capacity_factor={self.capacity_factor}"
+            f"mode={self.cfg.mode}, num_experts={self.num_experts}, top_k={self.cfg.top_k}, "
+            f"capacity_factor={self.cfg.capacity_factor}"
         )
 
     def forward(
@@ -146,15 +136,15 @@ class Router(nn.Module):
         ``compute_aux=False`` skips losses and stats (decoding does not need them).
         """
         n, e = x.shape[0], self.num_experts
-        if self.training and self.jitter_eps > 0:
-            x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_eps, 1.0 + self.jitter_eps)
+        if self.training and self.cfg.jitter_eps > 0:
+            x = x * torch.empty_like(x).uniform_(1.0 - self.cfg.jitter_eps, 1.0 + self.cfg.jitter_eps)
         logits = F.linear(x.float(), self.weight.float())  # router math in fp32
-        if self.training and self.noise_std > 0:
-            select_logits = logits + torch.randn_like(logits) * self.noise_std
+        if self.training and self.cfg.noise_std > 0:
+            select_logits = logits + torch.randn_like(logits) * self.cfg.noise_std
         else:
             select_logits = logits
 
-        if self.mode == "softmax_topk":
+        if self.cfg.mode == "softmax_topk":
             probs = select_logits.softmax(dim=-1)
             select_scores = probs
             gate_scores = probs
@@ -165,7 +155,7 @@ class Router(nn.Module):
             gate_scores = scores
             balance_probs = scores / scores.sum(dim=-1, keepdim=True).clamp_min(1e-9)
 
-        k = self.top_k
+        k = self.cfg.top_k
         if control is not None and control.top_k is not None:
             # Host sync, but only on the swarm path with an explicit override.
             k = int(control.top_k.max().clamp(1, e))
@@ -176,12 +166,12 @@ class Router(nn.Module):
         if control is not None and control.top_k is not None:
             slot_ok = torch.arange(k, device=x.device)[None, :] < control.top_k[:, None].clamp(1, e)
             weights = weights * slot_ok
-        if self.renormalize or self.mode == "sigmoid_bias":
+        if self.cfg.renormalize or self.cfg.mode == "sigmoid_bias":
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-9)
-        weights = weights * self.route_scale
+        weights = weights * self.cfg.route_scale
 
         override = control is not None and control.top_k is not None
-        if pad_mask is None and self.capacity_factor is None and not override:
+        if pad_mask is None and self.cfg.capacity_factor is None and not override:
             # Every assignment is processed: keep=None lets dispatch skip all masking work.
             keep = None
             if not compute_aux:
@@ -192,7 +182,7 @@ class Router(nn.Module):
             valid = torch.ones(n, dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask.bool()
             routed = slot_ok & valid[:, None]
             kept = routed
-            if self.capacity_factor is not None:
+            if self.cfg.capacity_factor is not None:
                 kept = routed & self._within_capacity(indices, routed, valid)
             weights = weights * kept
             keep = kept
@@ -229,6 +219,8 @@ class Router(nn.Module):
         """Top-k indices; with a control, the top-1 stays put and the tail is chosen on noisy scores."""
         if control is None or k == 1 and control.top_k is None:
             return scores.topk(k, dim=-1).indices
+        if control.position is None:
+            raise ValueError("a per-token RoutingControl needs positions: expand it with for_tokens()")
         top1 = scores.argmax(dim=-1, keepdim=True)
         noise = counter_gumbel(control.seed, control.position, self.layer_id, self.num_experts)
         # Perturb log-scores so the noise scale means the same for softmax and sigmoid modes.
@@ -240,7 +232,7 @@ class Router(nn.Module):
         """Keep mask for per-expert capacity ceil(cf * T * k / E); earlier slots, then earlier tokens win."""
         n, k = indices.shape
         e = self.num_experts
-        capacity = torch.ceil(self.capacity_factor * valid.float().sum() * self.top_k / e)
+        capacity = torch.ceil(self.cfg.capacity_factor * valid.float().sum() * self.cfg.top_k / e)
         # Slot-major priority: every token's first choice is served before any second choice.
         flat_idx = indices.t().reshape(-1)
         flat_routed = routed.t().reshape(-1)

@@ -8,90 +8,30 @@ perturbation (a batch row is one swarm agent).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moe_swarm.model.config import DEFAULT_VOCAB_SIZE, MoEConfig, RouterConfig, TransformerConfig
 from moe_swarm.model.moe import MoEAux, MoELayer, SwiGLU
 from moe_swarm.model.router import RoutingControl, counter_gumbel
 
-# Byte-level vocabulary: 256 bytes + specials (PAD 256, BOS 257, EOS 258), padded to 264.
-DEFAULT_VOCAB_SIZE = 264
+__all__ = [
+    "DEFAULT_VOCAB_SIZE",
+    "GenerationResult",
+    "KVCache",
+    "ModelOutput",
+    "MoEConfig",
+    "MoETransformer",
+    "RouterConfig",
+    "RoutingControl",
+    "TransformerConfig",
+    "sample_next",
+]
+
 SAMPLING_STREAM = 0x5A17  # keeps sampling noise independent of the per-layer routing noise
-
-
-@dataclass
-class TransformerConfig:
-    """Model hyper-parameters. ``ffn="dense"`` gives the dense baseline (see ``dense_equivalent``)."""
-
-    vocab_size: int = DEFAULT_VOCAB_SIZE
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    max_seq_len: int = 256
-    ffn: str = "moe"  # "moe" | "dense"
-    d_ff: int = 256  # per-expert hidden size
-    dense_d_ff: int | None = None  # dense FFN hidden size; None = top_k * d_ff (+ shared) = equal active
-    num_experts: int = 8
-    top_k: int = 2
-    moe_every: int = 1  # layer i is MoE when (i + 1) % moe_every == 0
-    router_mode: str = "softmax_topk"
-    renormalize: bool = True
-    capacity_factor: float | None = None
-    jitter_eps: float = 0.0
-    router_noise_std: float = 0.0
-    route_scale: float = 1.0
-    shared_expert_d_ff: int = 0
-    dispatch: str = "auto"
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-5
-    dropout: float = 0.0
-    tie_weights: bool = True
-
-    def __post_init__(self) -> None:
-        if self.ffn not in ("moe", "dense"):
-            raise ValueError(f"ffn must be 'moe' or 'dense', got {self.ffn!r}")
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(
-                f"d_model={self.d_model} must be divisible by n_heads={self.n_heads} with an even head size (RoPE)"
-            )
-        if self.moe_every < 1:
-            raise ValueError(f"moe_every must be >= 1, got {self.moe_every}")
-
-    @property
-    def resolved_dense_d_ff(self) -> int:
-        return self.dense_d_ff or self.top_k * self.d_ff + self.shared_expert_d_ff
-
-    def is_moe_layer(self, i: int) -> bool:
-        return self.ffn == "moe" and (i + 1) % self.moe_every == 0
-
-    def dense_equivalent(self) -> TransformerConfig:
-        """The dense model with the same active FFN parameters per token (router weights aside)."""
-        return replace(self, ffn="dense", dense_d_ff=self.resolved_dense_d_ff)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class RowRouting:
-    """Per-row (per-agent) routing perturbation, fixed for a whole trajectory. Tensors are (B,)."""
-
-    noise_scale: Tensor
-    seed: Tensor
-    top_k: Tensor | None = None
-
-    def for_tokens(self, positions: Tensor) -> RoutingControl:
-        """Expand to per-token controls for a (B, T) block of absolute positions."""
-        t = positions.shape[1]
-        return RoutingControl(
-            noise_scale=self.noise_scale.repeat_interleave(t),
-            seed=self.seed.repeat_interleave(t),
-            position=positions.reshape(-1),
-            top_k=None if self.top_k is None else self.top_k.repeat_interleave(t),
-        )
 
 
 class KVCache:
@@ -169,22 +109,7 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.is_moe = cfg.is_moe_layer(layer)
         if self.is_moe:
-            self.ffn = MoELayer(
-                cfg.d_model,
-                cfg.d_ff,
-                cfg.num_experts,
-                cfg.top_k,
-                router_mode=cfg.router_mode,
-                renormalize=cfg.renormalize,
-                capacity_factor=cfg.capacity_factor,
-                jitter_eps=cfg.jitter_eps,
-                noise_std=cfg.router_noise_std,
-                route_scale=cfg.route_scale,
-                shared_expert_d_ff=cfg.shared_expert_d_ff,
-                dispatch=cfg.dispatch,
-                layer_id=layer,
-                out_init_std=out_std,
-            )
+            self.ffn = MoELayer(cfg.d_model, cfg.moe, layer_id=layer, out_init_std=out_std)
         else:
             self.ffn = SwiGLU(cfg.d_model, cfg.resolved_dense_d_ff, out_init_std=out_std)
         self.resid_drop = nn.Dropout(cfg.dropout)
@@ -275,7 +200,7 @@ class MoETransformer(nn.Module):
             per_expert = (
                 layer.experts.w1[0].numel() + layer.experts.w2[0].numel() + layer.experts.w3[0].numel()
             )
-            inactive += (layer.experts.num_experts - layer.router.top_k) * per_expert
+            inactive += (layer.experts.num_experts - layer.router.cfg.top_k) * per_expert
         emb = self.embed.weight.numel()
         return ParamCount(
             total=total, active=total - inactive, embedding=emb, details={"moe_layers": len(self.moe_layers)}
@@ -288,7 +213,7 @@ class MoETransformer(nn.Module):
         *,
         pad_mask: Tensor | None = None,
         cache: KVCache | None = None,
-        routing: RowRouting | None = None,
+        routing: RoutingControl | None = None,
         prefix_embeds: Tensor | None = None,
         last_only: bool = False,
         with_aux: bool = True,
@@ -340,7 +265,7 @@ class MoETransformer(nn.Module):
         temperature: float | Tensor = 0.0,
         top_k: int | Tensor | None = None,
         seed: int | Tensor = 0,
-        routing: RowRouting | None = None,
+        routing: RoutingControl | None = None,
         eos_id: int | None = None,
         pad_id: int = 256,
         prefix_embeds: Tensor | None = None,
