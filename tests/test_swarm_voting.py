@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moe_swarm.data import ByteTokenizer
-from moe_swarm.model import MoETransformer, TransformerConfig
+from moe_swarm.model import MoEConfig, MoETransformer, TransformerConfig
 from moe_swarm.swarm import SwarmConfig, SwarmSolver, ThoughtRecord, vote
 
 
@@ -59,7 +59,9 @@ def test_bad_votes_raise(answers, weights, match):
 
 def _solver(**kw) -> SwarmSolver:
     model = MoETransformer(
-        TransformerConfig(d_model=16, n_layers=1, n_heads=2, d_ff=16, num_experts=4, top_k=2, max_seq_len=32)
+        TransformerConfig(
+            d_model=16, n_layers=1, n_heads=2, max_seq_len=32, moe=MoEConfig(num_experts=4, d_ff=16)
+        )
     ).eval()
     return SwarmSolver(model, SwarmConfig(**kw), ByteTokenizer())
 

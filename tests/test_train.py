@@ -206,13 +206,13 @@ def test_bad_override_exits_nonzero_with_hydras_message(override, message, tmp_p
 
 
 def test_two_job_multirun_leaves_one_results_table(tmp_path):
-    tiny = [o for o in TINY if not o.startswith("model.num_experts")]
+    tiny = [o for o in TINY if not o.startswith("model.moe.num_experts")]
     proc = _run_cli(
         [
             "-m",
             "experiment=quickstart",
             *tiny,
-            "model.num_experts=2,4",
+            "model.moe.num_experts=2,4",
             "trainer.max_steps=2",
             "trainer.val_check_interval=2",
             "data.val_windows=2",
@@ -223,13 +223,13 @@ def test_two_job_multirun_leaves_one_results_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = tmp_path / "sweeps" / "sweep" / "results.md"
     text = table.read_text()
-    assert "model.num_experts=2" in text and "model.num_experts=4" in text
+    assert "model.moe.num_experts=2" in text and "model.moe.num_experts=4" in text
     rows = json.loads((tmp_path / "sweeps" / "sweep" / "results.json").read_text())
     assert len(rows) == 2 and all(math.isfinite(r["value"]) for r in rows)
 
 
 def test_optuna_preset_runs_trials_in_memory(tmp_path):
-    tiny = [o for o in TINY if not o.startswith("model.num_experts")]
+    tiny = [o for o in TINY if not o.startswith("model.moe.num_experts")]
     proc = _run_cli(
         [
             "-m",

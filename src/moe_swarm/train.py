@@ -1,7 +1,7 @@
 """`moe-swarm-train`: compose the Hydra config, instantiate data/module/trainer, fit, summarise.
 
 moe-swarm-train experiment=quickstart
-moe-swarm-train -m model.num_experts=4,8 trainer.max_steps=20     # a sweep
+moe-swarm-train -m model.moe.num_experts=4,8 trainer.max_steps=20     # a sweep
 RUN_ID=my-run moe-swarm-train experiment=text_small               # restart = resume
 """
 
@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from moe_swarm.cluster import ClusterSpec
 from moe_swarm.config import config_dir, register_resolvers
+from moe_swarm.model.config import TransformerConfig
 
 log = logging.getLogger("moe_swarm.train")
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM: "stopped on request, checkpoint saved", never "succeeded"
@@ -62,10 +63,8 @@ def check_config(cfg: DictConfig) -> None:
             f"data.block_size={block} exceeds model.max_seq_len={cfg.model.max_seq_len}; "
             "lower data.block_size or raise model.max_seq_len"
         )
-    if cfg.model.ffn == "moe" and not 1 <= cfg.model.top_k <= cfg.model.num_experts:
-        raise ValueError(
-            f"model.top_k={cfg.model.top_k} must be in [1, model.num_experts={cfg.model.num_experts}]"
-        )
+    # Strict model keys and values (a typo such as model.num_expert fails here, before training).
+    TransformerConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
 
 
 def apply_cluster(cfg: DictConfig) -> ClusterSpec:

@@ -27,13 +27,13 @@ PROMPTS = ("123*45=", "678*90=", "314*15=", "271*82=")  # equal length: one gene
 def run(ctx: BenchContext) -> list[Row]:
 
     if ctx.quick:
-        dims = {"d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 64, "num_experts": 4, "top_k": 2}
+        dims = {"d_model": 64, "n_layers": 2, "n_heads": 2, "moe": {"d_ff": 64, "num_experts": 4}}
         new_tokens, prompts = 8, PROMPTS[:2]
     else:
-        dims = {"d_model": 128, "n_layers": 4, "n_heads": 4, "d_ff": 256, "num_experts": 8, "top_k": 2}
+        dims = {"d_model": 128, "n_layers": 4, "n_heads": 4, "moe": {"d_ff": 256, "num_experts": 8}}
         new_tokens, prompts = 16, PROMPTS
     torch.manual_seed(ctx.seed)
-    model = MoETransformer(TransformerConfig(**dims, max_seq_len=64)).to(ctx.device).eval()
+    model = MoETransformer(TransformerConfig.from_dict({**dims, "max_seq_len": 64})).to(ctx.device).eval()
     tokenizer = ByteTokenizer()
     swarm_kw = {
         "rounds": 1,

@@ -44,7 +44,7 @@ def tiny_checkpoint(path: str | Path, seed: int = 0, task: dict | None = None, *
     }
     cfg.update(model_kw)
     torch.manual_seed(seed)
-    model = MoETransformer(TransformerConfig(**cfg))
+    model = MoETransformer(TransformerConfig.from_dict(cfg))  # flat keys: the legacy layout
     hparams: dict[str, Any] = {"global_step": 0}
     if task is not None:
         hparams["task"] = task
