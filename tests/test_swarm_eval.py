@@ -10,22 +10,19 @@ from conftest import compose_cfg, run_entry_point
 
 from moe_swarm.config import config_dir
 from moe_swarm.data import ByteTokenizer, get_task
-from moe_swarm.swarm import greedy
-from moe_swarm.swarm_eval import paired_bootstrap_ci, ranking_auc, run_eval
+from moe_swarm.swarm import greedy, holm_adjust, paired_bootstrap_ci, ranking_auc, two_level_bootstrap_ci
+from moe_swarm.swarm_eval import run_eval
 from moe_swarm.swarm_train import swarm_train
 
 CONF = config_dir()
 # 1x1 multiplication has only 4 test items; the train split (37 items) gives a usable number of problems.
 TINY_EVAL = [
     "split=train",
-    "num_problems=12",
+    "n_test=12",
     "grid.agents=[1,4]",
     "grid.rounds=[0,1]",
     "swarm.max_new_tokens=4",
     "bootstrap.samples=300",
-    "timing.repeats=2",
-    "timing.batch_problems=4",
-    "timing.agents=4",
 ]
 
 
@@ -95,6 +92,29 @@ def test_bootstrap_interval_widens_with_the_level_and_rejects_bad_input():
         paired_bootstrap_ci([1.0], [0.0], level=1.5)
 
 
+def test_two_level_bootstrap_reduces_to_paired_with_one_seed_and_widens_with_seed_spread():
+    g = torch.Generator().manual_seed(3)
+    a = [(torch.rand(200, generator=g) < 0.6).float().tolist() for _ in range(3)]
+    b = [(torch.rand(200, generator=g) < 0.5).float().tolist() for _ in range(3)]
+    one = two_level_bootstrap_ci(a[:1], b[:1], samples=1000)
+    assert one["diff"] == pytest.approx(paired_bootstrap_ci(a[0], b[0])["diff"]) and one["seeds"] == 1
+    # seeds that disagree (one helps a lot, two hurt) give a wider interval than seeds that agree
+    spread = two_level_bootstrap_ci(
+        [[1.0] * 50, [0.0] * 50, [0.0] * 50], [[0.0] * 50, [0.5] * 50, [0.5] * 50]
+    )
+    agree = two_level_bootstrap_ci([[1.0] * 50] * 3, [[0.0] * 50] * 3)
+    assert agree["low"] == agree["high"] == 1.0 and spread["high"] - spread["low"] > 0.5
+    with pytest.raises(ValueError, match="same number"):
+        two_level_bootstrap_ci(a, b[:2])
+
+
+def test_holm_adjust_is_step_down_and_monotone():
+    assert holm_adjust([0.01, 0.04]) == pytest.approx([0.02, 0.04])
+    assert holm_adjust([0.04, 0.01]) == pytest.approx([0.04, 0.02])
+    assert holm_adjust([0.03, 0.02, 0.5]) == pytest.approx([0.06, 0.06, 0.5])
+    assert holm_adjust([0.6, 0.9]) == pytest.approx([1.0, 1.0])
+
+
 def test_ranking_auc_counts_pairs_and_ties():
     assert ranking_auc([0.9, 0.1, 0.5], [True, False, False]) == 1.0
     assert ranking_auc([0.1, 0.9], [True, False]) == 0.0
@@ -115,9 +135,10 @@ def test_eval_writes_json_markdown_and_plot_with_consistent_numbers(checkpoints,
     assert {"results.json", "results.md", "em_vs_forward_passes.png"} <= files
     assert (out / "em_vs_forward_passes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "results.json").read_text())
-    assert saved["num_problems"] == 12 and saved["value_head"] is True and saved["task"]["name"] == "mul"
-    assert saved["reference"] == {"agents": 4, "rounds": 1}
-    bucket = saved["buckets"]["1x1"]
+    assert saved["n_test"] == 12 and saved["value_head"] is True and saved["task"]["name"] == "mul"
+    level = saved["answer_level"]
+    assert level["reference"] == {"agents": 4, "rounds": 1}
+    bucket = level["buckets"]["1x1"]
     assert bucket["problems"] == 12
 
     task = get_task("mul", digits_a=1, digits_b=1)
@@ -126,7 +147,7 @@ def test_eval_writes_json_markdown_and_plot_with_consistent_numbers(checkpoints,
 
     model, _ = load_model(checkpoints["swarm"])
     ref = greedy(model, ByteTokenizer(), [p.prompt for p in problems], 4, task.canonical)
-    assert bucket["greedy"]["em"] == pytest.approx(
+    assert bucket["greedy"]["swarm"] == pytest.approx(
         sum(task.score(r.answer, p.answer) for r, p in zip(ref, problems)) / 12
     )
 
@@ -136,23 +157,29 @@ def test_eval_writes_json_markdown_and_plot_with_consistent_numbers(checkpoints,
         for key in (
             "single_agent",
             "majority",
-            "weighted",
+            "score_weighted",
             "value_weighted",
             "best_of_n_value",
             "best_of_n_logprob",
             "pass_at_n",
+            "coverage",
             "swarm",
-            "independent",
-            "independent_weighted",
+            "independent_majority",
+            "independent_rescored",
         ):
             assert 0.0 <= row[key] <= 1.0, key
-        assert row["pass_at_n"] >= max(row["majority"], row["weighted"], row["swarm"], row["best_of_n_value"])
+        assert row["coverage"] >= max(
+            row["majority"], row["score_weighted"], row["swarm"], row["best_of_n_value"]
+        )
+        assert row["coverage"] >= row["pass_at_n"]
+        if row["rounds"] == 0:  # one round: every record is a first-round record
+            assert row["coverage"] == row["pass_at_n"]
         assert row["forward_passes"] >= row["agents"]  # every agent writes at least its EOS
         assert abs(row["independent_forward_passes"] - row["forward_passes"]) <= row["forward_passes"]
     one = cells[(1, 0)]
-    assert one["single_agent"] == one["majority"] == one["weighted"] == one["swarm"] == one["pass_at_n"]
+    assert one["single_agent"] == one["majority"] == one["score_weighted"] == one["swarm"] == one["pass_at_n"]
     # Without refinement the control's agents are the swarm's own: re-voted alike they agree exactly.
-    assert cells[(4, 0)]["independent_weighted"] == cells[(4, 0)]["swarm"]
+    assert cells[(4, 0)]["independent_rescored"] == cells[(4, 0)]["swarm"]
     assert (
         cells[(4, 1)]["forward_passes"] > cells[(4, 0)]["forward_passes"] or cells[(4, 1)]["rounds_used"] == 1
     )
@@ -160,22 +187,27 @@ def test_eval_writes_json_markdown_and_plot_with_consistent_numbers(checkpoints,
     names = {c["comparison"] for c in bucket["comparisons"]}
     assert {
         "swarm - greedy",
-        "weighted - majority",
-        "swarm - independent",
+        "score_weighted - majority",
+        "swarm - independent_majority",
+        "swarm - independent_rescored",
         "best_of_n_value - majority",
-        "temperature - routing (indep. + majority, equal FP)",
+        "temperature - routing (independent_majority)",
     } <= names
     for c in bucket["comparisons"]:
         assert c["low"] <= c["diff"] + 1e-12 and c["diff"] <= c["high"] + 1e-12 and c["n"] == 12
     assert {d["diversity"] for d in bucket["diversity"]} == {"temperature", "routing"}
 
-    assert saved["timing"]["threads"] == torch.get_num_threads()
-    assert saved["timing"]["batch"]["problems"] == 4 and saved["timing"]["batch"]["ratio"] > 0
-    goals = {g["goal"] for g in saved["goals"]}
-    assert any("beats greedy" in g for g in goals) and any("wall time" in g for g in goals)
+    assert saved["threads"] == torch.get_num_threads()
+    targets = {t["target"]: t for t in saved["targets"]}
+    assert set(targets) == {
+        "swarm - greedy >= 5 points, CI above 0",
+        "swarm - independent_majority >= 3 points, CI above 0",
+    }
+    for t in targets.values():
+        assert t["met"] == (t["measured"] >= t["threshold"] and t["ci"][0] > 0)
 
     md = (out / "results.md").read_text()
-    assert "## Difficulty 1x1 (12 problems)" in md and "## Goals" in md and "## Wall time" in md
+    assert "## Difficulty 1x1 (12 problems)" in md and "## Targets" in md
     table_rows = [ln for ln in md.splitlines() if ln.startswith("| 4 | 1 |") or ln.startswith("| 1 | 0 |")]
     assert len(table_rows) == 2
     for row in bucket["grid"]:
@@ -195,15 +227,13 @@ def test_eval_without_a_value_head_needs_a_score_that_does_not_use_one(checkpoin
         "grid.agents=[2]",
         "grid.rounds=[0]",
         "controls.diversity=[]",
-        "timing.enabled=false",
         f"out_dir={tmp_path / 'a'}",
     ]
     with pytest.raises(ValueError, match="needs a value head"):
         run_eval(compose_cfg("swarm_eval", args, tmp_path))
     report = run_eval(compose_cfg("swarm_eval", [*args, "swarm=logprob"], tmp_path))
-    row = report["buckets"]["1x1"]["grid"][0]
+    row = report["answer_level"]["buckets"]["1x1"]["grid"][0]
     assert report["value_head"] is False and math.isnan(row["best_of_n_value"])
-    assert "timing" not in report
     # the head can also come from a separate swarm_state.pt
     report = run_eval(
         compose_cfg(
@@ -228,14 +258,11 @@ def test_cli_writes_results_next_to_the_checkpoint_run(checkpoints, tmp_path):
         "grid.agents=[2]",
         "grid.rounds=[0,1]",
         "controls.diversity=[]",
-        "timing.enabled=false",
     ]
     proc = run_entry_point("moe_swarm.swarm_eval", args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = checkpoints["swarm"].parent.parent / "swarm_eval"
     assert (out / "results.json").is_file() and (out / "results.md").is_file()
     assert "| 2 | 1 |" in proc.stdout
-    bad = run_entry_point(
-        "moe_swarm.swarm_eval", [f"checkpoint={checkpoints['base']}", "timing.enabled=false"], tmp_path, 120
-    )
+    bad = run_entry_point("moe_swarm.swarm_eval", [f"checkpoint={checkpoints['base']}"], tmp_path, 120)
     assert bad.returncode != 0 and "needs a value head" in bad.stderr + bad.stdout

@@ -7,24 +7,26 @@ Trainer, and the checkpoints on disk are read back the way eval and the sidecar 
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import compose_cfg, run_entry_point
 from omegaconf import OmegaConf
-from torchmetrics.functional.classification import binary_auroc
 
 from moe_swarm.checkpoint import CheckpointError, load_model, save_model_checkpoint
+from moe_swarm.checkpoint import load_checkpoint as load_model_checkpoint
 from moe_swarm.config import config_dir
 from moe_swarm.lit.swarm_module import SwarmValueModule, recompute_thoughts
 from moe_swarm.swarm import (
     SwarmConfig,
     SwarmSolver,
-    ValueHead,
     collect_rollouts,
     load_swarm_state,
-    value_loss,
+    mean_of_defined,
+    ranking_auc,
 )
 from moe_swarm.swarm_train import swarm_train
 
@@ -66,45 +68,63 @@ def trained(base_ckpt, tmp_path_factory) -> dict:
     return {"summary": summary, "cfg": cfg, "runs": runs}
 
 
-def fixed_rollouts(ckpt: Path, cfg) -> tuple:
-    model, hp = load_model(ckpt)
+def held_out_rollouts(ckpt: Path, cfg) -> tuple:
+    """Rollouts on problems the head never trained on: the train items past the 30 it used, plus val and test."""
+    loaded = load_model_checkpoint(ckpt)
     from moe_swarm.data import ByteTokenizer, get_task
 
-    task = get_task(hp["eval_task"]["name"], **hp["eval_task"]["kwargs"])
-    problems = task.generate("train", 30, seed=0)
+    task = get_task(loaded.task["name"], **loaded.task["kwargs"])
+    seen = task.generate("train", 30, seed=0)
+    problems = [p for p in task.generate("train", 37, seed=0) if p not in seen]
+    problems += task.generate("val", 4, seed=0) + task.generate("test", 4, seed=0)
     swarm = SwarmConfig.from_dict(OmegaConf.to_container(cfg.swarm)).replace(
         score="logprob", early_exit_share=2.0
     )
     return collect_rollouts(
-        SwarmSolver(model, swarm, ByteTokenizer(), canonical=task.canonical), problems, task
+        SwarmSolver(loaded.model, swarm, ByteTokenizer(), canonical=task.canonical), problems, task
     )
 
 
-def test_value_head_learns_to_rank_correct_records_of_fixed_rollouts(trained, base_ckpt):
-    s = trained["summary"]
-    assert s["status"] == "succeeded" and s["global_step"] == 200
-    head, _ = load_swarm_state(s["lightning_checkpoint"])  # last.ckpt: the head after all 200 steps
-    ro = fixed_rollouts(base_ckpt, trained["cfg"])
+def _head_on_held_out(trained, base_ckpt) -> tuple:
+    head, _ = load_swarm_state(trained["summary"]["lightning_checkpoint"])  # the head after all 200 steps
+    ro = held_out_rollouts(base_ckpt, trained["cfg"])
     rate = float(ro.rewards.mean())
     assert 0.02 < rate < 0.98, f"the toy set-up needs right and wrong records, got a success rate of {rate}"
-    torch.manual_seed(0)
-    untrained = ValueHead(head.d_model, head.hidden)
+    return head, ro, rate
+
+
+def test_value_head_beats_the_base_rate_on_held_out_problems(trained, base_ckpt):
+    s = trained["summary"]
+    assert s["status"] == "succeeded" and s["global_step"] == 200
+    head, ro, rate = _head_on_held_out(trained, base_ckpt)
     with torch.no_grad():
-        loss_after = value_loss(head, ro.thoughts, ro.rewards).item()
-        loss_before = value_loss(untrained, ro.thoughts, ro.rewards).item()
-        auroc = binary_auroc(head.probability(ro.thoughts), ro.rewards.long()).item()
-    base_rate_bce = -(
-        rate * torch.log(torch.tensor(rate)) + (1 - rate) * torch.log(torch.tensor(1 - rate))
-    ).item()
-    assert loss_after < loss_before
-    assert loss_after < base_rate_bce - 0.02, (
-        "the head must beat the best constant guess, not just learn the rate"
-    )
-    assert auroc > 0.75
+        loss = F.binary_cross_entropy(head.probability(ro.thoughts), ro.rewards).item()
+    base_rate_bce = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+    assert loss < base_rate_bce - 0.02, f"held-out BCE {loss:.3f} vs constant guess {base_rate_bce:.3f}"
     metrics = s["metrics"]
-    assert {"value/loss", "value/acc", "swarm/train_em", "val/value_loss", "val/em"} <= set(metrics)
+    assert {"value/loss", "value/acc", "train/swarm", "val/value_loss", "val/swarm", "val/pass_at_n"} <= set(
+        metrics
+    )
     assert metrics["val/value_loss"] < s["metrics_start"]["val/value_loss"]
-    assert 0.0 <= metrics["swarm/train_em"] <= 1.0
+    assert 0.0 <= metrics["train/swarm"] <= 1.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured: an answer-level value head on thought vectors learns which problems are easy, not "
+    "which answer is right (within-problem AUROC ~0.5 on held-out problems; docs/swarm.md). The step "
+    "checker is the scorer that ranks within a problem (tests/test_swarm_steps.py).",
+)
+def test_value_head_ranks_records_within_held_out_problems(trained, base_ckpt):
+    head, ro, _ = _head_on_held_out(trained, base_ckpt)
+    with torch.no_grad():
+        prob = head.probability(ro.thoughts).tolist()
+    per_problem = []
+    for g in ro.group_ids.unique().tolist():
+        rows = (ro.group_ids == g).nonzero().squeeze(1).tolist()
+        per_problem.append(ranking_auc([prob[i] for i in rows], [bool(ro.rewards[i]) for i in rows]))
+    assert sum(not math.isnan(a) for a in per_problem) >= 3, f"need mixed held-out problems: {per_problem}"
+    assert mean_of_defined(per_problem) > 0.6
 
 
 def test_swarm_state_round_trips_through_every_written_file(trained, base_ckpt):
@@ -116,7 +136,7 @@ def test_swarm_state_round_trips_through_every_written_file(trained, base_ckpt):
     model, hp = load_model(swarm_ckpt)
     head, loaded_cfg = load_swarm_state(hp["swarm_state"])
     assert loaded_cfg == cfg
-    assert hp["eval_task"] == {"name": "mul", "kwargs": {"digits_a": 1, "digits_b": 1}}
+    assert load_model_checkpoint(swarm_ckpt).task == {"name": "mul", "kwargs": {"digits_a": 1, "digits_b": 1}}
     assert "run_config" in hp and hp["swarm_train"]["run_id"] == "head"
     base, _ = load_model(base_ckpt)
     for (name, a), b in zip(model.state_dict().items(), base.state_dict().values()):

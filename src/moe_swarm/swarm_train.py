@@ -146,8 +146,8 @@ def print_summary(s: dict[str, Any]) -> None:
         "",
         f"== swarm value head {s['run_id']}: {s['status']} after {s['global_step']} steps ({s['wall_seconds']} s)",
         f"   val/value_loss {metric('val/value_loss')}   val/value_auc {metric('val/value_auc')}",
-        f"   val EM: plurality {metric('val/plurality')}, value-weighted vote {metric('val/value_vote')}, "
-        f"swarm {metric('val/swarm_em')}",
+        f"   val EM: majority {metric('val/majority')}, value-weighted vote {metric('val/value_weighted')}, "
+        f"swarm {metric('val/swarm')}",
         f"   checkpoint (model + swarm state): {s['checkpoint']}",
         f"   summary: {s['run_dir']}/summary.json",
         "",

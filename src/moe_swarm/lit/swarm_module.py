@@ -9,7 +9,7 @@ the correct rollouts (rejection-sampling fine-tuning) to keep the backbone a goo
 
 The module's checkpoints are ordinary model checkpoints plus a ``swarm_state`` entry: the backbone
 sits under ``model.`` and ``hyper_parameters["model"]`` holds its config, so
-``moe_swarm.checkpoint.load_model`` reads them and returns the swarm state in ``hparams``.
+``moe_swarm.checkpoint.load_checkpoint`` reads them and returns the swarm state in ``hparams``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from torchmetrics.functional.classification import binary_auroc
 
-from moe_swarm.checkpoint import load_model
+from moe_swarm.checkpoint import load_checkpoint
 from moe_swarm.data.tasks import Problem, Task, get_task
 from moe_swarm.data.tokenizer import ByteTokenizer
 from moe_swarm.model import MoETransformer, RoutingControl
@@ -37,14 +37,25 @@ from moe_swarm.swarm import (
     SwarmSolver,
     ThoughtRecord,
     ValueHead,
+    answer_outcomes,
     collect_rollouts,
     embedding_scale,
     normalise_thoughts,
     save_swarm_state,
     value_loss,
-    vote,
 )
 
+# Answer-level outcomes logged as val/<name> (names from moe_swarm.swarm.outcomes).
+VAL_OUTCOMES = (
+    "single_agent",
+    "majority",
+    "score_weighted",
+    "value_weighted",
+    "best_of_n_value",
+    "pass_at_n",
+    "coverage",
+    "swarm",
+)
 # Rollouts keep every round of every problem: early exit would drop the later (harder) records.
 DEFAULT_ROLLOUT_OVERRIDES = {"early_exit_share": 2.0}
 
@@ -53,12 +64,12 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
-def task_from(task: dict | None, hparams: dict, checkpoint: str) -> tuple[Task, dict]:
-    """The reasoning task to train/evaluate on: ``task`` if given, else the checkpoint's ``eval_task``."""
-    spec = _plain(task) or hparams.get("eval_task")
+def task_from(task: dict | None, checkpoint_task: dict | None, checkpoint: str) -> tuple[Task, dict]:
+    """The reasoning task to train/evaluate on: ``task`` if given, else the checkpoint's own task."""
+    spec = _plain(task) or checkpoint_task
     if not spec:
         raise ValueError(
-            f"{checkpoint} names no reasoning task (no hparams['eval_task']; it was not a task run); "
+            f"{checkpoint} names no reasoning task (it was not a task run); "
             "pass task={name: mul, kwargs: {digits_a: 3, digits_b: 2}} or train with experiment=reasoning_swarm"
         )
     spec = {"name": str(spec["name"]), "kwargs": dict(spec.get("kwargs") or {})}
@@ -184,7 +195,10 @@ def recompute_thoughts(
     if any(s is not None and (s.routing_noise > 0 or s.top_k is not None) for s in specs):
         noise = torch.tensor([s.routing_noise if s else 0.0 for s in specs], dtype=torch.float32, device=dev)
         seed = torch.tensor([s.seed if s else 0 for s in specs], dtype=torch.long, device=dev)
-        k = torch.tensor([(s.top_k or model.cfg.moe.router.top_k) if s else model.cfg.moe.router.top_k for s in specs], device=dev)
+        k = torch.tensor(
+            [(s.top_k or model.cfg.moe.router.top_k) if s else model.cfg.moe.router.top_k for s in specs],
+            device=dev,
+        )
         routing = RoutingControl(noise, seed, k)
     out = model(idx.to(dev), pad_mask=mask.to(dev), routing=routing)
     hidden = out.hidden.float()
@@ -235,8 +249,9 @@ class SwarmValueModule(L.LightningModule):
                 "freeze_backbone=false recomputes thoughts from tokens and cannot replay injected thought slots; "
                 "set swarm.inject_top_k=0 or keep the backbone frozen"
             )
-        model, base_hparams = load_model(checkpoint)
-        self.task, task_spec = task_from(task, base_hparams, checkpoint)
+        loaded = load_checkpoint(checkpoint)
+        model, base_hparams = loaded.model, loaded.hparams
+        self.task, task_spec = task_from(task, loaded.task, checkpoint)
         self.model = model
         self.value_head = ValueHead(model.cfg.d_model, value_hidden)
         self.tokenizer = ByteTokenizer()
@@ -254,31 +269,17 @@ class SwarmValueModule(L.LightningModule):
                 "pos_weight": pos_weight,
                 "lm_coef": lm_coef,
                 "rollout_overrides": overrides,
-                # what load_model / the sidecar / moe-swarm-eval read from a model checkpoint:
+                # what load_checkpoint / the sidecar / moe-swarm-eval read from a model checkpoint:
                 "model": model.cfg.to_dict(),
-                "eval_task": task_spec,
                 "eval_max_new_tokens": base_hparams.get("eval_max_new_tokens", self.swarm_cfg.max_new_tokens),
-                "base_global_step": base_hparams.get("global_step"),
+                "base_global_step": loaded.global_step,
             }
         )
         self.val_loss = MeanMetric()
         self.val_auroc = BinaryAUROC()
         self.val_acc = BinaryAccuracy()
         self.val_classes = [0, 0]  # (wrong, right) records seen this validation: AUROC needs both
-        self.val_outcomes = torch.nn.ModuleDict(
-            {
-                k: MeanMetric()
-                for k in (
-                    "agent_em",
-                    "pass_any",
-                    "plurality",
-                    "weighted",
-                    "value_vote",
-                    "best_value",
-                    "swarm_em",
-                )
-            }
-        )
+        self.val_outcomes = torch.nn.ModuleDict({k: MeanMetric() for k in VAL_OUTCOMES})
 
     @property
     def backbone_trainable(self) -> bool:
@@ -338,11 +339,11 @@ class SwarmValueModule(L.LightningModule):
                 "value/loss": loss_v.detach(),
                 "value/acc": ((prob > 0.5).float() == rewards).float().mean(),
                 "value/base_rate": rewards.mean(),
-                "swarm/train_em": torch.tensor(
+                "train/swarm": torch.tensor(
                     sum(self.task.score(r.answer, p.answer) for r, p in zip(ro.results, batch)) / n
                 ),
-                "swarm/train_pass_any": torch.tensor(self._pass_any(ro)),
-                "swarm/forward_passes": torch.tensor(
+                "train/coverage": torch.tensor(self._coverage(ro)),
+                "train/forward_passes": torch.tensor(
                     sum(r.forward_passes for r in ro.results) / n, dtype=torch.float
                 ),
             }
@@ -355,7 +356,8 @@ class SwarmValueModule(L.LightningModule):
         return loss
 
     @staticmethod
-    def _pass_any(ro: Rollouts) -> float:
+    def _coverage(ro: Rollouts) -> float:
+        """Share of problems with a right record in any round (``coverage`` in moe_swarm.swarm.outcomes)."""
         hits = torch.zeros(int(ro.group_ids.max()) + 1).scatter_reduce_(0, ro.group_ids, ro.rewards, "amax")
         return float(hits.mean())
 
@@ -375,24 +377,11 @@ class SwarmValueModule(L.LightningModule):
         value = prob.cpu().tolist()
         offset = 0
         for res, problem in zip(ro.results, batch):
-            recs = res.records
-            v = value[offset : offset + len(recs)]
-            offset += len(recs)
-            answers = [r.answer for r in recs]
-            score = self.task.score
-            right = [score(r.text, problem.answer) for r in recs]
-            best = max(range(len(recs)), key=lambda i: v[i])
-            outcome = {
-                "agent_em": sum(right) / len(right),
-                "pass_any": float(any(right)),
-                "plurality": float(score(vote(answers).answer, problem.answer)),
-                "weighted": float(score(vote(answers, [r.score for r in recs]).answer, problem.answer)),
-                "value_vote": float(score(vote(answers, v).answer, problem.answer)),
-                "best_value": float(right[best]),
-                "swarm_em": float(score(res.answer, problem.answer)),
-            }
-            for name, x in outcome.items():
-                self.val_outcomes[name].update(torch.tensor(x, device=self.device))
+            v = value[offset : offset + len(res.records)]
+            offset += len(res.records)
+            outcome = answer_outcomes(res, problem.answer, self.task, value=v)
+            for name in VAL_OUTCOMES:
+                self.val_outcomes[name].update(torch.tensor(outcome[name], device=self.device))
 
     def on_validation_epoch_end(self) -> None:
         out = {"val/value_loss": self.val_loss.compute(), "val/value_acc": self.val_acc.compute()}
@@ -406,7 +395,6 @@ class SwarmValueModule(L.LightningModule):
             out[f"val/{name}"] = metric.compute()
             metric.reset()
         self.log_dict(out, prog_bar=False)
-        self.log("val/em", out["val/swarm_em"], prog_bar=True)
 
     # ---- optimisation and state ------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:

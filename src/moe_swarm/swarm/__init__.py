@@ -9,15 +9,16 @@ See docs/swarm.md.
 from moe_swarm.swarm.agents import AgentBatch, AgentSpec, make_agents, mix_seed, resample_agents
 from moe_swarm.swarm.baselines import (
     diversity_controls,
-    evaluate,
     greedy,
     greedy_config,
     independent_config,
     independent_vote_at_budget,
+    summarise_results,
 )
 from moe_swarm.swarm.buffer import ThoughtBuffer, ThoughtRecord
 from moe_swarm.swarm.compute import ModelCost
 from moe_swarm.swarm.config import SwarmConfig
+from moe_swarm.swarm.outcomes import ANSWER_OUTCOMES, answer_outcomes, outcome_table
 from moe_swarm.swarm.rollouts import Rollouts, collect_rollouts
 from moe_swarm.swarm.solver import (
     Proposals,
@@ -26,12 +27,21 @@ from moe_swarm.swarm.solver import (
     default_canonical,
     embedding_scale,
     normalise_thoughts,
+    score_weights,
 )
 from moe_swarm.swarm.state import SWARM_STATE_KEY, load_swarm_state, save_swarm_state, swarm_state_dict
+from moe_swarm.swarm.statistics import (
+    holm_adjust,
+    mean_of_defined,
+    paired_bootstrap_ci,
+    ranking_auc,
+    two_level_bootstrap_ci,
+)
 from moe_swarm.swarm.value import ValueHead, fit_value_head, group_relative_advantages, value_loss
 from moe_swarm.swarm.voting import VoteResult, vote
 
 __all__ = [
+    "ANSWER_OUTCOMES",
     "SWARM_STATE_KEY",
     "AgentBatch",
     "AgentSpec",
@@ -49,7 +59,6 @@ __all__ = [
     "default_canonical",
     "diversity_controls",
     "embedding_scale",
-    "evaluate",
     "fit_value_head",
     "greedy",
     "greedy_config",
@@ -65,4 +74,13 @@ __all__ = [
     "swarm_state_dict",
     "value_loss",
     "vote",
+    "answer_outcomes",
+    "outcome_table",
+    "score_weights",
+    "holm_adjust",
+    "mean_of_defined",
+    "paired_bootstrap_ci",
+    "ranking_auc",
+    "two_level_bootstrap_ci",
+    "summarise_results",
 ]

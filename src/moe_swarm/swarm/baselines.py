@@ -4,7 +4,7 @@
 - ``independent_vote_at_budget``: independent agents (no refinement, no injection) + plain majority
   vote, given the same agent-forward-passes per problem as the run it is compared with.
 - ``diversity_controls``: the same swarm with temperature-only, routing-only and both kinds of diversity.
-- ``evaluate``: accuracy, oracle pass@any and mean compute of a list of results.
+- ``summarise_results``: exact match, true pass@N, coverage and mean compute of a list of results.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from moe_swarm.model import MoETransformer
 from moe_swarm.swarm.agents import AgentBatch, make_agents
 from moe_swarm.swarm.buffer import ThoughtRecord
 from moe_swarm.swarm.config import SwarmConfig
+from moe_swarm.swarm.outcomes import outcome_table
 from moe_swarm.swarm.solver import PromptLike, SwarmResult, SwarmSolver, default_canonical
 from moe_swarm.swarm.voting import vote
 
@@ -128,7 +129,6 @@ def independent_vote_at_budget(
                 vote_share=v.share,
                 votes=v.votes,
                 forward_passes=int(cum[m - 1]),
-                generated_tokens=int(cum[m - 1]),
                 flops=float(sum(flops_rows[p][:m])),
                 rounds_used=kept[-1].round + 1,
                 tokens_processed=int(sum(proc_rows[p][:m])),
@@ -140,30 +140,24 @@ def independent_vote_at_budget(
     return results
 
 
-def evaluate(results: Sequence[SwarmResult], problems: Sequence, task) -> dict:
-    """Exact-match accuracy of the answers, oracle pass@any (some record was right), mean vote share
-    and mean compute per problem; per-difficulty accuracy when problems have ``difficulty``."""
+def summarise_results(results: Sequence[SwarmResult], problems: Sequence, task) -> dict:
+    """Means over problems of the swarm's exact match (``swarm``), true ``pass_at_n`` (a first-round
+    record is right), ``coverage`` (any record is right), vote share and compute; plus ``swarm`` per
+    difficulty when problems have one. Outcome names as in ``moe_swarm.swarm.outcomes``."""
     if len(results) != len(problems):
         raise ValueError(f"{len(results)} results for {len(problems)} problems")
     if not results:
-        raise ValueError("nothing to evaluate")
-    correct = [task.score(r.answer, p.answer) for r, p in zip(results, problems)]
-    any_right = [any(task.score(rec.text, p.answer) for rec in r.records) for r, p in zip(results, problems)]
+        raise ValueError("nothing to summarise")
+    table = outcome_table(results, [p.answer for p in problems], task)
     n = len(results)
-    out = {
-        "n": n,
-        "accuracy": sum(correct) / n,
-        "pass_any": sum(any_right) / n,
-        "vote_share": sum(r.vote_share for r in results) / n,
-        "forward_passes": sum(r.forward_passes for r in results) / n,
-        "generated_tokens": sum(r.generated_tokens for r in results) / n,
-        "flops": sum(r.flops for r in results) / n,
-        "rounds_used": sum(r.rounds_used for r in results) / n,
-    }
-    buckets: dict[str, list[bool]] = {}
-    for ok, p in zip(correct, problems):
+    out = {"n": n, **{k: sum(table[k]) / n for k in ("swarm", "pass_at_n", "coverage")}}
+    out["vote_share"] = sum(r.vote_share for r in results) / n
+    for k in ("forward_passes", "flops", "rounds_used"):
+        out[k] = sum(table[k]) / n
+    buckets: dict[str, list[float]] = {}
+    for ok, p in zip(table["swarm"], problems):
         difficulty = getattr(p, "difficulty", None)
         if difficulty is not None:
             buckets.setdefault(str(difficulty), []).append(ok)
-    out["accuracy_by_difficulty"] = {k: sum(v) / len(v) for k, v in sorted(buckets.items())}
+    out["swarm_by_difficulty"] = {k: sum(v) / len(v) for k, v in sorted(buckets.items())}
     return out

@@ -49,8 +49,8 @@ class SwarmResult:
 
     ``answer`` is the winning canonical answer, ``vote_share`` its share of the vote, ``votes`` the
     tally per canonical answer. Compute (see ``moe_swarm.swarm.compute``): ``forward_passes`` are
-    agent-forward-passes (row, decode step) attributed to this problem, ``generated_tokens`` the tokens
-    its agents wrote (EOS included), ``tokens_processed`` every position run through the model, ``flops``
+    agent-forward-passes (row, decode step) attributed to this problem (= the tokens its agents wrote,
+    EOS included, under KV-cache decoding), ``tokens_processed`` every position run through the model, ``flops``
     the estimate. ``rounds_used`` counts proposal rounds (1 = no refinement happened). ``text`` is the raw
     text of the highest-scoring record with the winning answer; ``records`` are this problem's records.
     """
@@ -59,7 +59,6 @@ class SwarmResult:
     vote_share: float
     votes: dict[str, float]
     forward_passes: int
-    generated_tokens: int
     flops: float
     rounds_used: int
     tokens_processed: int = 0
@@ -86,6 +85,27 @@ class Proposals:
     @property
     def tokens_processed(self) -> Tensor:
         return self.context + self.lengths - 1
+
+
+@torch.no_grad()
+def score_weights(
+    mode: str, logprob: Tensor, thoughts: Tensor, value_head: ValueHead | None = None
+) -> Tensor:
+    """The weight of each record under score ``mode`` (CPU float32, >= 0): ``exp(logprob)`` for
+    ``"logprob"``, the value head's P(correct) of the thought for ``"value"``, their product for
+    ``"both"``, 1 for ``"none"``. The one definition used by the solver and by re-votes of saved records."""
+    weight = torch.ones(logprob.shape[0])
+    if mode in ("logprob", "both"):
+        weight = weight * logprob.float().cpu().exp()
+    if mode in ("value", "both"):
+        if value_head is None:
+            raise ValueError(f"score mode {mode!r} needs a value head")
+        head_dev = next(value_head.parameters()).device
+        was_training = value_head.training
+        value_head.eval()
+        weight = weight * torch.sigmoid(value_head(thoughts.to(head_dev))).float().cpu()
+        value_head.train(was_training)
+    return weight
 
 
 class SwarmSolver:
@@ -252,22 +272,9 @@ class SwarmSolver:
         )
 
     # ------------------------------------------------------------------ score
-    @torch.no_grad()
     def score(self, proposals: Proposals) -> Tensor:
         """Non-negative weight per row (CPU float32) following ``cfg.score``."""
-        mode = self.cfg.score
-        rows = proposals.lengths.shape[0]
-        weight = torch.ones(rows)
-        if mode in ("logprob", "both"):
-            weight = weight * proposals.logprob.exp()
-        if mode in ("value", "both"):
-            head = self.value_head
-            head_dev = next(head.parameters()).device
-            was_training = head.training
-            head.eval()
-            weight = weight * torch.sigmoid(head(proposals.thoughts.to(head_dev))).float().cpu()
-            head.train(was_training)
-        return weight
+        return score_weights(self.cfg.score, proposals.logprob, proposals.thoughts, self.value_head)
 
     # ------------------------------------------------------------------ loop
     def problem_seed(self, ids: list[int]) -> int:
@@ -369,7 +376,6 @@ class SwarmSolver:
                     vote_share=v.share,
                     votes=v.votes,
                     forward_passes=int(passes[p]),
-                    generated_tokens=int(passes[p]),
                     flops=float(flops[p]),
                     rounds_used=rounds_used[p],
                     tokens_processed=int(processed[p]),

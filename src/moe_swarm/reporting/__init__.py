@@ -1,0 +1,1 @@
+"""Human-readable reports (markdown tables, plots) of evaluation results computed elsewhere."""

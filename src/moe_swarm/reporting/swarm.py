@@ -1,0 +1,209 @@
+"""Swarm evaluation reports: ``results.json``, ``results.md`` (markdown tables) and a plot of exact match
+vs forward passes. Reads the report dicts built by ``moe_swarm.swarm.evaluation`` (and the step-level
+evaluation); computes nothing itself."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from moe_swarm.swarm.evaluation import find_comparison
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _num(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.3f}"
+
+
+def _ci(c: dict | None) -> str:
+    if c is None:
+        return "—"
+    return f"{100 * c['diff']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]"
+
+
+def _header(report: dict) -> list[str]:
+    task = report["task"]
+    args = ", ".join(f"{k}={v}" for k, v in task["kwargs"].items())
+    return [
+        f"# Swarm evaluation: {task['name']}({args}), split {report['split']}, {report['n_test']} problems "
+        f"(problem_seed {report['problem_seed']})",
+        "",
+        f"Checkpoint `{report['checkpoint']}` (step {report['global_step']}); value head: "
+        f"{'yes' if report.get('value_head') else 'no'}; {report['threads']} threads on {report['device']}; "
+        f"{report.get('seconds', '?')} s.",
+    ]
+
+
+def answer_level_markdown(report: dict) -> list[str]:
+    """The answer-level grid, scorer AUROCs, diversity controls and comparisons."""
+    level = f"{report['bootstrap']['level']:.0%}"
+    lines = [
+        "",
+        f"Answer-level swarm config: `{json.dumps(report['swarm_config'])}`.",
+        "",
+        "EM = exact match in %. FP = agent-forward-passes per problem. Grid cells run the swarm with N agents "
+        "per round and R refinement rounds; majority / score-weighted / value columns re-vote the same "
+        "records. pass@N: a first-round record is right (true pass@N); coverage: a record of any round is "
+        "right. 'indep. + majority' = independent agents + plain majority vote given each problem the "
+        "swarm's own forward passes; 'indep. rescored' re-votes those agents with the swarm's score weights. "
+        f"Differences in EM points with paired bootstrap {level} CIs.",
+    ]
+    ref = report["reference"]
+    for name, b in report["buckets"].items():
+        lines += [
+            "",
+            f"## Difficulty {name} ({b['problems']} problems): greedy EM {_pct(b['greedy']['swarm'])} "
+            f"at {b['greedy']['forward_passes']:.1f} FP",
+            "",
+            "| N | R | FP | single agent | majority | score-weighted | value-weighted | best-of-N (value) "
+            "| best-of-N (likelihood) | pass@N | coverage | swarm | indep. + majority | indep. rescored "
+            "| swarm − indep. + majority | swarm − greedy |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in b["grid"]:
+            at = {"agents": row["agents"], "rounds": row["rounds"]}
+            vs_ind = find_comparison(b["comparisons"], "swarm - independent_majority", **at)
+            vs_greedy = find_comparison(b["comparisons"], "swarm - greedy", **at)
+            lines.append(
+                f"| {row['agents']} | {row['rounds']} | {row['forward_passes']:.1f} | {_pct(row['single_agent'])} "
+                f"| {_pct(row['majority'])} | {_pct(row['score_weighted'])} | {_pct(row['value_weighted'])} "
+                f"| {_pct(row['best_of_n_value'])} | {_pct(row['best_of_n_logprob'])} | {_pct(row['pass_at_n'])} "
+                f"| {_pct(row['coverage'])} | {_pct(row['swarm'])} | {_pct(row.get('independent_majority'))} "
+                f"| {_pct(row.get('independent_rescored'))} | {_ci(vs_ind)} | {_ci(vs_greedy)} |"
+            )
+        cell = next(x for x in b["grid"] if x["agents"] == ref["agents"] and x["rounds"] == ref["rounds"])
+        lines += [
+            "",
+            f"Scorers ranking the records of one problem (N={ref['agents']}, R={ref['rounds']}; mean AUROC over "
+            f"problems with right and wrong records, 0.5 = chance): value head {_num(cell['value_auc_within'])}, "
+            f"likelihood {_num(cell['logprob_auc_within'])}.",
+        ]
+        if b["diversity"]:
+            lines += [
+                "",
+                f"Diversity controls at N={ref['agents']}, R={ref['rounds']} (independent agents get the "
+                "default swarm's forward passes):",
+                "",
+                "| diversity | swarm EM | swarm FP | single agent | pass@N | coverage | indep. + majority EM "
+                "| indep. FP |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for d in b["diversity"]:
+                lines.append(
+                    f"| {d['diversity']} | {_pct(d['swarm'])} | {d['swarm_forward_passes']:.1f} "
+                    f"| {_pct(d['single_agent'])} | {_pct(d['pass_at_n'])} | {_pct(d['coverage'])} "
+                    f"| {_pct(d['independent_majority'])} | {d['independent_forward_passes']:.1f} |"
+                )
+        lines += ["", "| comparison | N | R | Δ EM points [CI] |", "|---|---|---|---|"]
+        for c in b["comparisons"]:
+            lines.append(f"| {c['comparison']} | {c['agents']} | {c['rounds']} | {_ci(c)} |")
+    return lines
+
+
+def targets_markdown(targets: list[dict]) -> list[str]:
+    if not targets:
+        return []
+    lines = [
+        "",
+        "## Targets",
+        "",
+        "A target is met when the measured difference reaches the margin and the whole CI is above 0.",
+        "",
+        "| target | where | measured | CI | met |",
+        "|---|---|---|---|---|",
+    ]
+    for t in targets:
+        where = t["at"] + (f", difficulty {t['bucket']}" if t.get("bucket") else "")
+        note = f" ({t['note']})" if t.get("note") else ""
+        lines.append(
+            f"| {t['target']}{note} | {where} | {100 * t['measured']:+.1f} pts "
+            f"| [{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}] | {'yes' if t['met'] else 'no'} |"
+        )
+    return lines
+
+
+def markdown(report: dict) -> str:
+    """The whole report as markdown (EM in %, differences in points with their bootstrap CI)."""
+    lines = _header(report)
+    if "answer_level" in report:
+        lines += answer_level_markdown({**report, **report["answer_level"]})
+    lines += targets_markdown(report.get("targets", []))
+    return "\n".join(lines) + "\n"
+
+
+def plot_answer_level(report: dict, path: Path) -> None:
+    """Exact match vs forward passes per problem, first difficulty bucket: swarm and control per R."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    level = report["answer_level"]
+    name, b = next(iter(level["buckets"].items()))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rounds = sorted({row["rounds"] for row in b["grid"]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(rounds):
+        rows = [row for row in b["grid"] if row["rounds"] == r]
+        col = colors[i % len(colors)]
+        ax.plot(
+            [x["forward_passes"] for x in rows],
+            [100 * x["swarm"] for x in rows],
+            "o-",
+            color=col,
+            label=f"swarm, R={r}",
+        )
+        if all("independent_majority" in x for x in rows):
+            ax.plot(
+                [x["independent_forward_passes"] for x in rows],
+                [100 * x["independent_majority"] for x in rows],
+                "s--",
+                color=col,
+                alpha=0.6,
+                label=f"indep. + majority, equal FP (R={r})",
+            )
+    rows0 = [row for row in b["grid"] if row["rounds"] == rounds[0]]
+    ax.plot(
+        [x["forward_passes"] for x in rows0],
+        [100 * x["pass_at_n"] for x in rows0],
+        ":",
+        color="grey",
+        label="pass@N (oracle)",
+    )
+    ax.plot(
+        [b["greedy"]["forward_passes"]], [100 * b["greedy"]["swarm"]], "k*", markersize=12, label="greedy"
+    )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("agent-forward-passes per problem")
+    ax.set_ylabel("exact match (%)")
+    ax.set_title(f"{report['task']['name']} {name}: {report['n_test']} {report['split']} problems")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def output_dir(checkpoint: str | Path, out_dir: str | Path | None = None) -> Path:
+    """``out_dir``, else ``<run dir of the checkpoint>/swarm_eval`` (the folder above ``checkpoints/``)."""
+    if out_dir:
+        return Path(out_dir)
+    ckpt = Path(checkpoint).resolve()
+    return (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / "swarm_eval"
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> Path:
+    """Write ``results.json``, ``results.md`` and the plot(s) into ``out_dir``; returns ``out_dir``."""
+    from moe_swarm.atomic import atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "results.json", json.dumps(report, indent=2, allow_nan=True))
+    atomic_write_text(out_dir / "results.md", markdown(report))
+    if "answer_level" in report:
+        plot_answer_level(report, out_dir / "em_vs_forward_passes.png")
+    return out_dir
