@@ -252,3 +252,81 @@ def test_decode_answer_stops_at_eos_and_round_trips_every_task():
             assert task.score(decode_answer(generated, tok), p.answer)
             assert decode_answer(torch.tensor(generated), tok) == p.answer
     assert decode_answer([BOS_ID, 52, 258, 53], tok) == "4"
+
+
+# ------------------------------------------------------------------------------------ scratchpads
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("mul", {"digits_a": 4, "digits_b": 1}),
+        ("mul", {"digits_a": 3, "digits_b": 2}),
+        ("arith", {}),
+        ("reach", {}),
+    ],
+)
+def test_scratchpad_steps_are_checkable_and_leave_problems_and_splits_unchanged(name, kwargs):
+    plain, pad = get_task(name, **kwargs), get_task(name, scratchpad=True, **kwargs)
+    problems = pad.generate("val", 50, seed=2)
+    assert [(p.prompt, p.answer, p.difficulty) for p in problems] == [
+        (p.prompt, p.answer, p.difficulty) for p in plain.generate("val", 50, seed=2)
+    ]
+    for p in problems:
+        steps = pad.solution_steps(p)
+        assert pad.split_steps(p.completion) == steps and steps[-1] == "=" + p.answer
+        assert p.completion == "".join(s + "\n" for s in steps[:-1]) + "=" + p.answer
+        assert pad.score(p.completion, p.answer) and pad.split_of(p) == "val"
+        for k in range(len(steps)):  # the oracle walks the solution, and nothing follows a wrong step
+            assert pad.next_step(p, steps[:k]) == steps[k] and pad.step_is_correct(
+                p, steps[:k], f" {steps[k]} "
+            )
+        assert pad.next_step(p, steps) is None and pad.next_step(p, ["0*0+0=1"]) is None
+        assert not pad.step_is_correct(p, [], steps[0] + "1")
+
+
+def test_scratchpad_arithmetic_is_right():
+    mul = get_task("mul", digits_a=3, digits_b=2, scratchpad=True)
+    p = mul.make(458, 43)  # 458*43 = 19694; partial products 1374 and 18320, digits reversed
+    assert mul.solution_steps(p) == [
+        "8*3+0=24",
+        "5*3+2=17",
+        "4*3+1=13",
+        "8*4+0=32",
+        "5*4+3=23",
+        "4*4+2=18",
+        "4731+02381=49691",
+        "=49691",
+    ]
+    arith = get_task("arith", scratchpad=True)
+    assert arith.solution_steps(arith.make(3, 4, 5, 6, 7, 8)) == [
+        "4*5=20",
+        "3+20=23",
+        "23+6=29",
+        "7*8=56",
+        "29-56=-27",
+        "=-27",
+    ]
+    reach = get_task("reach", scratchpad=True)
+    p = Problem(
+        "every tobu is a kemi. every kemi is a rupo. every lasa is a nika. is tobu a nika or a rupo?",
+        "rupo",
+        "2hop",
+    )
+    assert reach.solution_steps(p) == ["tobu>kemi", "kemi>rupo", "=rupo"]
+
+
+def test_scratchpad_answers_come_from_the_answer_line_only():
+    t = get_task("mul", digits_a=4, digits_b=1, scratchpad=True)
+    assert t.canonical("4*5+0=20\n=0716") == "0716" and t.canonical(" 0716 ") == "0716"
+    assert t.canonical("4*5+0=20\n3*5+2=17") == ""  # no answer line: no answer
+    assert t.score("4*5+0=20\n= 0716", "0716") and not t.score("4*5+0=20\n0716", "0716")
+    with pytest.raises(ValueError, match="scratchpad must be true or false"):
+        get_task("arith", scratchpad="yes")
+    assert get_task("arith").params()["scratchpad"] is False
+
+
+def test_encode_problem_puts_the_loss_on_scratchpad_and_answer():
+    tok = ByteTokenizer()
+    p = get_task("arith", scratchpad=True).generate("train", 1)[0]
+    input_ids, targets = encode_problem(p, tok)
+    supervised = [t for t in targets if t != IGNORE_INDEX]
+    assert supervised == tok.encode(p.completion, eos=True) and len(input_ids) == len(targets)

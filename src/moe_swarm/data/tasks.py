@@ -6,8 +6,18 @@ requested split: 80% of all possible problems belong to ``train``, 10% to ``val`
 10% to ``test``. Splits are therefore disjoint by construction, whatever ``n`` and
 ``seed`` are, and ``generate(split, n, seed)`` is deterministic.
 
-LM text format: ``[BOS] + bytes(prompt) + bytes(answer) + [EOS]``; the loss covers
-the answer bytes and the EOS only (see ``encode_problem``).
+LM text format: ``[BOS] + bytes(prompt) + bytes(completion) + [EOS]``; the loss covers the
+completion and the EOS only (see ``encode_problem``). The completion is the answer, or, for a task
+built with ``scratchpad=True``, a scratchpad of checkable steps, one per line, then the answer line
+``"=" + answer``:
+
+    mul   "4321*5="       -> "4*5+0=20\n3*5+2=17\n2*5+1=11\n1*5+1=6\n=0716"   (digit x digit + carry)
+    arith "3+4*5+6-7*8="  -> "4*5=20\n3+20=23\n23+6=29\n7*8=56\n29-56=-27\n=-27"  (evaluation order)
+    reach "... is tobu a rupo or a nika?" -> "tobu>kemi\nkemi>rupo\n=rupo"    (the path hop by hop)
+
+Every scratchpad task has an exact step oracle: ``solution_steps(problem)`` (the steps, answer line
+last) and ``next_step(problem, prefix)`` (the correct next step after a correct prefix, None after a
+wrong one). The problems, splits and answers do not depend on ``scratchpad``.
 """
 
 from __future__ import annotations
@@ -26,23 +36,74 @@ import torch
 from moe_swarm.data.tokenizer import ByteTokenizer
 
 SPLITS = ("train", "val", "test")
+STEP_SEPARATOR = "\n"  # ends every scratchpad step but the answer line (which ends with EOS)
+ANSWER_MARK = "="  # starts the answer line of a scratchpad
 IGNORE_INDEX = -100  # targets with this value carry no loss (torch cross_entropy's default ignore_index)
 _SPLIT_BUCKETS = {"train": (0, 80), "val": (80, 90), "test": (90, 100)}  # of 100 hash buckets
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One exact-match problem: the model reads ``prompt`` and must write ``answer``."""
+    """One exact-match problem: the model reads ``prompt`` and must write ``answer``.
+
+    ``scratchpad``: the worked steps before the answer line ("" for answer-only tasks), each step
+    followed by ``STEP_SEPARATOR``; ``completion`` is what the model is trained to write.
+    """
 
     prompt: str
     answer: str
     difficulty: str
+    scratchpad: str = ""
+
+    @property
+    def completion(self) -> str:
+        return f"{self.scratchpad}{ANSWER_MARK}{self.answer}" if self.scratchpad else self.answer
 
 
 class Task(ABC):
     """A generator of problems with disjoint, deterministic train/val/test splits."""
 
     name: ClassVar[str]
+    scratchpad: bool = False  # write checkable steps before the answer (see the module docstring)
+
+    def solution_steps(self, problem: Problem) -> list[str]:
+        """The exact steps of ``problem``'s scratchpad, the answer line ``"=" + answer`` last."""
+        raise NotImplementedError(f"task {self.name!r} has no scratchpad format")
+
+    def next_step(self, problem: Problem, prefix: list[str]) -> str | None:
+        """The step oracle: the correct step after the steps ``prefix``, or None when ``prefix`` already
+        holds a wrong step (no correct continuation) or is the whole solution."""
+        steps = self.solution_steps(problem)
+        prefix = [self.canonical_step(x) for x in prefix]
+        if len(prefix) >= len(steps) or prefix != steps[: len(prefix)]:
+            return None
+        return steps[len(prefix)]
+
+    def step_is_correct(self, problem: Problem, prefix: list[str], step: str) -> bool:
+        """Whether ``step`` is the correct next step after ``prefix`` (the oracle's label)."""
+        return self.next_step(problem, prefix) == self.canonical_step(step)
+
+    @staticmethod
+    def canonical_step(step: str) -> str:
+        """The form steps are compared and voted in: surrounding whitespace removed."""
+        return step.strip()
+
+    @staticmethod
+    def split_steps(completion: str) -> list[str]:
+        """A written completion as a list of steps (lines; the answer line included, empty lines dropped)."""
+        return [x.strip() for x in completion.split(STEP_SEPARATOR) if x.strip()]
+
+    def with_scratchpad(self, problem: Problem) -> Problem:
+        """``problem`` with its scratchpad filled in (unchanged for an answer-only task)."""
+        if not self.scratchpad:
+            return problem
+        steps = self.solution_steps(problem)
+        return Problem(
+            problem.prompt,
+            problem.answer,
+            problem.difficulty,
+            "".join(x + STEP_SEPARATOR for x in steps[:-1]),
+        )
 
     @abstractmethod
     def sample(self, rng: random.Random) -> Problem:
@@ -88,7 +149,8 @@ class Task(ABC):
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
-        rng = random.Random(f"{self.name}|{sorted(self.params().items())}|{split}|{seed}")
+        same_problems = {k: v for k, v in self.params().items() if k != "scratchpad"}  # format only
+        rng = random.Random(f"{self.name}|{sorted(same_problems.items())}|{split}|{seed}")
         seen: set[str] = set()
         problems: list[Problem] = []
         max_draws = 20 * n + 10_000
@@ -104,12 +166,20 @@ class Task(ABC):
             if key in seen:
                 continue
             seen.add(key)
-            problems.append(problem)
+            problems.append(self.with_scratchpad(problem))
         return problems
 
     def canonical(self, answer: str) -> str:
-        """The form answers are compared in: surrounding whitespace removed."""
-        return answer.strip()
+        """The form answers are compared (and voted) in: surrounding whitespace removed. For a scratchpad
+        task a written completion's answer is its answer line (after ``ANSWER_MARK``); a multi-line text
+        without one has no answer (""); a one-line text is taken as a bare answer."""
+        text = answer.strip()
+        if not self.scratchpad:
+            return text
+        last = text.rsplit(STEP_SEPARATOR, 1)[-1].strip()
+        if last.startswith(ANSWER_MARK):
+            return last[len(ANSWER_MARK) :].strip()
+        return "" if STEP_SEPARATOR in text else text
 
     def score(self, prediction: str, answer: str) -> bool:
         """Exact match of canonical forms."""
@@ -133,6 +203,12 @@ class Task(ABC):
         return f"{type(self).__name__}({args})"
 
 
+def _check_bool(name: str, value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def _check_positive_int(name: str, value: int, minimum: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -149,14 +225,35 @@ class MultiplicationTask(Task):
 
     name = "mul"
 
-    def __init__(self, digits_a: int = 3, digits_b: int = 2) -> None:
+    def __init__(self, digits_a: int = 3, digits_b: int = 2, scratchpad: bool = False) -> None:
         _check_positive_int("digits_a", digits_a)
         _check_positive_int("digits_b", digits_b)
         self.digits_a = digits_a
         self.digits_b = digits_b
+        self.scratchpad = _check_bool("scratchpad", scratchpad)
 
     def params(self) -> dict:
-        return {"digits_a": self.digits_a, "digits_b": self.digits_b}
+        return {"digits_a": self.digits_a, "digits_b": self.digits_b, "scratchpad": self.scratchpad}
+
+    def solution_steps(self, problem: Problem) -> list[str]:
+        """Long multiplication, least significant digit first: for each digit ``y`` of b and each digit
+        ``x`` of a, ``"x*y+c=v"`` (``c`` the carry in, ``v`` = x*y + c, carry out v // 10); with several
+        digits in b, after each further partial product ``"S+P=T"`` (running sum plus shifted partial
+        product, all reversed). The answer line is the reversed product."""
+        left, right = problem.prompt.rstrip("=").split("*")
+        a, b = int(left[::-1]), int(right[::-1])
+        steps, total = [], 0
+        for j, y in enumerate(int(ch) for ch in right):
+            carry = 0
+            for x in (int(ch) for ch in left):
+                v = x * y + carry
+                steps.append(f"{x}*{y}+{carry}={v}")
+                carry = v // 10
+            partial = a * y * 10**j
+            if j > 0:
+                steps.append(f"{str(total)[::-1]}+{str(partial)[::-1]}={str(total + partial)[::-1]}")
+            total += partial
+        return [*steps, f"{ANSWER_MARK}{str(a * b)[::-1]}"]
 
     def prompt_pattern(self) -> str:
         return rf"[0-9]{{{self.digits_a}}}\*[0-9]{{{self.digits_b}}}="
@@ -207,12 +304,21 @@ class ArithmeticTask(Task):
     name = "arith"
     _N_OPERANDS = 6
 
-    def __init__(self, max_value: int = 9) -> None:
+    def __init__(self, max_value: int = 9, scratchpad: bool = False) -> None:
         _check_positive_int("max_value", max_value)
         self.max_value = max_value
+        self.scratchpad = _check_bool("scratchpad", scratchpad)
 
     def params(self) -> dict:
-        return {"max_value": self.max_value}
+        return {"max_value": self.max_value, "scratchpad": self.scratchpad}
+
+    def solution_steps(self, problem: Problem) -> list[str]:
+        """Intermediate results in evaluation order: ``b*c``, ``a+bc``, ``+d``, ``e*f``, ``-ef``."""
+        a, b, c, d, e, f = (int(x) for x in re.findall(r"[0-9]+", problem.prompt))
+        bc, ef = b * c, e * f
+        steps = [f"{b}*{c}={bc}", f"{a}+{bc}={a + bc}", f"{a + bc}+{d}={a + bc + d}", f"{e}*{f}={ef}"]
+        steps.append(f"{a + bc + d}-{ef}={a + bc + d - ef}")
+        return [*steps, f"{ANSWER_MARK}{a + bc + d - ef}"]
 
     def prompt_pattern(self) -> str:
         n = r"[0-9]+"
@@ -264,7 +370,9 @@ class ReachabilityTask(Task):
 
     name = "reach"
 
-    def __init__(self, min_hops: int = 3, max_hops: int = 6, num_distractors: int = 4) -> None:
+    def __init__(
+        self, min_hops: int = 3, max_hops: int = 6, num_distractors: int = 4, scratchpad: bool = False
+    ) -> None:
         _check_positive_int("min_hops", min_hops)
         _check_positive_int("max_hops", max_hops)
         _check_positive_int("num_distractors", num_distractors, minimum=0)
@@ -273,9 +381,40 @@ class ReachabilityTask(Task):
         self.min_hops = min_hops
         self.max_hops = max_hops
         self.num_distractors = num_distractors
+        self.scratchpad = _check_bool("scratchpad", scratchpad)
 
     def params(self) -> dict:
-        return {"min_hops": self.min_hops, "max_hops": self.max_hops, "num_distractors": self.num_distractors}
+        return {
+            "min_hops": self.min_hops,
+            "max_hops": self.max_hops,
+            "num_distractors": self.num_distractors,
+            "scratchpad": self.scratchpad,
+        }
+
+    def solution_steps(self, problem: Problem) -> list[str]:
+        """The path from the subject to the reachable candidate, one ``"x>y"`` hop per step (breadth-first
+        search over the stated facts; the generator makes that path unique)."""
+        facts, _, question = problem.prompt.rpartition(". is ")
+        edges: dict[str, list[str]] = {}
+        for x, y in re.findall(r"every ([a-z]+) is a ([a-z]+)", facts + "."):
+            edges.setdefault(x, []).append(y)
+        subject, _, options = question.rstrip("?").partition(" a ")
+        targets = set(options.split(" or a "))
+        parent: dict[str, str | None] = {subject: None}
+        queue = [subject]
+        while queue:
+            node = queue.pop(0)
+            if node in targets:
+                path = [node]
+                while parent[path[-1]] is not None:
+                    path.append(parent[path[-1]])
+                path.reverse()
+                return [*(f"{x}>{y}" for x, y in zip(path, path[1:])), f"{ANSWER_MARK}{node}"]
+            for nxt in edges.get(node, ()):
+                if nxt not in parent:
+                    parent[nxt] = node
+                    queue.append(nxt)
+        raise ValueError(f"no path from {subject!r} to {sorted(targets)} in {problem.prompt!r}")
 
     def prompt_pattern(self) -> str:
         return r"(every [a-z]+ is a [a-z]+\. )+is [a-z]+ a [a-z]+ or a [a-z]+\?"
@@ -368,12 +507,12 @@ def encode_prompt(problem: Problem, tok: ByteTokenizer) -> list[int]:
 def encode_problem(problem: Problem, tok: ByteTokenizer) -> tuple[list[int], list[int]]:
     """Next-token training pair for one problem.
 
-    ``tokens = [BOS] + prompt + answer + [EOS]``; ``input_ids = tokens[:-1]`` and
-    ``targets[i] = tokens[i + 1]`` where ``tokens[i + 1]`` is an answer byte or the EOS,
-    ``IGNORE_INDEX`` (-100) elsewhere, so the prompt carries no loss.
+    ``tokens = [BOS] + prompt + completion + [EOS]`` (completion = scratchpad + answer line, or the
+    answer); ``input_ids = tokens[:-1]`` and ``targets[i] = tokens[i + 1]`` where ``tokens[i + 1]`` is a
+    completion byte or the EOS, ``IGNORE_INDEX`` (-100) elsewhere, so the prompt carries no loss.
     """
     prompt_ids = encode_prompt(problem, tok)
-    answer_ids = tok.encode(problem.answer, eos=True)
+    answer_ids = tok.encode(problem.completion, eos=True)
     tokens = prompt_ids + answer_ids
     input_ids = tokens[:-1]
     targets = [IGNORE_INDEX] * (len(prompt_ids) - 1) + answer_ids
