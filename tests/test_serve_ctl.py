@@ -21,7 +21,7 @@ def server(tmp_path_factory):
     ckpt = tiny_checkpoint(tmp / "models" / "tiny.ckpt")
     token_file = tmp / "tokens"
     token_file.write_text(TOKEN + "\n")
-    settings = local_settings(tmp / "state", training__command=["python", str(CHILD)], training__extra_overrides=[],
+    settings = local_settings(tmp / "state", training__command=["python", str(CHILD)], training__config_name=None, training__extra_overrides=[],
                               inference__checkpoint_roots=[str(tmp / "models")], inference__default_model=str(ckpt),
                               benchmark__suites=["moe_layer"], auth__enabled=True, auth__token_file=str(token_file))  # fmt: skip
     with BackgroundServer(settings) as srv:
@@ -98,3 +98,29 @@ def test_refused_requests_exit_1_with_the_servers_message(server):
     assert r.returncode == 1 and "UNAUTHENTICATED" in r.stderr and "MOE_SWARM_TOKEN" in r.stderr
     r = ctl(server, "status", "no-such-job")
     assert r.returncode == 1 and "NOT_FOUND" in r.stderr
+
+
+def test_list_into_a_closed_pipe_exits_quietly(server):
+    """`moe-swarm-ctl list | head -2`: the reader has gone; no BrokenPipeError traceback, exit 141."""
+    assert ctl(server, "train", "quickstart", "fake.steps=1", "--wait").returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away before ctl writes
+    env = {**os.environ, "MOE_SWARM_TARGET": server.address, "MOE_SWARM_TOKEN": TOKEN}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "moe_swarm.serve.ctl", "list"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120, env=env)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+
+
+def test_infer_help_documents_every_task_prompt_format():
+    proc = subprocess.run([sys.executable, "-m", "moe_swarm.serve.ctl", "infer", "--help"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    from moe_swarm.data.tasks import TASKS
+
+    for name in ("text", *TASKS):
+        assert f"\n  {name} " in proc.stdout, proc.stdout
+    assert "'321*54=' asks 123*45" in proc.stdout and "INVALID_ARGUMENT" in proc.stdout

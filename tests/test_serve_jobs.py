@@ -18,7 +18,7 @@ CHILD = Path(__file__).with_name("serve_child_train.py")
 @pytest.fixture
 def server(tmp_path, request):
     extra = getattr(request, "param", {})
-    s = local_settings(tmp_path / "state", training__command=["python", str(CHILD)], training__extra_overrides=[],
+    s = local_settings(tmp_path / "state", training__command=["python", str(CHILD)], training__config_name=None, training__extra_overrides=[],
                        **extra)  # fmt: skip
     with BackgroundServer(s) as srv:
         channel = grpc.insecure_channel(srv.address)
@@ -176,7 +176,7 @@ def test_config_file_from_an_allowed_root(tmp_path):
     root = tmp_path / "configs"
     root.mkdir()
     (root / "mine.yaml").write_text("trainer:\n  max_steps: 3\n")
-    s = local_settings(tmp_path / "state", training__command=["python", str(CHILD)], training__extra_overrides=[],
+    s = local_settings(tmp_path / "state", training__command=["python", str(CHILD)], training__config_name=None, training__extra_overrides=[],
                        training__config_roots=[str(root)])  # fmt: skip
     with BackgroundServer(s) as srv, grpc.insecure_channel(srv.address) as ch:
         stub = mcp_pb2_grpc.MCPControlStub(ch)

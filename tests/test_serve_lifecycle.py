@@ -27,7 +27,7 @@ class ServerProcess:
     def __init__(self, state_dir: Path, *overrides: str) -> None:
         argv = [sys.executable, "-c", "from moe_swarm.serve.server import main; main()",
                 "serve.port=0", "serve.auth.enabled=false", f"serve.state_dir={state_dir}",
-                f"serve.training.command=[python,{CHILD}]", "serve.training.extra_overrides=[]", *overrides]  # fmt: skip
+                f"serve.training.command=[python,{CHILD}]", "serve.training.config_name=null", "serve.training.extra_overrides=[]", *overrides]  # fmt: skip
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []

@@ -68,6 +68,7 @@ def make_settings(tmp_path, **changes):
     configs.mkdir(exist_ok=True)
     base = dict(
         training__command=["python", str(CHILD)],
+        training__config_name=None,
         training__extra_overrides=[],
         training__config_roots=[str(configs)],
         inference__checkpoint_roots=[str(models)],
@@ -303,6 +304,88 @@ def test_load_and_list_models(server, tmp_path):
         pb.InferRequest(prompt="1+1=", max_new_tokens=3, agents=2, model_id="tiny.ckpt"), timeout=60
     )
     assert r.model_id == "tiny"
+
+
+def test_models_say_their_task_and_prompt_format_and_refuse_prompts_that_do_not_fit(server, tmp_path):
+    mul = tiny_checkpoint(tmp_path / "models" / "mul.ckpt", seed=2,
+                          task={"name": "mul", "kwargs": {"digits_a": 3, "digits_b": 2}})  # fmt: skip
+    info = server.conn.stub.LoadModel(pb.LoadModelRequest(checkpoint=str(mul), model_id="mul"), timeout=60)
+    assert (
+        info.task == "mul"
+        and "digits reversed" in info.prompt_format
+        and "'321*54=' asks 123*45" in info.prompt_format
+    )
+    text = server.conn.stub.RunInference(pb.InferRequest(prompt="The list type", max_new_tokens=4, agents=2),
+                                         timeout=60)  # fmt: skip
+    assert text.model_id == "tiny" and text.forward_passes > 0  # a text model continues any text
+    listed = {m.model_id: m for m in server.conn.stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
+    assert listed["tiny"].task == "" and listed["tiny"].prompt_format.startswith("text model: any text")
+    assert listed["mul"].example_prompt and listed["mul"].max_seq_len == 96
+    served = {
+        m.model_id: m for m in server.conn.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10).models
+    }
+    assert served["mul"].prompt_format == info.prompt_format
+    ok = server.conn.stub.RunInference(pb.InferRequest(prompt=listed["mul"].example_prompt, model_id="mul",
+                                                       max_new_tokens=4, agents=2), timeout=60)  # fmt: skip
+    assert ok.model_id == "mul"
+    for bad in ("123*45", "What is 123 times 45?", "1234*5="):
+        with pytest.raises(grpc.RpcError) as err:
+            server.conn.stub.RunInference(pb.InferRequest(prompt=bad, model_id="mul", agents=2), timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "trained on task 'mul'" in err.value.details() and "digits reversed" in err.value.details()
+    assert server.conn.serving()
+
+
+def test_override_typos_are_refused_at_submit_and_take_no_slot(tmp_path):
+    """Overrides are composed (Hydra compose API) and validated before a job exists."""
+    settings = make_settings(tmp_path, training__config_name="train")
+    with BackgroundServer(settings) as srv:
+        conn = Conn(srv.address)
+        cases = {
+            "trainer.max_stepz=5": "Could not override 'trainer.max_stepz'",
+            "data=no_such_data": "Could not find 'data/no_such_data'",
+        }
+        for override, expected in cases.items():
+            with pytest.raises(grpc.RpcError) as err:
+                conn.stub.StartTraining(
+                    pb.TrainRequest(config_path="quickstart", overrides=[override]), timeout=60
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, override
+            assert expected in err.value.details(), err.value.details()
+            assert "HYDRA_FULL_ERROR" not in err.value.details()
+        assert not conn.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs  # nothing took the slot
+        good = conn.stub.StartTraining(pb.TrainRequest(config_path="quickstart", overrides=["trainer.max_steps=3"]),
+                                       timeout=60)  # fmt: skip
+        assert good.success
+        conn.channel.close()
+
+
+def test_experiments_runs_and_benchmark_results_are_served(server):
+    exps = {
+        e.name: e
+        for e in server.conn.stub.ListExperiments(pb.ListExperimentsRequest(), timeout=10).experiments
+    }
+    assert {"quickstart", "reasoning_mul"} <= set(exps)
+    assert exps["quickstart"].description and "trainer:" in exps["quickstart"].yaml
+    assert not exps["quickstart"].description.startswith("@package")
+    job = server.conn.stub.StartTraining(pb.TrainRequest(config_path="quickstart", overrides=["fake.steps=2"],
+                                                         run_id="run-a"), timeout=30)  # fmt: skip
+    wait_done = list(server.conn.stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=120))[-1].job
+    assert wait_done.state == pb.SUCCEEDED, wait_done.message
+    for ref in ("run-a", job.job_id):
+        run = server.conn.stub.GetRun(pb.GetRunRequest(run_id=ref), timeout=10)
+        assert run.run_id == "run-a" and list(run.job_ids) == [job.job_id]
+        assert run.checkpoint.endswith("last.ckpt") and json.loads(run.summary_json)["run_id"] == "run-a"
+    for ref, code in (
+        ("no-such-run", grpc.StatusCode.NOT_FOUND),
+        ("../etc", grpc.StatusCode.INVALID_ARGUMENT),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            server.conn.stub.GetRun(pb.GetRunRequest(run_id=ref), timeout=10)
+        assert err.value.code() == code
+    with pytest.raises(grpc.RpcError) as err:
+        server.conn.stub.GetBenchmarkResults(pb.GetJobRequest(job_id=job.job_id), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "training job" in err.value.details()
 
 
 def _many(address, prompts, **kw):

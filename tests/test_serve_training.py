@@ -29,10 +29,20 @@ def test_real_training_job_succeeds_and_its_checkpoint_answers_inference(server)
     from moe_swarm.checkpoint import load_model
 
     resp = server.stub.StartTraining(pb.TrainRequest(
-        config_path="quickstart", overrides=[*TINY, "trainer.max_steps=4", "trainer.val_check_interval=4"]),
-        timeout=30)  # fmt: skip
+        config_path="quickstart", overrides=[*TINY, "trainer.max_steps=4", "trainer.val_check_interval=2",
+                                             "trainer.log_every_n_steps=1"]), timeout=30)  # fmt: skip
     assert resp.success and resp.job.state == pb.PENDING
     events = list(server.stub.WatchJob(pb.WatchJobRequest(job_id=resp.job_id), timeout=300))
+    # Metric events carry each validation result once, not a stale copy with every step's line.
+    metric_events = [e.metrics for e in events if e.type == pb.JobEvent.METRICS]
+    assert any("train/loss" in m for m in metric_events)
+    seen: dict[str, float] = {}
+    for m in metric_events:
+        for k, v in m.items():
+            if k.startswith("val/"):
+                assert seen.get(k) != v, f"stale {k}={v} repeated in {metric_events}"
+                seen[k] = v
+    assert "val/bpb" in seen
     states = [e.job.state for e in events if e.type != pb.JobEvent.METRICS]
     job = events[-1].job
     assert job.state == pb.SUCCEEDED, "\n".join(job.log_tail) + job.message
@@ -66,3 +76,17 @@ def test_real_training_job_cancels_with_its_last_checkpoint_intact(server):
     assert job.checkpoint and "last checkpoint" in job.message
     model, hparams = load_model(job.checkpoint)
     assert hparams["global_step"] >= 2 and model.cfg.d_model == 32
+
+
+def test_a_failed_job_reports_the_actual_error_not_hydras_trailer(tmp_path):
+    """Without the submit-time check (config_name: null) a bad override fails in the child: the job's
+    message quotes Hydra's error, not the "Set the environment variable HYDRA_FULL_ERROR=1" line."""
+    settings = local_settings(tmp_path / "state", training__config_name=None)
+    with BackgroundServer(settings) as srv, grpc.insecure_channel(srv.address) as ch:
+        stub = mcp_pb2_grpc.MCPControlStub(ch)
+        resp = stub.StartTraining(pb.TrainRequest(config_path="quickstart", overrides=["trainer.max_stepz=5"]),
+                                  timeout=30)  # fmt: skip
+        job = list(stub.WatchJob(pb.WatchJobRequest(job_id=resp.job_id), timeout=300))[-1].job
+    assert job.state == pb.FAILED
+    assert "Could not override 'trainer.max_stepz'" in job.message, job.message
+    assert "HYDRA_FULL_ERROR" not in job.message

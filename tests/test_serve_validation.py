@@ -227,12 +227,15 @@ def test_checkpoint_paths(tmp_path):
         assert info.value.code == code, (value, info.value.message)
 
 
-def test_task_canonical_reads_the_key_training_writes():
-    from moe_swarm.serve.models import _task_canonical
+def test_served_task_comes_from_the_checkpoint_task_spec_and_checks_prompts():
+    from moe_swarm.checkpoint import task_spec
+    from moe_swarm.serve.models import _task_of
 
-    name, canonical = _task_canonical(
-        {"eval_task": {"name": "mul", "kwargs": {"digits_a": 2, "digits_b": 1}}}
-    )
-    assert name == "mul"
+    spec = task_spec({"eval_task": {"name": "mul", "kwargs": {"digits_a": 2, "digits_b": 1}}})
+    name, task, canonical = _task_of(spec)
+    assert name == "mul" and task.params()["digits_a"] == 2 and task.params()["digits_b"] == 1
     assert canonical(" 042 ") == canonical("042")
-    assert _task_canonical({})[0] == ""
+    task.check_prompt("21*3=")  # 12*3, digits reversed
+    with pytest.raises(ValueError, match="expected a 2-digit times a 1-digit number"):
+        task.check_prompt("123*45=")
+    assert _task_of(task_spec({}))[:2] == ("", None)

@@ -5,11 +5,13 @@
     moe-swarm-ctl logs -f <job_id>
     moe-swarm-ctl cancel <job_id>
     moe-swarm-ctl bench --num-samples 3
-    moe-swarm-ctl infer "12*34=" --agents 16
+    moe-swarm-ctl infer "The list type" --agents 8          # a text model: continues the text
+    moe-swarm-ctl infer "321*54=" --model <job_id>           # a "mul" model: 123*45, digits reversed
 
 The server address comes from --target or MOE_SWARM_TARGET (default 127.0.0.1:50051), the bearer token
-from --token or MOE_SWARM_TOKEN. Exit status: 0 on success, 1 when the server refused the request (the
-message says why), 3 when a waited-for job did not succeed.
+from --token or MOE_SWARM_TOKEN, a CA certificate from --ca-cert or MOE_SWARM_CA_CERT. Exit status: 0 on
+success, 1 when the server refused the request (the message says why), 3 when a waited-for job did not
+succeed.
 """
 
 from __future__ import annotations
@@ -220,8 +222,49 @@ def cmd_models(client: Client, args: argparse.Namespace) -> int:
     print(f"default: {resp.default_model_id or '(none)'} {resp.default_checkpoint}".rstrip())
     for m in resp.models:
         print(f"  {m.model_id:<40} {m.params_total:>12,} params ({m.params_active:,} active)  step {m.global_step}  "
-              f"{m.task or '-'}  {m.checkpoint}")  # fmt: skip
+              f"{m.task or 'text'}  {m.checkpoint}")  # fmt: skip
+        print(
+            f"      prompt: {m.prompt_format}" + (f"; e.g. {m.example_prompt!r}" if m.example_prompt else "")
+        )
     return 0
+
+
+def cmd_experiments(client: Client, args: argparse.Namespace) -> int:
+    resp = client.call("ListExperiments", mcp_pb2.ListExperimentsRequest())
+    if args.json:
+        _dump(resp)
+        return 0
+    width = max((len(e.name) for e in resp.experiments), default=10)
+    for e in resp.experiments:
+        print(f"{e.name:<{width}}  {e.description}")
+    return 0
+
+
+def prompt_formats_help() -> str:
+    """The prompt format of text models and of every reasoning task (for ``infer --help``)."""
+    from moe_swarm.data.tasks import TASKS, get_task
+    from moe_swarm.serve.models import TEXT_PROMPT_FORMAT
+
+    lines = ["What a prompt looks like depends on the model's task (see `moe-swarm-ctl models`):",
+             f"  text   {TEXT_PROMPT_FORMAT}"]  # fmt: skip
+    for name in TASKS:
+        lines.append(f"  {name:<6} {get_task(name).prompt_format()} (default task size)")
+    lines.append("A prompt that does not fit the model's task is refused with INVALID_ARGUMENT saying why.")
+    return "\n".join(lines)
+
+
+class _InferHelp(argparse.Action):
+    """``infer --help``: also lists every task's prompt format (imports the task code only when asked)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, help="show this help (with prompt formats)")
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None
+    ):
+        parser.epilog = prompt_formats_help()
+        parser.print_help()
+        parser.exit()
 
 
 def cmd_load(client: Client, args: argparse.Namespace) -> int:
@@ -270,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", default=os.environ.get("MOE_SWARM_TOKEN"), help="bearer token (env MOE_SWARM_TOKEN)"
     )
     p.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
-    p.add_argument("--ca-cert", help="connect with TLS, trusting this PEM certificate")
+    p.add_argument("--ca-cert", default=os.environ.get("MOE_SWARM_CA_CERT"),
+                   help="connect with TLS, trusting this PEM certificate (env MOE_SWARM_CA_CERT)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per unary call (default 30)")
     p.add_argument("--json", action="store_true", help="print responses as JSON")
     sub = p.add_subparsers(dest="command", required=True)
@@ -318,8 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--timeout-bench", type=float, default=1800.0, help="seconds to wait for the results")
     b.set_defaults(func=cmd_bench)
 
-    i = sub.add_parser("infer", help="answer a prompt with the swarm")
-    i.add_argument("prompt")
+    i = sub.add_parser("infer", help="answer a prompt with the swarm", add_help=False,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Answer a prompt with a model on the server and the swarm loop.")  # fmt: skip
+    i.add_argument("-h", "--help", action=_InferHelp)
+    i.add_argument("prompt", help="text for a text model, or a problem in the model's task format (below)")
     i.add_argument("--agents", type=int, default=0)
     i.add_argument("--rounds", type=int)
     i.add_argument("--temperature", type=float)
@@ -330,8 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.set_defaults(func=cmd_infer)
 
-    m = sub.add_parser("models", help="list loaded models and the default")
+    m = sub.add_parser("models", help="list loaded models (task, prompt format) and the default")
     m.set_defaults(func=cmd_models)
+
+    ex = sub.add_parser("experiments", help="list the experiments the server can train")
+    ex.set_defaults(func=cmd_experiments)
 
     ld = sub.add_parser("load", help="load a checkpoint into the server")
     ld.add_argument("checkpoint", help="job id, run id or checkpoint path")
@@ -352,12 +402,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     client = Client(args.target, token=args.token, ca_cert=args.ca_cert, tls=args.tls, timeout=args.timeout)
     try:
-        return args.func(client, args)
+        code = args.func(client, args)
+        sys.stdout.flush()  # a closed pipe raises here, inside the handler below, not at exit
+        return code
     except grpc.RpcError as e:
         print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`moe-swarm-ctl list | head -2`): stop quietly, as Unix tools do. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the broken pipe
     finally:
         client.close()
 

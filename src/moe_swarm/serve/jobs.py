@@ -17,12 +17,16 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from moe_swarm.atomic import atomic_write_text
+from moe_swarm.layout import METRICS_LINES_ENV, RunLayout, parse_metrics_line
 from moe_swarm.serve.benchmarks import SUITES
 from moe_swarm.serve.errors import (
     failed_precondition,
@@ -31,7 +35,7 @@ from moe_swarm.serve.errors import (
     resource_exhausted,
     unavailable,
 )
-from moe_swarm.serve.registry import JobRecord, JobRegistry, JobState, atomic_write_text, new_job_id
+from moe_swarm.serve.registry import JobRecord, JobRegistry, JobState, new_job_id
 from moe_swarm.serve.settings import ServeSettings, resolve_command
 from moe_swarm.serve.validation import (
     OverridePolicy,
@@ -43,7 +47,7 @@ from moe_swarm.serve.validation import (
 
 log = logging.getLogger("moe_swarm.serve.jobs")
 
-METRICS_PREFIX = "MOE_SWARM_METRICS "
+STEP_METRIC = "trainer/global_step"
 LOG_TAIL_LINES = 40
 READ_CHUNK = 64 * 1024
 MAX_METRIC_EVENTS = 2000
@@ -65,22 +69,32 @@ class TrainSpec:
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-def parse_metrics_line(line: str) -> dict[str, float] | None:
-    """``MOE_SWARM_METRICS {json}`` -> the numeric entries, else None."""
-    if not line.startswith(METRICS_PREFIX):
-        return None
-    try:
-        data = json.loads(line[len(METRICS_PREFIX) :])
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    out = {}
-    for k, v in data.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        out[str(k)] = float(v)
-    return out
+HYDRA_TRAILER = "Set the environment variable HYDRA_FULL_ERROR=1"
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b(: |$)")
+MAX_REASON_LINES = 6
+MAX_REASON_CHARS = 800
+
+
+def failure_reason(tail: list[str]) -> str:
+    """What a failed child said went wrong, from the end of its log.
+
+    Hydra's trailer line ("Set the environment variable HYDRA_FULL_ERROR=1 ...") is not a reason: it is
+    dropped. After a Python traceback the reason is the exception line (and its continuation lines);
+    otherwise (Hydra's and the config validator's messages) the last few lines, joined with " | ".
+    """
+    lines = [ln.rstrip() for ln in tail if ln.strip() and not ln.startswith(HYDRA_TRAILER)]
+    if not lines:
+        return "no output (see the job's log)"
+    start = max(0, len(lines) - MAX_REASON_LINES)
+    for i in range(len(lines) - 1, start - 1, -1):
+        if lines[i].startswith(("  File ", "Traceback (most recent call last)")):
+            start = i + 1
+            break
+    exc = next((i for i in range(start, len(lines)) if EXCEPTION_LINE.match(lines[i])), None)
+    if exc is not None:
+        start = exc
+    reason = " | ".join(ln.strip() for ln in lines[start:]) or lines[-1].strip()
+    return reason[:MAX_REASON_CHARS]
 
 
 def hydra_quote(value: str) -> str:
@@ -206,7 +220,7 @@ class JobManager:
                 raise failed_precondition(
                     f"run_id {run_id!r} is in use by running job {j.job_id}; wait or cancel it"
                 )
-        run_dir = self.runs_dir / run_id
+        run_dir = RunLayout.for_run(self.runs_dir, run_id).root
         argv = self._training_argv(job_id, spec, run_id)
         rec = JobRecord(
             job_id=job_id,
@@ -224,20 +238,38 @@ class JobManager:
         return rec, True
 
     def _training_argv(self, job_id: str, spec: TrainSpec, run_id: str) -> list[str]:
-        t = self.settings.training
-        argv = resolve_command(t.command)
+        conf = self.work_dir / job_id / "conf"
+        return resolve_command(self.settings.training.command) + self._hydra_overrides(
+            spec, run_id, conf, job_id
+        )
+
+    def _hydra_overrides(self, spec: TrainSpec, run_id: str, conf: Path, name: str) -> list[str]:
+        """The child's Hydra overrides; a file experiment is written to ``conf/experiment/<name>.yaml``."""
+        out = []
         if spec.config.kind == "file":
-            conf = self.work_dir / job_id / "conf"
             text = spec.config.text
             if "@package" not in "\n".join(text.splitlines()[:5]):
                 text = "# @package _global_\n" + text
-            atomic_write_text(conf / "experiment" / f"{job_id}.yaml", text)
-            argv += [f"hydra.searchpath=[{hydra_quote(f'file://{conf}')}]", f"experiment={job_id}"]
+            atomic_write_text(conf / "experiment" / f"{name}.yaml", text)
+            out += [f"hydra.searchpath=[{hydra_quote(f'file://{conf}')}]", f"experiment={name}"]
         else:
-            argv.append(f"experiment={spec.config.name}")
-        argv += [f"run_id={run_id}", f"paths.runs_dir={hydra_quote(str(self.runs_dir))}"]
-        argv += list(t.extra_overrides) + list(spec.overrides)
-        return argv
+            out.append(f"experiment={spec.config.name}")
+        out += [f"run_id={run_id}", f"paths.runs_dir={hydra_quote(str(self.runs_dir))}"]
+        return out + list(self.settings.training.extra_overrides) + list(spec.overrides)
+
+    async def check_composes(self, spec: TrainSpec) -> None:
+        """Compose and validate the request's config as the child will (in a worker thread); raise
+        INVALID_ARGUMENT with Hydra's or the validator's message, before the job takes a slot."""
+        config_name = self.settings.training.config_name
+        if not config_name:
+            return
+        from moe_swarm.serve.compose import check_training_config
+
+        with tempfile.TemporaryDirectory(prefix="compose-", dir=self.work_dir) as tmp:
+            overrides = self._hydra_overrides(spec, spec.run_id or "submit-check", Path(tmp), "submitted")
+            await asyncio.get_running_loop().run_in_executor(
+                None, check_training_config, self.settings.conf_path, config_name, overrides
+            )
 
     # ------------------------------------------------------------------ benchmarks
     def submit_benchmark(self, num_samples: int, suites: list[str]) -> JobRecord:
@@ -413,7 +445,7 @@ class JobManager:
         env.pop(self.settings.auth.token_env, None)
         env.pop("RUN_ID", None)
         env["PYTHONUNBUFFERED"] = "1"
-        env["MOE_SWARM_METRICS_LINES"] = "1"
+        env[METRICS_LINES_ENV] = "1"
         env.setdefault("TERM", "dumb")
         env.update({str(k): str(v) for k, v in self.settings.training.env.items()})
         env.update(env_extra)
@@ -491,29 +523,39 @@ class JobManager:
                     tail.append(line)
 
     def _record_metrics(self, job_id: str, metrics: dict[str, float]) -> None:
+        """Merge a metrics line into the job; publish a METRICS event with what is new in it.
+
+        Training repeats its latest validation metrics in every step's line; an event carries only the
+        values that changed (plus the step), so watchers see each validation result once, not as a
+        stale copy every few steps. The job's ``metrics`` map always holds every latest value.
+        """
         rec = self.registry.get(job_id)
         if rec is None or rec.state.terminal:
             return
+        fresh = {k: v for k, v in metrics.items() if rec.metrics.get(k) != v or k == STEP_METRIC}
         merged = dict(rec.metrics)
         merged.update(metrics)
         self.registry.update(job_id, durable=False, metrics=merged)
+        if not fresh or (set(fresh) == {STEP_METRIC} and len(metrics) > 1):
+            return  # nothing new besides the step
         self._metric_seq += 1
         q = self._metric_events.setdefault(job_id, collections.deque(maxlen=MAX_METRIC_EVENTS))
-        q.append((self._metric_seq, time.time(), metrics))
+        q.append((self._metric_seq, time.time(), fresh))
 
     def _complete(self, job_id: str, code: int, tail: list[str]) -> None:
         rec = self.registry.get(job_id)
         assert rec is not None
         updates: dict = {"exit_code": code}
         if rec.kind == "training":
-            summary = self._read_summary(Path(rec.run_dir))
+            layout = RunLayout(rec.run_dir)
+            summary = self._read_summary(layout)
             final = {
                 k: float(v) for k, v in (summary.get("metrics") or {}).items() if isinstance(v, (int, float))
             }
             if final:
                 self._record_metrics(job_id, final)
-            last = Path(rec.run_dir) / "checkpoints" / "last.ckpt"
-            ckpt = summary.get("checkpoint") or (str(last) if last.is_file() else "")
+            last = layout.existing_last_checkpoint()
+            ckpt = summary.get("checkpoint") or (str(last) if last else "")
             if ckpt and Path(ckpt).is_file():
                 updates["checkpoint"] = str(ckpt)
         ckpt_note = f"; last checkpoint: {updates['checkpoint']}" if updates.get("checkpoint") else ""
@@ -529,8 +571,7 @@ class JobManager:
             message = f"finished{ckpt_note}"
         else:
             state = JobState.FAILED
-            last_line = next((ln for ln in reversed(tail) if ln.strip()), "")
-            message = f"the child process failed ({describe_exit(code)}): {last_line[:300]}"
+            message = f"the child process failed ({describe_exit(code)}): {failure_reason(tail)}"
             updates["log_tail"] = tail
         self._finish(job_id, state, message, **updates)
 
@@ -540,9 +581,9 @@ class JobManager:
         self._notify(job_id)
 
     @staticmethod
-    def _read_summary(run_dir: Path) -> dict:
+    def _read_summary(layout: RunLayout) -> dict:
         try:
-            data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+            data = json.loads(layout.summary.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}

@@ -17,11 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from moe_swarm.layout import RunLayout
 from moe_swarm.serve.errors import failed_precondition, invalid_argument, not_found
 from moe_swarm.serve.registry import JobRegistry, JobState
 from moe_swarm.serve.settings import InferenceSettings
 from moe_swarm.serve.validation import ID_PATTERN, check_id, resolve_checkpoint_path
 from moe_swarm.swarm import SwarmSolver, mix_seed
+
+TEXT_PROMPT_FORMAT = "text model: any text; the answer is the swarm's consensus continuation of it"
+TEXT_EXAMPLE_PROMPT = "The list type"
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,27 @@ class LoadedModel:
     value_head: Any
     device: str
     loaded_unix: float
-    task: str = ""
+    task: str = ""  # the reasoning task it was trained on ("mul", ...); "" = a text model
+    task_obj: Any = None  # moe_swarm.data.tasks.Task, when the task is known
+    global_step: int = 0
     file_stamp: tuple[int, int] = (0, 0)
+
+    @property
+    def prompt_format(self) -> str:
+        """What a prompt for this model looks like (ModelInfo.prompt_format, error messages)."""
+        if self.task_obj is not None:
+            return f"task {self.task!r}: {self.task_obj.prompt_format()}"
+        if self.task:
+            return f"task {self.task!r} (unknown to this server version: prompts are not checked)"
+        return TEXT_PROMPT_FORMAT
+
+    @property
+    def example_prompt(self) -> str:
+        if self.task_obj is not None:
+            import random
+
+            return self.task_obj.sample(random.Random(0)).prompt
+        return TEXT_EXAMPLE_PROMPT if not self.task else ""
 
     def swarm_config(self, params: InferParams):
         return self.base_swarm.replace(
@@ -83,7 +106,15 @@ class LoadedModel:
                                    seeds=seeds or {})  # fmt: skip
 
     def check_prompt(self, prompt: str, params: InferParams) -> None:
-        """Reject a prompt that does not fit the model's context before it joins a batch."""
+        """Reject a prompt that does not fit the model's task or context before it joins a batch."""
+        if self.task_obj is not None:
+            try:
+                self.task_obj.check_prompt(prompt)
+            except ValueError as exc:
+                raise invalid_argument(
+                    f"model {self.model_id!r} was trained on task {self.task!r} and cannot answer this prompt: "
+                    f"{exc}. Ask a text model (ListModels: task '') for free text."
+                ) from exc
         solver = self.solver(params)
         try:
             solver.check_lengths(solver.encode([prompt]))
@@ -125,49 +156,44 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_mtime_ns, st.st_size
 
 
-def _task_canonical(hparams: dict) -> tuple[str, Any]:
-    """The task's answer normaliser when the checkpoint names a reasoning task, else strip()."""
+def _task_of(spec: dict | None) -> tuple[str, Any, Any]:
+    """(task name, Task or None, answer normaliser) from a checkpoint's task spec {"name", "kwargs"}."""
     from moe_swarm.swarm import default_canonical
 
-    task = hparams.get("eval_task") or hparams.get("task")  # training stores it as eval_task
-    name, kwargs = "", {}
-    if isinstance(task, dict):
-        name, kwargs = str(task.get("name") or ""), dict(task.get("kwargs") or {})
-    elif isinstance(task, str):
-        name = task
-    if not name:
-        return "", default_canonical
+    if not spec or not spec.get("name"):
+        return "", None, default_canonical
+    name = str(spec["name"])
     from moe_swarm.data.tasks import get_task
 
     try:
-        return name, get_task(name, **kwargs).canonical
-    except (ValueError, TypeError, KeyError):
-        return name, default_canonical
+        task = get_task(name, **dict(spec.get("kwargs") or {}))
+    except (ValueError, TypeError):
+        return name, None, default_canonical
+    return name, task, task.canonical
 
 
 def load_checkpoint(path: Path, model_id: str, device: str) -> LoadedModel:
     """Blocking: read a training checkpoint (weights only, never pickle code) and prepare it for the swarm."""
-    from moe_swarm.checkpoint import load_model
+    from moe_swarm import checkpoint
     from moe_swarm.data.tokenizer import ByteTokenizer
     from moe_swarm.swarm import SwarmConfig, load_swarm_state
 
     stamp = _stamp(path)
-    model, hparams = load_model(path, map_location=device)
-    model.eval()
+    ckpt = checkpoint.load_checkpoint(path, map_location=device)
     head, base = None, SwarmConfig()
-    if isinstance(hparams.get("swarm_state"), dict):
+    if ckpt.swarm_state is not None:
         try:
-            head, base = load_swarm_state(hparams["swarm_state"], map_location=device)
+            head, base = load_swarm_state(ckpt.swarm_state, map_location=device)
         except (ValueError, KeyError, TypeError):
             head, base = None, SwarmConfig()
     if base.score in ("value", "both") and head is None:
         base = base.replace(score="logprob")
-    task, canonical = _task_canonical(hparams)
+    task, task_obj, canonical = _task_of(ckpt.task)
     return LoadedModel(
         model_id=model_id,
         checkpoint=path,
-        model=model,
-        hparams=hparams,
+        model=ckpt.model,
+        hparams=ckpt.hparams,
         tokenizer=ByteTokenizer(),
         canonical=canonical,
         base_swarm=base,
@@ -175,6 +201,8 @@ def load_checkpoint(path: Path, model_id: str, device: str) -> LoadedModel:
         device=device,
         loaded_unix=time.time(),
         task=task,
+        task_obj=task_obj,
+        global_step=int(ckpt.global_step or 0),
         file_stamp=stamp,
     )
 
@@ -220,7 +248,7 @@ class ModelStore:
             if job.kind != "training":
                 raise invalid_argument(f"job {ref} is a {job.kind} job; name a training job")
             if not job.checkpoint or not Path(job.checkpoint).is_file():
-                last = Path(job.run_dir) / "checkpoints" / "last.ckpt" if job.run_dir else None
+                last = RunLayout(job.run_dir).last_checkpoint if job.run_dir else None
                 if last is not None and last.is_file():
                     return last, ref
                 raise failed_precondition(
@@ -228,7 +256,7 @@ class ModelStore:
                     f"saved one (WatchJob) or name another job"
                 )
             return Path(job.checkpoint), ref
-        last = self.runs_dir / ref / "checkpoints" / "last.ckpt"
+        last = RunLayout.for_run(self.runs_dir, ref).last_checkpoint
         if last.is_file():
             return last, ref
         raise not_found(

@@ -25,6 +25,7 @@ from moe_swarm.serve.models import InferParams, LoadedModel, ModelStore
 from moe_swarm.serve.observability import RpcStats, annotate, record_code
 from moe_swarm.serve.proto import mcp_pb2, mcp_pb2_grpc
 from moe_swarm.serve.registry import JobRecord, JobState
+from moe_swarm.serve.runs import list_experiments, run_view
 from moe_swarm.serve.settings import ServeSettings
 from moe_swarm.serve.validation import check_id, check_range
 
@@ -116,11 +117,13 @@ def model_to_proto(m: LoadedModel, default_id: str) -> mcp_pb2.ModelInfo:
         params_total=total,
         params_active=active,
         task=m.task,
-        global_step=int(m.hparams.get("global_step") or 0),
+        global_step=m.global_step,
         loaded_unix=m.loaded_unix,
         is_default=m.model_id == default_id,
         device=m.device,
         max_seq_len=int(m.model.cfg.max_seq_len),
+        prompt_format=m.prompt_format,
+        example_prompt=m.example_prompt,
     )
 
 
@@ -149,6 +152,7 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
         spec = self.jobs.validate_training(
             request.config_path, list(request.overrides), request.run_id, request.request_id
         )
+        await self.jobs.check_composes(spec)
         rec, created = self.jobs.submit_training(spec)
         annotate(job_id=rec.job_id)
         if created:
@@ -183,6 +187,9 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
             raise RequestError(
                 code, f"benchmark job {rec.job_id} {rec.state.value}: {rec.message} {tail}".strip()
             )
+        return self._benchmark_response(rec)
+
+    def _benchmark_response(self, rec: JobRecord) -> mcp_pb2.BenchmarkResponse:
         rows = self.jobs.benchmark_results(rec)
         return mcp_pb2.BenchmarkResponse(
             results=[
@@ -327,3 +334,40 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
             max_batch_delay_ms=b.max_delay_ms,
             grpc_version=f"{grpc.__version__} (python {sys.version.split()[0]})",
         )
+
+    # ================================================================ experiments, runs, results
+    @unary
+    async def ListExperiments(self, request, context) -> mcp_pb2.ListExperimentsResponse:
+        return mcp_pb2.ListExperimentsResponse(
+            experiments=[
+                mcp_pb2.Experiment(name=e.name, description=e.description, yaml=e.yaml)
+                for e in list_experiments(self.settings.conf_path)
+            ]
+        )
+
+    @unary
+    async def GetRun(self, request: mcp_pb2.GetRunRequest, context) -> mcp_pb2.RunInfo:
+        view = run_view(self.jobs.runs_dir, self.jobs.registry, request.run_id)
+        annotate(run_id=view.run_id)
+        return mcp_pb2.RunInfo(
+            run_id=view.run_id,
+            run_dir=str(view.run_dir),
+            config_yaml=view.config_yaml,
+            summary_json=view.summary_json,
+            checkpoint=view.checkpoint,
+            job_ids=view.job_ids,
+        )
+
+    @unary
+    async def GetBenchmarkResults(self, request: mcp_pb2.GetJobRequest, context) -> mcp_pb2.BenchmarkResponse:
+        rec = self.jobs.get(request.job_id)
+        annotate(job_id=rec.job_id)
+        if rec.kind != "benchmark":
+            raise invalid_argument(f"job {rec.job_id} is a {rec.kind} job; name a benchmark job")
+        if rec.state is not JobState.SUCCEEDED:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"benchmark job {rec.job_id} is {rec.state.value}; results exist once it has SUCCEEDED"
+                + (f" ({rec.message})" if rec.message else ""),
+            )
+        return self._benchmark_response(rec)

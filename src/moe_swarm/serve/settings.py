@@ -41,6 +41,9 @@ class TrainingSettings:
 
     # argv prefix of the training child; a leading "python" is this interpreter (sys.executable)
     command: list[str] = field(default_factory=lambda: ["python", "-m", "moe_swarm.train"])
+    # the Hydra config the command composes: requests are composed and validated against it at submit
+    # time (INVALID_ARGUMENT for a typo). None: no submit-time check (a command that is not moe-swarm's)
+    config_name: str | None = "train"
     conf_dir: str | None = None  # holds experiment/; None = moe_swarm.config.config_dir()
     runs_dir: str | None = None  # None = <state_dir>/runs
     cwd: str | None = None  # working directory of the children; None = the server's

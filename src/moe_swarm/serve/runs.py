@@ -1,0 +1,86 @@
+"""Read-only views the control plane serves: the experiments a client may train, and a run's files.
+
+A client (``moe-swarm-ctl``, the MCP server) reads these through RPCs (ListExperiments, GetRun) instead
+of reading the sidecar's folders behind its back; ids are checked, so a request can never name a path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from moe_swarm.layout import RunLayout
+from moe_swarm.serve.errors import not_found
+from moe_swarm.serve.registry import JobRegistry
+from moe_swarm.serve.validation import check_id
+
+MAX_FILE_CHARS = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    name: str
+    description: str
+    yaml: str
+
+
+def describe_yaml(text: str) -> str:
+    """The first comment line of an experiment file that is not a ``@package`` directive."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("#"):
+            break
+        comment = stripped.lstrip("#").strip()
+        if comment and not comment.startswith("@package"):
+            return comment
+    return ""
+
+
+def list_experiments(conf_dir: Path) -> list[ExperimentInfo]:
+    """Every ``<conf_dir>/experiment/*.yaml``, sorted by name."""
+    out = []
+    for path in sorted((conf_dir / "experiment").glob("*.yaml")):
+        text = path.read_text(encoding="utf-8")[:MAX_FILE_CHARS]
+        out.append(ExperimentInfo(path.stem, describe_yaml(text), text))
+    return out
+
+
+@dataclass
+class RunView:
+    run_id: str
+    run_dir: Path
+    config_yaml: str = ""
+    summary_json: str = ""
+    checkpoint: str = ""
+    job_ids: list[str] = field(default_factory=list)
+
+
+def _newest(paths: list[Path]) -> Path | None:
+    files = [p for p in paths if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
+
+
+def run_view(runs_dir: Path, registry: JobRegistry, ref: str) -> RunView:
+    """The run named by a run id or a training job's id: its newest composed config (Hydra's
+    ``.hydra/config.yaml`` of the newest launch), summary.json and last checkpoint."""
+    check_id(ref, "run_id", required=True)
+    job = registry.get(ref)
+    run_id = job.run_id if job is not None and job.kind == "training" and job.run_id else ref
+    layout = RunLayout.for_run(runs_dir, run_id)
+    jobs = [j.job_id for j in registry.list(None, "training", 0) if j.run_id == run_id]
+    if not layout.root.is_dir():
+        hint = f"; its job(s) {', '.join(jobs)} have not created it yet" if jobs else ""
+        raise not_found(
+            f"no run {run_id!r} under this sidecar's runs folder{hint}; list jobs to find run ids"
+        )
+    view = RunView(run_id=run_id, run_dir=layout.root, job_ids=jobs)
+    config = _newest(list(layout.hydra.glob("**/.hydra/config.yaml")))
+    if config is not None:
+        view.config_yaml = config.read_text(encoding="utf-8", errors="replace")[:MAX_FILE_CHARS]
+    if layout.summary.is_file():
+        view.summary_json = layout.summary.read_text(encoding="utf-8", errors="replace")[:MAX_FILE_CHARS]
+    last = layout.existing_last_checkpoint()
+    view.checkpoint = str(last) if last else ""
+    return view
