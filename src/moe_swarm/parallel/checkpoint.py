@@ -1,0 +1,176 @@
+"""Sharded checkpoints (torch.distributed.checkpoint) and their single-file consolidated export.
+
+The sharded layout is the one Lightning's ``ModelParallelStrategy`` writes for ``last.ckpt``: a
+folder with DCP shards of ``{"state_dict": {"model.<fqn>": ...}, "optimizer_0": ...}`` and a
+``meta.pt`` holding the rest (``hyper_parameters``, ``global_step``, loop state). DCP stores every
+tensor with its global shape, so a checkpoint written by one layout (4 ranks, EP x FSDP) loads
+into another (2 ranks, FSDP only). :func:`export_consolidated` turns the folder into one ordinary
+``.ckpt`` file that :func:`moe_swarm.checkpoint.load_checkpoint` (moe-swarm-eval, the swarm tools,
+the sidecar) reads like any training checkpoint; it needs no process group.
+
+    python -m moe_swarm.parallel.checkpoint runs/<id>/checkpoints/last.ckpt runs/<id>/consolidated.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+from moe_swarm.atomic import atomic_torch_save
+
+__all__ = [
+    "META_FILENAME",
+    "MODEL_KEY",
+    "ShardedCheckpointError",
+    "export_consolidated",
+    "is_sharded_checkpoint",
+    "load_sharded",
+    "save_sharded",
+]
+
+MODEL_KEY = "state_dict"  # Lightning's name for the module's state
+OPTIMIZER_KEY = "optimizer_0"
+META_FILENAME = "meta.pt"  # Lightning's name (lightning.fabric.utilities.load._METADATA_FILENAME)
+MODEL_PREFIX = "model."  # the LightningModule holds the MoETransformer as `model`
+
+
+class ShardedCheckpointError(ValueError):
+    """A path is not a readable sharded checkpoint; the message says what was found."""
+
+
+def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
+    """A DCP folder: holds the ``.metadata`` file that ``dcp.save`` writes."""
+    return Path(path, ".metadata").is_file()
+
+
+def _prefixed(state: dict[str, Any]) -> dict[str, Any]:
+    return {MODEL_PREFIX + k: v for k, v in state.items()}
+
+
+def save_sharded(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    meta: dict | None = None,
+) -> Path:
+    """Collective: every rank writes its shards of ``model`` (an :class:`MoETransformer`) and ``optimizer``.
+
+    Same layout as Lightning's sharded ``last.ckpt``, so :func:`export_consolidated` reads both.
+    Rank 0 writes ``meta`` (plain data: ``hyper_parameters``, ``global_step``, ...) to ``meta.pt``.
+    """
+    import torch.distributed as dist
+
+    path = Path(path)
+    state: dict[str, Any] = {MODEL_KEY: _prefixed(get_model_state_dict(model))}
+    if optimizer is not None:
+        state[OPTIMIZER_KEY] = get_optimizer_state_dict(model, optimizer)
+    dcp.save(state, checkpoint_id=path)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        atomic_torch_save(dict(meta or {}), path / META_FILENAME)
+    if dist.is_initialized():
+        dist.barrier()
+    return path
+
+
+def load_sharded(
+    path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> dict[str, Any]:
+    """Collective: load a sharded checkpoint into ``model`` (and ``optimizer``), whatever layout wrote it.
+
+    Returns the ``meta.pt`` dict. The model must already be parallelized the way this run wants it.
+    """
+    path = Path(path)
+    if not is_sharded_checkpoint(path):
+        raise ShardedCheckpointError(
+            f"{path} is not a sharded checkpoint (no .metadata file in it); pass the folder that "
+            "trainer=model_parallel or save_sharded wrote"
+        )
+    model_state = _prefixed(get_model_state_dict(model))
+    dcp.load({MODEL_KEY: model_state}, checkpoint_id=path)
+    set_model_state_dict(model, {k[len(MODEL_PREFIX) :]: v for k, v in model_state.items()})
+    if optimizer is not None:
+        optim_state = get_optimizer_state_dict(model, optimizer)
+        dcp.load({OPTIMIZER_KEY: optim_state}, checkpoint_id=path)
+        set_optimizer_state_dict(model, optimizer, optim_state)
+    meta = path / META_FILENAME
+    return torch.load(meta, weights_only=True) if meta.is_file() else {}
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Collective: the whole (unsharded) model state on CPU, on every rank (for tests and small models)."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def export_consolidated(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Write the sharded checkpoint ``src`` as one ``.ckpt`` file (model weights + hyper-parameters).
+
+    One process, no process group; memory: the whole model once. The optimizer state is left out
+    (resume from the sharded folder; the export is for evaluation, the swarm tools and serving).
+    """
+    src, dst = Path(src), Path(dst)
+    if not is_sharded_checkpoint(src):
+        what = "a file" if src.is_file() else "missing" if not src.exists() else "a folder without .metadata"
+        raise ShardedCheckpointError(
+            f"{src} is not a sharded checkpoint ({what}). Pass the folder that trainer=model_parallel writes "
+            "(runs/<run_id>/checkpoints/last.ckpt is a folder there); a single-file .ckpt needs no export."
+        )
+    meta_path = src / META_FILENAME
+    if not meta_path.is_file():
+        raise ShardedCheckpointError(
+            f"{src} has no {META_FILENAME}: it holds no hyper-parameters to rebuild the model"
+        )
+    meta = torch.load(meta_path, weights_only=True)
+    if not isinstance(meta.get("hyper_parameters"), dict) or "model" not in meta["hyper_parameters"]:
+        raise ShardedCheckpointError(
+            f"{meta_path} has no hyper_parameters['model']: not written by moe-swarm training"
+        )
+    with warnings.catch_warnings():  # "no process group: loading in one process" is the intent here
+        warnings.simplefilter("ignore", UserWarning)
+        loaded = _load_state_dict_from_keys({MODEL_KEY}, checkpoint_id=src)
+    weights = {k: v for k, v in loaded[MODEL_KEY].items() if isinstance(v, torch.Tensor)}
+    out = {
+        k: v
+        for k, v in meta.items()
+        if k in ("epoch", "global_step", "pytorch-lightning_version", "hyper_parameters")
+    }
+    out["state_dict"] = weights
+    out["consolidated_from"] = str(src)
+    atomic_torch_save(out, dst)
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m moe_swarm.parallel.checkpoint",
+        description="Consolidate a sharded (trainer=model_parallel) checkpoint folder into one .ckpt file.",
+    )
+    parser.add_argument("src", help="sharded checkpoint folder, e.g. runs/<run_id>/checkpoints/last.ckpt")
+    parser.add_argument("dst", help="the single .ckpt file to write")
+    args = parser.parse_args(argv)
+    try:
+        path = export_consolidated(args.src, args.dst)
+    except ShardedCheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
