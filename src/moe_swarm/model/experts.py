@@ -6,36 +6,27 @@ sharding on dim 0, and every expert receives a gradient each step (no DDP unused
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moe_swarm.model.config import DISPATCH_IMPLS
+from moe_swarm.model.grouped_mm import grouped_mm, grouped_mm_supported
+
+__all__ = ["ExpertPool", "compute_dtype", "grouped_mm_supported"]
 
 
-@functools.cache
-def grouped_mm_supported(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether ``F.grouped_mm`` runs forward and backward for this device type and dtype here.
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of the expert GEMMs: autocast's dtype when autocast is on for x's device, else x's.
 
-    Probed once on a tiny problem; the answer is cached, so the probe's sync happens once.
+    ``F.grouped_mm`` is not autocast-aware: with fp32 master weights under ``bf16-mixed`` it would
+    run its fp32 fallback. So the experts cast tokens and stacked weights themselves; gradients
+    still flow to the fp32 weights through the cast.
     """
-    if not hasattr(F, "grouped_mm"):
-        return False
-    if device_type == "cuda" and not torch.cuda.is_available():
-        return False
-    try:
-        # A probe first made under no_grad/inference_mode must still test backward.
-        with torch.inference_mode(False), torch.enable_grad():
-            a = torch.randn(8, 16, device=device_type, dtype=dtype, requires_grad=True)
-            b = torch.randn(2, 16, 16, device=device_type, dtype=dtype, requires_grad=True)
-            offs = torch.tensor([3, 8], device=device_type, dtype=torch.int32)
-            out = F.grouped_mm(a, b, offs=offs)
-            out.backward(torch.ones_like(out))
-        return a.grad is not None and b.grad is not None
-    except (RuntimeError, NotImplementedError, TypeError):
-        return False
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
 
 
 def _aligned_for_grouped_mm(dtype: torch.dtype, *dims: int) -> bool:
@@ -89,8 +80,9 @@ class ExpertPool(nn.Module):
         """
         if self.dispatch != "auto":
             return self.dispatch
-        if _aligned_for_grouped_mm(x.dtype, self.d_model, self.d_ff) and grouped_mm_supported(
-            x.device.type, x.dtype
+        dtype = compute_dtype(x)
+        if _aligned_for_grouped_mm(dtype, self.d_model, self.d_ff) and grouped_mm_supported(
+            x.device.type, dtype
         ):
             return "grouped_mm"
         return "sorted_split"
@@ -119,20 +111,21 @@ class ExpertPool(nn.Module):
     ) -> Tensor:
         n, k = indices.shape
         e = self.num_experts
+        dt = compute_dtype(x)
+        w1, w3, w2 = self.w1.to(dt), self.w3.to(dt), self.w2.to(dt)
         flat_expert = indices.reshape(-1)
         if keep is not None:
             flat_expert = torch.where(keep.reshape(-1), flat_expert, torch.full_like(flat_expert, e))
         # Stable sort groups assignments by expert; skipped ones (id E) go to the end.
         order = torch.argsort(flat_expert, stable=True)
-        token_of = order // k
         counts = torch.zeros(e + 1, dtype=torch.int64, device=x.device)
         counts.scatter_add_(0, flat_expert, torch.ones_like(flat_expert))
-        xs = x[token_of]
+        xs = x.to(dt)[order // k]  # cast the N tokens once, then gather N*k rows
         if grouped:
             offsets = counts[:e].cumsum(0).to(torch.int32)
             if keep is None:  # every row belongs to an expert: nothing to mask
-                h = F.silu(F.grouped_mm(xs, self.w1, offs=offsets)) * F.grouped_mm(xs, self.w3, offs=offsets)
-                ys = F.grouped_mm(h, self.w2, offs=offsets)
+                h = F.silu(grouped_mm(xs, w1, offsets)) * grouped_mm(xs, w3, offsets)
+                ys = grouped_mm(h, w2, offsets)
             else:
                 # Rows past the last offset (skipped assignments) come back from grouped_mm as
                 # uninitialised memory, forward and backward: mask them on the way in and out,
@@ -140,8 +133,8 @@ class ExpertPool(nn.Module):
                 row_ok = (torch.arange(xs.shape[0], device=x.device) < offsets[-1])[:, None]
                 zero = torch.zeros((), dtype=xs.dtype, device=x.device)
                 xs = torch.where(row_ok, xs, zero)
-                h = F.silu(F.grouped_mm(xs, self.w1, offs=offsets)) * F.grouped_mm(xs, self.w3, offs=offsets)
-                ys = torch.where(row_ok, F.grouped_mm(h, self.w2, offs=offsets), zero)
+                h = F.silu(grouped_mm(xs, w1, offsets)) * grouped_mm(xs, w3, offsets)
+                ys = torch.where(row_ok, grouped_mm(h, w2, offsets), zero)
         else:
             sizes = counts.tolist()  # host sync: the fallback path only
             parts = []
@@ -149,28 +142,30 @@ class ExpertPool(nn.Module):
                 if expert == e:  # skipped assignments
                     parts.append(torch.zeros_like(chunk))
                 elif chunk.shape[0] > 0:
-                    h = F.silu(chunk @ self.w1[expert]) * (chunk @ self.w3[expert])
-                    parts.append(h @ self.w2[expert])
+                    h = F.silu(chunk @ w1[expert]) * (chunk @ w3[expert])
+                    parts.append(h @ w2[expert])
                 else:
                     parts.append(chunk.new_zeros(0, self.d_model))
             ys = torch.cat(parts, dim=0)
-        # Un-sort with a scatter into (token, slot) order, weight in fp32, then sum over slots:
-        # deterministic (no atomics) and sync-free.
+        # Un-sort with a scatter into (token, slot) order (deterministic, no atomics, sync-free),
+        # then combine in fp32.
         unsorted = torch.empty_like(ys)
         unsorted[order] = ys
-        combined = (unsorted.view(n, k, -1).float() * weights.float()[:, :, None]).sum(dim=1)
-        return combined.to(x.dtype)
+        return _combine(unsorted.view(n, k, -1), weights).to(x.dtype)
 
     def _gather_bmm(self, x: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
+        """Decode-sized batches: gather each assignment's expert weights and run one bmm (no sort)."""
         # Skipped assignments already carry weight 0 (the router multiplies weights by keep).
         n, k = indices.shape
+        dt = compute_dtype(x)
         flat = indices.reshape(-1)
-        xs = x.repeat_interleave(k, dim=0)[:, None, :]  # (N*k, 1, d)
-        h = F.silu(torch.bmm(xs, self.w1[flat])) * torch.bmm(xs, self.w3[flat])
-        ys = torch.bmm(h, self.w2[flat]).view(n, k, self.d_model)
-        return (ys.float() * weights.float()[:, :, None]).sum(dim=1).to(x.dtype)
+        xs = x.to(dt).repeat_interleave(k, dim=0)[:, None, :]  # (N*k, 1, d)
+        h = F.silu(torch.bmm(xs, self.w1[flat].to(dt))) * torch.bmm(xs, self.w3[flat].to(dt))
+        ys = torch.bmm(h, self.w2[flat].to(dt)).view(n, k, self.d_model)
+        return _combine(ys, weights).to(x.dtype)
 
     def _reference_loop(self, x: Tensor, indices: Tensor, weights: Tensor, keep: Tensor | None) -> Tensor:
+        dt = compute_dtype(x)
         out = torch.zeros(x.shape[0], self.d_model, dtype=torch.float32, device=x.device)
         for expert in range(self.num_experts):
             mask = indices == expert
@@ -179,8 +174,13 @@ class ExpertPool(nn.Module):
             token, slot = torch.nonzero(mask, as_tuple=True)
             if token.numel() == 0:
                 continue
-            xe = x[token]
-            h = F.silu(xe @ self.w1[expert]) * (xe @ self.w3[expert])
-            ye = (h @ self.w2[expert]).float() * weights[token, slot].float()[:, None]
+            xe = x[token].to(dt)
+            h = F.silu(xe @ self.w1[expert].to(dt)) * (xe @ self.w3[expert].to(dt))
+            ye = (h @ self.w2[expert].to(dt)).float() * weights[token, slot].float()[:, None]
             out.index_add_(0, token, ye)
         return out.to(x.dtype)
+
+
+def _combine(ys: Tensor, weights: Tensor) -> Tensor:
+    """``sum_j weights[t, j] * ys[t, j]`` in fp32 for ys (N, k, d): autocast never lowers it."""
+    return (ys.float() * weights.float()[:, :, None]).sum(dim=1)

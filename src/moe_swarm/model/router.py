@@ -138,7 +138,9 @@ class Router(nn.Module):
         n, e = x.shape[0], self.num_experts
         if self.training and self.cfg.jitter_eps > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.cfg.jitter_eps, 1.0 + self.cfg.jitter_eps)
-        logits = F.linear(x.float(), self.weight.float())  # router math in fp32
+        # Router math in fp32, also under autocast (which would run this linear in bf16).
+        with torch.autocast(x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.weight.float())
         if self.training and self.cfg.noise_std > 0:
             select_logits = logits + torch.randn_like(logits) * self.cfg.noise_std
         else:
