@@ -11,14 +11,12 @@ from moe_swarm.data import (
     PAD_ID,
     VOCAB_SIZE,
     ByteTokenizer,
-    TaskDataModule,
-    TextDataModule,
     encode_problem,
     load_corpus,
-    pad_collate,
     split_train_val,
     write_bin,
 )
+from moe_swarm.lit.datamodules import TaskDataModule, TextDataModule, pad_collate
 
 torch.set_num_threads(1)
 tok = ByteTokenizer()
@@ -271,3 +269,17 @@ def test_trainer_runs_fit_and_test_on_the_datamodules(dm_factory, tmp_path):
     if isinstance(dm, TaskDataModule):
         trainer.test(model, datamodule=dm)
         assert model.seen["test"] > 0
+
+
+def test_data_package_imports_no_framework():
+    """``moe_swarm.data`` is plain Python + PyTorch: importing it must not pull in Lightning or Hydra."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, moe_swarm.data as d; d.get_task('mul'); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'hydra')]; "
+        "print(bad); assert not bad and not hasattr(d, 'TextDataModule')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -36,7 +36,7 @@ ENDLESS = [
     "trainer.max_steps=100000",
     "trainer.val_check_interval=1000",
     "trainer.log_every_n_steps=1",
-    "callbacks.step_checkpoint.every_n_train_steps=2",
+    "callbacks.last_checkpoint.every_n_steps=2",
 ]
 
 

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from moe_swarm.atomic import atomic_torch_save
-from moe_swarm.model.transformer import MoETransformer, TransformerConfig
+from moe_swarm.model.config import TransformerConfig
+from moe_swarm.model.transformer import MoETransformer
 
 __all__ = [
     "MODEL_PREFIX",
@@ -77,9 +78,12 @@ def _first_bytes(path: Path, n: int = 16) -> bytes:
         return f.read(n)
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` with one-paragraph errors (:class:`CheckpointError`) for
-    missing, foreign, truncated and unsafe files; returns the raw checkpoint dict."""
+    missing, foreign, truncated and unsafe files; returns the raw checkpoint dict. ``mmap=True``
+    maps tensors from the file instead of reading them (cheap when only metadata is needed)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(
@@ -99,7 +103,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         shown = head.decode("ascii", "replace") if head.isascii() else repr(head)
         raise _not_ours(path, f"it is not a PyTorch zip archive (it starts with {shown!r})")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         what = f" ({found.group(1)})" if found else ""
@@ -144,13 +148,8 @@ def model_config_from_hparams(
         raise _not_ours(
             Path(path), "it has no 'model' hyper-parameters (it was not written by moe-swarm training)"
         )
-    raw = dict(hparams["model"])
     try:
-        from_dict = getattr(TransformerConfig, "from_dict", None)
-        if from_dict is not None:
-            return from_dict(raw)
-        fields = TransformerConfig.__dataclass_fields__  # pre-from_dict models: drop unknown keys
-        return TransformerConfig(**{k: v for k, v in raw.items() if k in fields})
+        return TransformerConfig.from_dict(dict(hparams["model"]))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} holds a model config this version cannot build: {exc}") from None
 

@@ -335,3 +335,26 @@ def check_matches_trainer(spec: ClusterSpec, trainer_num_nodes: Any, trainer_dev
             "; ".join(problems)
             + ". Set both from one number (moe-swarm-launch does), e.g. trainer.num_nodes=2 NUM_NODES=2."
         )
+
+
+# Node start-up check timeout when the trainer config sets no DDP timeout (trainer.strategy.timeout).
+DEFAULT_RENDEZVOUS_TIMEOUT_S = 300.0
+
+
+def setup_cluster(cluster_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any]) -> ClusterSpec:
+    """Read the cluster config group, check it against the trainer's node/device counts, and export
+    the rendezvous variables Lightning reads. Raises :class:`ClusterConfigError` on a mismatch."""
+    import socket
+
+    spec = ClusterSpec.from_config(cluster_cfg, os.environ, socket.gethostname())
+    check_matches_trainer(spec, trainer_cfg.get("num_nodes", 1), trainer_cfg.get("devices", 1))
+    apply_to_environ(spec)
+    return spec
+
+
+def rendezvous_timeout_s(trainer_cfg: Mapping[str, Any]) -> float:
+    """The DDP timeout of the trainer config (``strategy.timeout.seconds``), else the default."""
+    strategy = trainer_cfg.get("strategy")
+    timeout = strategy.get("timeout") if isinstance(strategy, Mapping) else None
+    seconds = timeout.get("seconds") if isinstance(timeout, Mapping) else None
+    return float(seconds) if seconds is not None else DEFAULT_RENDEZVOUS_TIMEOUT_S

@@ -10,30 +10,16 @@ Writes ``<run_dir>/checkpoints/swarm.ckpt`` (model weights + swarm state in one 
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from moe_swarm.config import config_dir, register_resolvers
-from moe_swarm.train import (
-    SIGTERM_EXIT_CODE,
-    build_callbacks,
-    build_loggers,
-    last_checkpoint,
-    prepare_run,
-    scalar_metrics,
-)
-
-log = logging.getLogger("moe_swarm.swarm_train")
-SWARM_CHECKPOINT = "swarm.ckpt"
-SWARM_STATE_FILE = "swarm_state.pt"
+from moe_swarm.atomic import atomic_torch_save
+from moe_swarm.cli import user_errors
+from moe_swarm.config import config_dir, register_resolvers, validate_run_config
+from moe_swarm.layout import RunLayout
 
 
 def write_swarm_checkpoint(
@@ -57,82 +43,65 @@ def write_swarm_checkpoint(
 
 def swarm_train(cfg: DictConfig) -> dict[str, Any]:
     """Run one value-head training job; returns the summary also written to <run_dir>/summary.json."""
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
+    from moe_swarm.lit import run
     from moe_swarm.lit.swarm_module import ProblemDataModule, SwarmValueModule
 
-    run_dir = prepare_run(cfg)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    L.seed_everything(cfg.seed, workers=True)
-    swarm = OmegaConf.to_container(cfg.swarm, resolve=True)
-    task = OmegaConf.to_container(cfg.task, resolve=True) if cfg.task is not None else None
-    module = SwarmValueModule(
-        checkpoint=str(cfg.checkpoint),
-        swarm=swarm,
-        task=task,
-        **OmegaConf.to_container(cfg.module, resolve=True),
-    )
-    datamodule = ProblemDataModule(module.task, **OmegaConf.to_container(cfg.data, resolve=True))
-    loggers = build_loggers(cfg)
-    callbacks = build_callbacks(cfg, has_logger=bool(loggers))
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    layout = run.prepare_run(cfg)
+    validate_run_config(cfg)
+    with run.hold_run(cfg, layout, owner=run.is_launching_rank_zero()) as previous:
+        if (done := run.completed(cfg, previous)) is not None:
+            return done
+        run.setup_process(cfg)
+        swarm = OmegaConf.to_container(cfg.swarm, resolve=True)
+        task = OmegaConf.to_container(cfg.task, resolve=True) if cfg.task is not None else None
+        module = SwarmValueModule(
+            checkpoint=str(cfg.checkpoint),
+            swarm=swarm,
+            task=task,
+            **OmegaConf.to_container(cfg.module, resolve=True),
+        )
+        datamodule = ProblemDataModule(module.task, **OmegaConf.to_container(cfg.data, resolve=True))
+        trainer = run.build_trainer(cfg, layout)
+        resume = run.resume_checkpoint(cfg, layout, module)
 
-    resume = last_checkpoint(run_dir) if cfg.resume else None
-    start: dict[str, float] = {}
-    if resume is None and cfg.validate_before_fit:
-        start = scalar_metrics(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
-    t0 = time.perf_counter()
-    status = "succeeded"
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-    except SIGTERMException:
-        status = "stopped"
-    wall = time.perf_counter() - t0
-    end = scalar_metrics(trainer.callback_metrics)
+        def describe(o: run.FitOutcome) -> dict[str, Any]:
+            return _swarm_fields(cfg, layout, o)
 
-    ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+        return run.fit_and_summarise(
+            cfg, module, datamodule, trainer, layout, resume=resume, previous=previous,
+            describe=describe, show=print_summary,
+        )  # fmt: skip
+
+
+def _swarm_fields(cfg: DictConfig, layout: RunLayout, o: Any) -> dict[str, Any]:
+    """Summary fields of a value-head run; on rank 0 also writes swarm.ckpt and swarm_state.pt."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt_cb = next((c for c in o.trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     best = (ckpt_cb.best_model_path or None) if ckpt_cb else None
-    last = last_checkpoint(run_dir)
+    last = layout.existing_last_checkpoint()
     source = best or (str(last) if last else None)
-    summary: dict[str, Any] = {
-        "run_id": cfg.run_id,
-        "status": status,
-        "run_dir": str(run_dir),
+    fields: dict[str, Any] = {
         "base_checkpoint": str(cfg.checkpoint),
         "checkpoint": None,
         "swarm_state": None,
         "lightning_checkpoint": str(last) if last else None,
-        "best_checkpoint": best,
         "head_from": source,
-        "resumed_from": str(resume) if resume else None,
-        "global_step": trainer.global_step,
-        "wall_seconds": round(wall, 2),
-        "task": module.hparams.task,
-        "swarm": module.swarm_cfg.to_dict(),
+        "task": o.module.hparams.task,
+        "swarm": o.module.swarm_cfg.to_dict(),
         "freeze_backbone": bool(cfg.module.freeze_backbone),
-        "metrics_start": start,
-        "metrics": end,
     }
-    if trainer.is_global_zero and source is not None:
-        out = run_dir / "checkpoints" / SWARM_CHECKPOINT
+    if o.trainer.is_global_zero and source is not None:
         extra = {
             "run_id": cfg.run_id,
             "source": source,
             "module": OmegaConf.to_container(cfg.module, resolve=True),
         }
-        state = write_swarm_checkpoint(source, cfg.checkpoint, out, extra)
-        torch.save(state, run_dir / SWARM_STATE_FILE)
-        summary["checkpoint"] = str(out)
-        summary["swarm_state"] = str(run_dir / SWARM_STATE_FILE)
-    if trainer.is_global_zero:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        print_summary(summary)
-    if status == "stopped":
-        raise SystemExit(SIGTERM_EXIT_CODE)
-    return summary
+        state = write_swarm_checkpoint(source, cfg.checkpoint, layout.swarm_checkpoint, extra)
+        atomic_torch_save(state, layout.swarm_state)
+        fields["checkpoint"] = str(layout.swarm_checkpoint)
+        fields["swarm_state"] = str(layout.swarm_state)
+    return fields
 
 
 def print_summary(s: dict[str, Any]) -> None:
@@ -160,15 +129,16 @@ register_resolvers()
 
 @hydra.main(config_path=str(config_dir()), config_name="swarm_train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    summary = swarm_train(cfg)
+    with user_errors():
+        summary = swarm_train(cfg)
     value = summary["metrics"].get("val/value_loss")
     return float(value) if value is not None else None
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Console script entry point (returns nothing: Hydra exits non-zero on failure)."""
     _hydra_main()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

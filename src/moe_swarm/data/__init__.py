@@ -1,10 +1,7 @@
-"""Byte-level corpora, exact-match reasoning tasks and the Lightning DataModules that serve them.
+"""Byte-level tokenizer, corpora and exact-match reasoning tasks: plain Python + PyTorch, no framework.
 
-The DataModules are imported lazily, so ``model/`` and ``swarm/`` code can use the tokenizer,
-corpora and tasks without importing Lightning.
+The Lightning DataModules that serve them to a Trainer live in :mod:`moe_swarm.lit.datamodules`.
 """
-
-from typing import TYPE_CHECKING
 
 from moe_swarm.data.corpora import CORPUS_NAMES, load_corpus, read_bin, split_train_val, write_bin
 from moe_swarm.data.tasks import (
@@ -38,28 +35,12 @@ __all__ = [
     "Problem",
     "ReachabilityTask",
     "Task",
-    "TaskDataModule",
-    "TextDataModule",
     "decode_answer",
     "encode_problem",
     "encode_prompt",
     "get_task",
     "load_corpus",
-    "pad_collate",
     "read_bin",
     "split_train_val",
     "write_bin",
 ]
-
-_LAZY = {"TaskDataModule", "TextDataModule", "pad_collate"}
-
-if TYPE_CHECKING:
-    from moe_swarm.data.datamodules import TaskDataModule, TextDataModule, pad_collate
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        from moe_swarm.data import datamodules
-
-        return getattr(datamodules, name)
-    raise AttributeError(f"module 'moe_swarm.data' has no attribute {name!r}")

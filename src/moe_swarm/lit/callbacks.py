@@ -1,4 +1,5 @@
-"""Callbacks: token throughput, expert-load heatmaps, and a loud stop on a non-finite loss."""
+"""Callbacks: token throughput, expert-load heatmaps, a loud stop on a non-finite loss, final-step
+validation, a step-budget progress bar, and metrics lines for a supervising process."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 
 from moe_swarm.layout import format_metrics_line
+from moe_swarm.summary import fmt_number
 
 
 class TokenThroughput(Callback):
@@ -96,6 +98,61 @@ class NonFiniteLossGuard(Callback):
                 "The last good checkpoint is left untouched. Try a lower learning rate, gradient clipping "
                 "(trainer.gradient_clip_val) or precision=32-true, then resume with the same run_id."
             )
+
+
+class StepProgressBar(RichProgressBar):
+    """Rich progress bar for step-budgeted runs: "train" instead of "Epoch 0/-2" (max_epochs=-1), a
+    total bounded by ``max_steps``, no ``v_num``, and numbers a person reads (4 significant digits,
+    integers with thousands separators)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        desc = f"train (max_steps={self.trainer.max_steps})" if self.trainer.max_steps > 0 else "train"
+        return f"{desc:{len(self.validation_description)}}"
+
+    @property
+    def total_train_batches(self) -> int | float:
+        total = super().total_train_batches
+        if self.trainer.max_steps > 0:
+            return min(total, self.trainer.max_steps * self.trainer.accumulate_grad_batches)
+        return total
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return {k: fmt_number(v) if isinstance(v, (int, float)) else v for k, v in items.items()}
+
+
+class ModelSize(Callback):
+    """One line at the start of fit: total and per-token active parameters (instead of Lightning's
+    model-summary table, whose FLOPs column reads 0 without an example input)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        model = getattr(pl_module, "model", None)
+        if not trainer.is_global_zero or not hasattr(model, "count_parameters"):
+            return
+        pc = model.count_parameters()
+        print(f"model: {pc.total:,} parameters, {pc.active:,} active per token", flush=True)
+
+
+class FinalStepValidation(Callback):
+    """Makes fit validate once at its final step, also when ``max_steps`` is not a multiple of
+    ``val_check_interval``; records the step of the latest validation in ``validated_step``.
+
+    At the optimizer step that reaches ``max_steps`` it sets ``trainer.should_stop``, which Lightning
+    answers with one validation run inside fit (so checkpoints, loggers and the summary all see the
+    final-step metrics), then ends the fit as ``max_steps`` would.
+    """
+
+    def __init__(self) -> None:
+        self.validated_step: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps and not trainer.fast_dev_run:
+            trainer.should_stop = True
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.validated_step = trainer.global_step
 
 
 class MetricsLines(Callback):

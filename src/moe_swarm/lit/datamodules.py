@@ -1,4 +1,4 @@
-"""Lightning DataModules for byte-level language modelling and reasoning tasks.
+"""Lightning DataModules for byte-level language modelling and reasoning tasks (over moe_swarm.data).
 
 Batches are dicts of ``(B, T)`` tensors: ``input_ids`` (long), ``targets`` (long, -100 =
 no loss) and ``attention_mask`` (bool, False on padding). Worker processes, when asked

@@ -5,6 +5,7 @@
   fsspec transaction whose temporary file lives in the system temp dir; when that is another
   filesystem, as ``/tmp`` and a mounted volume are in containers, the last step is a copy.)
 - :class:`CheckpointOnSigterm` saves ``last.ckpt`` when Lightning stops on SIGTERM.
+- :class:`PeriodicCheckpoint` saves ``last.ckpt`` on a step and wall-clock cadence (SIGKILL bound).
 - :func:`check_nodes_agree` runs before DDP starts: every node tells node 0 its node count, device
   count, run id and whether it resumes; a disagreement fails on every node within seconds with the
   values in the message, instead of a rendezvous that hangs or times out with a socket error.
@@ -18,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointOnSigterm",
+    "PeriodicCheckpoint",
     "ReplicaConsistencyCheck",
     "ReplicaDivergenceError",
     "WorldSizeCheck",
@@ -90,6 +93,52 @@ class CheckpointOnSigterm(Callback):
         self.saved = True
         if trainer.is_global_zero:
             log.warning("SIGTERM: saved %s at global step %d; stopping", self.path, trainer.global_step)
+
+
+class PeriodicCheckpoint(Callback):
+    """Saves ``last.ckpt`` every ``every_n_steps`` optimizer steps and whenever ``every_minutes`` of
+    training passed since the last save, independent of validation: bounds what a SIGKILL, an OOM
+    kill or a lost node can take. 0 / None turns either cadence off.
+
+    The wall-clock decision is made on rank 0 and broadcast, so every rank saves together (a
+    checkpoint save is collective under DDP). Writes go through the trainer's checkpoint IO
+    (atomic in moe-swarm runs).
+    """
+
+    def __init__(
+        self,
+        dirpath: str,
+        every_n_steps: int = 50,
+        every_minutes: float | None = 10.0,
+        filename: str = "last.ckpt",
+    ) -> None:
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 0:
+            raise ValueError(f"every_n_steps={every_n_steps!r} must be an integer >= 0 (0 = no step cadence)")
+        if every_minutes is not None and not every_minutes >= 0:
+            raise ValueError(f"every_minutes={every_minutes!r} must be >= 0 or null (no wall-clock cadence)")
+        self.path = Path(dirpath) / filename
+        self.every_n_steps = every_n_steps
+        self.every_s = float(every_minutes) * 60.0 if every_minutes else None
+        self._last_save = time.monotonic()
+        self._saved_step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_save = time.monotonic()
+        self._saved_step = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step == self._saved_step or trainer.fast_dev_run:
+            return  # gradient accumulation: several batches share one optimizer step
+        due = self.every_n_steps > 0 and step % self.every_n_steps == 0
+        if not due and self.every_s is not None:
+            due = bool(trainer.strategy.broadcast(time.monotonic() - self._last_save >= self.every_s, src=0))
+        if due:
+            trainer.save_checkpoint(self.path)
+            self._saved_step = step
+            self._last_save = time.monotonic()
 
 
 # ---- distributed start-up -----------------------------------------------------------------------
