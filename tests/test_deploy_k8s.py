@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from moe_swarm.cluster import ClusterSpec, check_matches_trainer
-from moe_swarm.launch import LaunchError, compose_counts, expand_sweep, main, render_job, render_jobs
+from moe_swarm.k8s import LaunchError, compose_counts, expand_sweep, render_job, render_jobs
+from moe_swarm.launch import main
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "fly" / "k8s"
@@ -221,6 +222,31 @@ def test_launcher_output_for_other_sizes_is_valid_and_consistent(overlay, nodes,
     check_job_consistency(docs)
     lines = _override_lines(docs[("ConfigMap", "exp-a-config")])
     assert lines[0] == "seed=7" and _override_value(lines, "run_id") == "exp-a-r1"
+
+
+def test_launcher_renders_through_the_tree_it_is_given(tmp_path, monkeypatch):
+    """One source of truth: a change to the Kustomize tree shows up in the launcher's output."""
+    import shutil
+
+    import moe_swarm.k8s as k8s
+
+    tree = tmp_path / "k8s"
+    shutil.copytree(K8S, tree)
+    job_yaml = tree / "base" / "job.yaml"
+    job_yaml.write_text(
+        job_yaml.read_text().replace(
+            "terminationGracePeriodSeconds: 120", "terminationGracePeriodSeconds: 77"
+        )
+    )
+    monkeypatch.setattr(k8s, "k8s_dir", lambda: tree)
+    docs = _docs(render_job("exp-b", "reg.example:5000/moe@sha256:" + "a" * 64, "gpu", 3, 4, [], "r"))
+    pod = docs[("Job", "exp-b")]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 77
+    assert pod["containers"][0]["image"] == "reg.example:5000/moe@sha256:" + "a" * 64
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert docs[("ConfigMap", "exp-b-config")]["metadata"]["labels"]["app.kubernetes.io/instance"] == "exp-b"
+    assert docs[("Service", "exp-b")]["spec"]["selector"]["app.kubernetes.io/instance"] == "exp-b"
+    check_job_consistency(docs)
 
 
 def test_launcher_sets_namespace_everywhere():

@@ -280,7 +280,8 @@ def test_configs_are_found_from_an_installed_wheel_in_any_directory(tmp_path, re
         "import moe_swarm.config as c, hydra; print(c.config_dir());"
         "from hydra import compose, initialize_config_dir;"
         "initialize_config_dir(config_dir=str(c.config_dir()), version_base='1.3');"
-        "print(compose('train', overrides=['experiment=quickstart']).trainer.max_steps)"
+        "print(compose('train', overrides=['experiment=quickstart']).trainer.max_steps);"
+        "import moe_swarm.k8s as k; print(k.k8s_dir())"
     )
     env = {k: v for k, v in os.environ.items() if k != "MOE_SWARM_CONFIG_DIR"}
     env["PYTHONPATH"] = str(site)
@@ -290,9 +291,10 @@ def test_configs_are_found_from_an_installed_wheel_in_any_directory(tmp_path, re
         [sys.executable, "-P", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    conf_dir, steps = out.stdout.split()
+    conf_dir, steps, k8s_tree = out.stdout.split()
     assert conf_dir == str((site / "moe_swarm" / "conf").resolve())
     assert int(steps) > 0
+    assert k8s_tree == str(site / "moe_swarm" / "k8s_tree"), "the launcher's Kustomize tree ships in the wheel"
 
 
 def test_metrics_lines_for_a_supervisor(tmp_path, monkeypatch, capsys):
