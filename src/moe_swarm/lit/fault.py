@@ -98,7 +98,8 @@ class CheckpointOnSigterm(Callback):
 class PeriodicCheckpoint(Callback):
     """Saves ``last.ckpt`` every ``every_n_steps`` optimizer steps and whenever ``every_minutes`` of
     training passed since the last save, independent of validation: bounds what a SIGKILL, an OOM
-    kill or a lost node can take. 0 / None turns either cadence off.
+    kill or a lost node can take. 0 / None turns either cadence off. At the end of training it
+    saves too, unless a ModelCheckpoint already wrote ``last.ckpt`` at that step.
 
     The wall-clock decision is made on rank 0 and broadcast, so every rank saves together (a
     checkpoint save is collective under DDP). Writes go through the trainer's checkpoint IO
@@ -136,9 +137,22 @@ class PeriodicCheckpoint(Callback):
         if not due and self.every_s is not None:
             due = bool(trainer.strategy.broadcast(time.monotonic() - self._last_save >= self.every_s, src=0))
         if due:
-            trainer.save_checkpoint(self.path)
-            self._saved_step = step
-            self._last_save = time.monotonic()
+            self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The final state is always resumable: save unless this step's last.ckpt exists already."""
+        step = trainer.global_step
+        if trainer.fast_dev_run or step == self._saved_step:
+            return
+        for cb in trainer.checkpoint_callbacks:
+            if getattr(cb, "save_last", False) and getattr(cb, "_last_global_step_saved", None) == step:
+                return  # ModelCheckpoint wrote last.ckpt at the final validation
+        self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
+        self._last_save = time.monotonic()
 
 
 # ---- distributed start-up -----------------------------------------------------------------------

@@ -307,7 +307,8 @@ def fit_and_summarise(
     """
     start: dict[str, float] = {}
     if resume is None and cfg.get("validate_before_fit", True) and not trainer.fast_dev_run:
-        start = scalar_metrics(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+        results = trainer.validate(module, datamodule=datamodule, verbose=False)
+        start = scalar_metrics(results[0]) if results else {}
     if resume is not None:
         log.info("resuming run %s from %s", cfg.run_id, resume)
     t0 = time.perf_counter()
