@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from moe_swarm.bench.context import DTYPES, BenchContext
+from moe_swarm.bench.moe_sizes import run_sized
 from moe_swarm.bench.reference import dense_all_experts
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, paired_ratios, time_interleaved
@@ -189,9 +190,13 @@ def bench_case(ctx: BenchContext, shape: LayerShape, tokens: int, dtype_name: st
 
 
 def run(ctx: BenchContext) -> list[Row]:
+    """On CUDA the model-sized cases only (the dispatch cases are too small to say anything on a
+    GPU); on CPU the dispatch cases, then the CPU side-by-side with the peer (bench/moe_sizes.py)."""
+    if ctx.device.type == "cuda":
+        return run_sized(ctx)
     shapes = QUICK_SHAPES if ctx.quick else FULL_SHAPES
     token_counts = QUICK_TOKENS if ctx.quick else FULL_TOKENS
-    rows: list[Row] = []
+    rows: list[Row] = run_sized(ctx)
     for shape in shapes:
         for tokens in token_counts:
             for dtype_name in DTYPES:
@@ -221,6 +226,21 @@ def format_table(rows: list[Row]) -> str:
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def format_sized_table(rows: list[Row]) -> str:
+    """Model-sized cases: one line per (case, candidate) with ms and TFLOP/s, then the ratios."""
+    lines = []
+    for r in rows:
+        if r.suite != SUITE or r.metric.count("/") != 2 or "_ff" not in r.metric.split("/")[1]:
+            continue
+        case, name = r.metric.split("/")[1:]
+        if name.endswith("_ms"):
+            tf = next((x.value for x in rows if x.metric == r.metric[:-3] + "_tflops"), float("nan"))
+            lines.append(f"{case}  {name[:-3]:<24} {r.value:9.2f} ms  {tf:7.3f} TFLOP/s")
+        elif r.unit == "x" and not name.endswith("_speedup"):
+            lines.append(f"{case}  {name:<24} {r.value:9.3f} x   ({r.note})")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("cell = median ms (speedup over reference_loop; > 1 is faster)")
     print(format_table(report.rows))
+    print(format_sized_table(report.rows))
     for p in report.problems:
         print(f"{p['status']}: {p['what']}: {p['reason']}", file=sys.stderr)
     if args.json is not None:
