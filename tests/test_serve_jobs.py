@@ -230,3 +230,20 @@ def test_seed_flow_train_then_infer_with_the_default_model(server):
     assert out.model_id == resp.job_id and out.forward_passes > 0 and 0 < out.vote_share <= 1
     models = server.stub.ListModels(pb.ListModelsRequest(), timeout=10)
     assert models.default_model_id == resp.job_id and models.models[0].checkpoint.endswith("last.ckpt")
+
+
+def test_failure_reason_skips_hydras_trailer_and_log_records():
+    from moe_swarm.serve.jobs import failure_reason
+
+    hydra = ["INFO: Seed set to 1234", "[2026-11-28 23:18:01,289][lightning][INFO] - Seed set to 1234",
+             "Error executing job with overrides: ['experiment=quickstart']",
+             "Error locating target 'x.Y', set env var HYDRA_FULL_ERROR=1 to see chained exception.", "full_key: data",
+             "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace."]  # fmt: skip
+    assert (
+        failure_reason(hydra)
+        == "Error locating target 'x.Y', set env var HYDRA_FULL_ERROR=1 to see chained exception. | full_key: data"
+    )
+    traceback = ["step 1", "Traceback (most recent call last):", '  File "x.py", line 3, in <module>',
+                 "    raise RuntimeError('boom')", "RuntimeError: boom"]  # fmt: skip
+    assert failure_reason(traceback) == "RuntimeError: boom"
+    assert failure_reason([]) == "no output (see the job's log)"

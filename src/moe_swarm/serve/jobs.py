@@ -70,6 +70,8 @@ class TrainSpec:
 
 
 HYDRA_TRAILER = "Set the environment variable HYDRA_FULL_ERROR=1"
+HYDRA_ERROR_START = "Error executing job with overrides:"
+LOG_RECORD = re.compile(r"^(\[\d{4}-\d\d-\d\d [^\]]*\]\[|(DEBUG|INFO|WARNING): )")
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b(: |$)")
 MAX_REASON_LINES = 6
 MAX_REASON_CHARS = 800
@@ -78,16 +80,24 @@ MAX_REASON_CHARS = 800
 def failure_reason(tail: list[str]) -> str:
     """What a failed child said went wrong, from the end of its log.
 
-    Hydra's trailer line ("Set the environment variable HYDRA_FULL_ERROR=1 ...") is not a reason: it is
-    dropped. After a Python traceback the reason is the exception line (and its continuation lines);
-    otherwise (Hydra's and the config validator's messages) the last few lines, joined with " | ".
+    Hydra's trailer ("Set the environment variable HYDRA_FULL_ERROR=1 ...") and log records are not a
+    reason: they are dropped. The reason starts after Hydra's "Error executing job with overrides" line,
+    or at the exception line that ends a Python traceback; otherwise it is the last few lines (Hydra's
+    and the config validator's messages), joined with " | ".
     """
-    lines = [ln.rstrip() for ln in tail if ln.strip() and not ln.startswith(HYDRA_TRAILER)]
+    lines = [
+        ln.rstrip()
+        for ln in tail
+        if ln.strip() and not ln.startswith(HYDRA_TRAILER) and not LOG_RECORD.match(ln)
+    ]
     if not lines:
         return "no output (see the job's log)"
     start = max(0, len(lines) - MAX_REASON_LINES)
-    for i in range(len(lines) - 1, start - 1, -1):
-        if lines[i].startswith(("  File ", "Traceback (most recent call last)")):
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith(HYDRA_ERROR_START):
+            start = i + 1
+            break
+        if i >= start and lines[i].startswith(("  File ", "Traceback (most recent call last)")):
             start = i + 1
             break
     exc = next((i for i in range(start, len(lines)) if EXCEPTION_LINE.match(lines[i])), None)
