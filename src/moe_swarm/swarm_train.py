@@ -1,7 +1,8 @@
-"""`moe-swarm-swarm-train`: train the swarm's value head from its own rollouts on a base checkpoint.
+"""`moe-swarm-swarm-train`: train the swarm's scorer from the base model's own rollouts.
 
-    moe-swarm-swarm-train checkpoint=runs/<base>/checkpoints/last.ckpt run_id=<id>
+    moe-swarm-swarm-train checkpoint=runs/<base>/checkpoints/last.ckpt run_id=<id>          # value head
     moe-swarm-swarm-train checkpoint=... swarm=routing module.freeze_backbone=false trainer.max_steps=300
+    moe-swarm-swarm-train checkpoint=runs/<steps-base>/checkpoints/last.ckpt swarm_objective=step_checker
 
 Writes ``<run_dir>/checkpoints/swarm.ckpt`` (model weights + swarm state in one file: what
 ``moe-swarm-swarm-eval`` and the gRPC sidecar load), ``<run_dir>/swarm_state.pt`` and
@@ -42,9 +43,8 @@ def write_swarm_checkpoint(
 
 
 def swarm_train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one value-head training job; returns the summary also written to <run_dir>/summary.json."""
+    """Run one scorer-training job; returns the summary also written to <run_dir>/summary.json."""
     from moe_swarm.lit import run
-    from moe_swarm.lit.swarm_module import ProblemDataModule, SwarmValueModule
 
     layout = run.prepare_run(cfg)
     validate_run_config(cfg)
@@ -52,15 +52,11 @@ def swarm_train(cfg: DictConfig) -> dict[str, Any]:
         if (done := run.completed(cfg, previous)) is not None:
             return done
         run.setup_process(cfg)
-        swarm = OmegaConf.to_container(cfg.swarm, resolve=True)
         task = OmegaConf.to_container(cfg.task, resolve=True) if cfg.task is not None else None
-        module = SwarmValueModule(
-            checkpoint=str(cfg.checkpoint),
-            swarm=swarm,
-            task=task,
-            **OmegaConf.to_container(cfg.module, resolve=True),
+        module = hydra.utils.instantiate(
+            cfg.module, checkpoint=str(cfg.checkpoint), task=task, _convert_="all"
         )
-        datamodule = ProblemDataModule(module.task, **OmegaConf.to_container(cfg.data, resolve=True))
+        datamodule = hydra.utils.instantiate(cfg.data, module=module, _convert_="all")
         trainer = run.build_trainer(cfg, layout)
         resume = run.resume_checkpoint(cfg, layout, module)
 
@@ -74,7 +70,7 @@ def swarm_train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _swarm_fields(cfg: DictConfig, layout: RunLayout, o: Any) -> dict[str, Any]:
-    """Summary fields of a value-head run; on rank 0 also writes swarm.ckpt and swarm_state.pt."""
+    """Summary fields of a scorer run; on rank 0 also writes swarm.ckpt and swarm_state.pt."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     ckpt_cb = next((c for c in o.trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
@@ -88,8 +84,9 @@ def _swarm_fields(cfg: DictConfig, layout: RunLayout, o: Any) -> dict[str, Any]:
         "lightning_checkpoint": str(last) if last else None,
         "head_from": source,
         "task": o.module.hparams.task,
-        "swarm": o.module.swarm_cfg.to_dict(),
-        "freeze_backbone": bool(cfg.module.freeze_backbone),
+        "objective": str(cfg.module._target_).rsplit(".", 1)[-1],
+        "swarm": o.module.hparams.get("swarm") or o.module.hparams.get("steps"),
+        "freeze_backbone": o.module.hparams.get("freeze_backbone"),  # value head only
     }
     if o.trainer.is_global_zero and source is not None:
         extra = {
@@ -111,12 +108,15 @@ def print_summary(s: dict[str, Any]) -> None:
         fb = "-" if b is None else f"{b:.4f}"
         return f"{fa} -> {fb}"
 
+    if s["objective"] == "StepCheckerModule":
+        shown = ["val/checker_loss", "val/checker_auc_within", "val/checker_auc_vote_wrong"]
+        shown += ["val/logprob_auc_within", "val/logprob_auc_vote_wrong"]
+    else:
+        shown = ["val/value_loss", "val/value_auc", "val/majority", "val/value_weighted", "val/swarm"]
     lines = [
         "",
-        f"== swarm value head {s['run_id']}: {s['status']} after {s['global_step']} steps ({s['wall_seconds']} s)",
-        f"   val/value_loss {metric('val/value_loss')}   val/value_auc {metric('val/value_auc')}",
-        f"   val EM: majority {metric('val/majority')}, value-weighted vote {metric('val/value_weighted')}, "
-        f"swarm {metric('val/swarm')}",
+        f"== {s['objective']} {s['run_id']}: {s['status']} after {s['global_step']} steps ({s['wall_seconds']} s)",
+        *(f"   {name} {metric(name)}" for name in shown),
         f"   checkpoint (model + swarm state): {s['checkpoint']}",
         f"   summary: {s['run_dir']}/summary.json",
         "",
@@ -131,7 +131,7 @@ register_resolvers()
 def _hydra_main(cfg: DictConfig) -> float | None:
     with user_errors():
         summary = swarm_train(cfg)
-    value = summary["metrics"].get("val/value_loss")
+    value = summary["metrics"].get(cfg.optimized_metric)
     return float(value) if value is not None else None
 
 

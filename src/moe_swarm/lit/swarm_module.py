@@ -14,6 +14,7 @@ sits under ``model.`` and ``hyper_parameters["model"]`` holds its config, so
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -32,17 +33,27 @@ from moe_swarm.data.tasks import Problem, Task, get_task
 from moe_swarm.data.tokenizer import ByteTokenizer
 from moe_swarm.model import MoETransformer, RoutingControl
 from moe_swarm.swarm import (
+    SWARM_STATE_KEY,
     Rollouts,
+    StepChecker,
+    StepRollouts,
+    StepSwarm,
+    StepSwarmConfig,
     SwarmConfig,
     SwarmSolver,
     ThoughtRecord,
     ValueHead,
     answer_outcomes,
+    checker_loss,
     collect_rollouts,
+    collect_step_rollouts,
     embedding_scale,
+    encode_steps,
     normalise_thoughts,
     save_swarm_state,
+    step_swarm_state,
     value_loss,
+    within_group_auc,
 )
 
 # Answer-level outcomes logged as val/<name> (names from moe_swarm.swarm.outcomes).
@@ -89,7 +100,7 @@ class ProblemDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        task: Task,
+        module: SwarmValueModule,
         n_train: int = 4096,
         n_val: int = 128,
         batch_size: int = 16,
@@ -105,7 +116,7 @@ class ProblemDataModule(L.LightningDataModule):
         ]:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        self.task = task
+        self.task = module.task
         self.n_train, self.n_val = n_train, n_val
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.seed = seed
@@ -406,3 +417,195 @@ class SwarmValueModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         save_swarm_state(checkpoint, self.value_head, self.swarm_cfg)
+
+
+# ---------------------------------------------------------------------------------- step checker
+class StepRolloutDataModule(L.LightningDataModule):
+    """Labelled step proposals from the base model's own step-swarm rollouts (train problems for training,
+    val problems for validation), labelled by the task's exact step oracle.
+
+    Rollouts run once in ``setup`` with the frozen generator: every agent proposes every step
+    (``rollout`` = StepSwarmConfig fields; early commit and backtracking off by default, so each group
+    holds all ``num_agents`` proposals), the trajectory follows the plurality winner.
+    """
+
+    def __init__(
+        self,
+        module: StepCheckerModule,
+        n_train: int = 512,
+        n_val: int = 128,
+        batch_size: int = 64,
+        seed: int = 0,
+        rollout: dict | DictConfig | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in [("n_train", n_train), ("n_val", n_val), ("batch_size", batch_size)]:
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self.module, self.n_train, self.n_val, self.batch_size, self.seed = (
+            module,
+            n_train,
+            n_val,
+            batch_size,
+            seed,
+        )
+        defaults = {"num_agents": 8, "wave_agents": 8, "commit_share": 2.0, "max_backtracks": 0}
+        self.rollout_cfg = StepSwarmConfig.from_dict({**defaults, **dict(_plain(rollout) or {})})
+        self.rollouts: dict[str, StepRollouts] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.rollouts:
+            return
+        task, model = self.module.task, self.module.model
+        model.eval()
+        swarm = StepSwarm(model, self.rollout_cfg, self.module.tokenizer, task)
+        with torch.no_grad():
+            for split, n in (("train", self.n_train), ("val", self.n_val)):
+                self.rollouts[split] = collect_step_rollouts(
+                    swarm, task.generate(split, n, seed=self.seed), task
+                )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        ro = self.rollouts[split]
+        gen = torch.Generator().manual_seed(self.seed)
+        # train on proposals made after a right prefix: the oracle labels everything after a wrong step
+        # wrong, which would teach the checker to spot wrong prefixes instead of ranking proposals
+        rows = ro.prefix_ok.nonzero().squeeze(1).tolist() if split == "train" else list(range(len(ro)))
+        return DataLoader(
+            rows,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=gen,
+            collate_fn=lambda rows: self.module.encode_rows(ro, rows),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+
+class StepCheckerModule(L.LightningModule):
+    """Trains the step checker (``moe_swarm.swarm.StepChecker``: a copy of the backbone + a head) on
+    oracle-labelled step proposals. The generator itself stays frozen and is saved unchanged under
+    ``model.`` (so the checkpoint is a model checkpoint), the checker under ``checker.``; the swarm
+    state written with it carries the checker (``step_checker``) and the step-swarm config.
+
+    Validation reports, on val problems: ``val/checker_loss``; ``val/checker_auc_within`` (mean AUROC
+    among the proposals of one step of one problem: what a checker-weighted vote needs) and
+    ``val/checker_auc_vote_wrong`` (the same over groups whose plurality winner is wrong while a right
+    proposal is present); the likelihood's ``val/logprob_auc_within`` / ``val/logprob_auc_vote_wrong``
+    as the baseline scorer.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str,
+        task: dict | DictConfig | None = None,
+        steps: dict | DictConfig | None = None,
+        hidden: int = 128,
+        lr: float = 3e-3,
+        backbone_lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        pos_weight: float | None = None,
+    ) -> None:
+        super().__init__()
+        loaded = load_checkpoint(checkpoint)
+        self.task, task_spec = task_from(task, loaded.task, checkpoint)
+        if not self.task.scratchpad:
+            raise ValueError(
+                f"the step checker needs a task with a scratchpad (steps to check), got {task_spec}; train the "
+                "base model with experiment=reasoning_steps (task_kwargs.scratchpad=true)"
+            )
+        self.model = loaded.model.requires_grad_(False)
+        self.checker = StepChecker(copy.deepcopy(loaded.model).requires_grad_(True), hidden)
+        self.steps_cfg = StepSwarmConfig.from_dict(dict(_plain(steps) or {}))
+        self.tokenizer = ByteTokenizer()
+        self.save_hyperparameters(
+            {
+                "checkpoint": str(checkpoint),
+                "task": task_spec,
+                "steps": self.steps_cfg.to_dict(),
+                "hidden": hidden,
+                "lr": lr,
+                "backbone_lr": backbone_lr,
+                "weight_decay": weight_decay,
+                "pos_weight": pos_weight,
+                "model": loaded.model.cfg.to_dict(),
+                "eval_max_new_tokens": loaded.hparams.get("eval_max_new_tokens"),
+                "base_global_step": loaded.global_step,
+            }
+        )
+        self.val_loss = MeanMetric()
+        self._val: list[tuple] = []
+
+    def encode_rows(self, ro: StepRollouts, rows: list[int]) -> dict[str, Tensor]:
+        idx, mask, starts, ends = encode_steps(
+            self.tokenizer,
+            [ro.contexts[i] for i in rows],
+            [ro.steps[i] for i in rows],
+            [ro.answer_lines[i] for i in rows],
+            self.model.cfg.max_seq_len,
+        )
+        return {
+            "idx": idx,
+            "mask": mask,
+            "starts": starts,
+            "ends": ends,
+            "labels": ro.labels[rows],
+            "groups": ro.groups[rows],
+            "vote_wrong": ro.vote_wrong[rows],
+            "logprobs": ro.logprobs[rows],
+        }
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        self.model.eval()
+        logits = self.checker.score_sequences(batch["idx"], batch["mask"], batch["starts"], batch["ends"])
+        loss = checker_loss(logits, batch["labels"], self.hparams.pos_weight)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=logits.shape[0])
+        self.log("train/checker_base_rate", batch["labels"].float().mean(), batch_size=logits.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits = self.checker.score_sequences(batch["idx"], batch["mask"], batch["starts"], batch["ends"])
+        self.val_loss.update(checker_loss(logits, batch["labels"]), weight=logits.shape[0])
+        self._val.append(
+            (
+                torch.sigmoid(logits).float().cpu(),
+                batch["labels"].cpu(),
+                batch["groups"].cpu(),
+                batch["vote_wrong"].cpu(),
+                batch["logprobs"].cpu(),
+            )
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        prob, labels, groups, wrong, logprob = (torch.cat(x) for x in zip(*self._val))
+        self._val = []
+        right = (labels > 0.5).tolist()
+        out = {"val/checker_loss": self.val_loss.compute()}
+        self.val_loss.reset()
+        for name, score in (("checker", prob), ("logprob", logprob)):
+            auc, n = within_group_auc(score.tolist(), right, groups.tolist())
+            auc_w, n_w = within_group_auc(
+                score[wrong].tolist(), labels[wrong].gt(0.5).tolist(), groups[wrong].tolist()
+            )
+            out[f"val/{name}_auc_within"] = torch.tensor(auc)
+            out[f"val/{name}_auc_vote_wrong"] = torch.tensor(auc_w)
+            out["val/groups_mixed"] = torch.tensor(float(n))
+            out["val/groups_vote_wrong"] = torch.tensor(float(n_w))
+        self.log_dict(out, prog_bar=False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = [
+            {"params": list(self.checker.head.parameters()), "lr": self.hparams.lr},
+            {"params": list(self.checker.model.parameters()), "lr": self.hparams.backbone_lr},
+        ]
+        return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[SWARM_STATE_KEY] = step_swarm_state(self.checker, self.steps_cfg)

@@ -33,9 +33,8 @@ def _header(report: dict) -> list[str]:
         f"# Swarm evaluation: {task['name']}({args}), split {report['split']}, {report['n_test']} problems "
         f"(problem_seed {report['problem_seed']})",
         "",
-        f"Checkpoint `{report['checkpoint']}` (step {report['global_step']}); value head: "
-        f"{'yes' if report.get('value_head') else 'no'}; {report['threads']} threads on {report['device']}; "
-        f"{report.get('seconds', '?')} s.",
+        f"Checkpoint `{report['checkpoint']}` (step {report['global_step']}); {report['threads']} threads on "
+        f"{report['device']}; {report.get('seconds', '?')} s.",
     ]
 
 
@@ -44,7 +43,8 @@ def answer_level_markdown(report: dict) -> list[str]:
     level = f"{report['bootstrap']['level']:.0%}"
     lines = [
         "",
-        f"Answer-level swarm config: `{json.dumps(report['swarm_config'])}`.",
+        f"Answer-level swarm config: `{json.dumps(report['swarm_config'])}`; value head: "
+        f"{'yes' if report.get('value_head') else 'no'}.",
         "",
         "EM = exact match in %. FP = agent-forward-passes per problem. Grid cells run the swarm with N agents "
         "per round and R refinement rounds; majority / score-weighted / value columns re-vote the same "
@@ -105,6 +105,70 @@ def answer_level_markdown(report: dict) -> list[str]:
     return lines
 
 
+def step_level_markdown(level: dict) -> list[str]:
+    """The step swarm at each N against greedy and the compute-matched controls, and the checker's ranking."""
+    lv = f"{level['bootstrap']['level']:.0%}"
+    lines = [
+        "",
+        f"Step-level swarm config: `{json.dumps(level['steps_config'])}`; learned checker: "
+        f"{'yes' if level['checker'] else 'no'}.",
+        "",
+        "EM = exact match of the final answer line in %. FP = forward passes per problem (generator and checker "
+        "rows; a prefill counts once), GFLOP per problem in brackets. Controls get, per problem, the step "
+        "swarm's own forward passes: 'indep. + majority' = independent full scratchpads + plurality vote over "
+        "their answers; 'indep. + checker' = the same budget, each sample also read by the same checker "
+        "(charged), vote weighted by the product of its step probabilities; 'best-of-N (checker)' = the sample "
+        "with the highest product; pass@N = one of the first N samples is right; coverage = one of all samples "
+        f"drawn at the budget is right. Differences in EM points with paired bootstrap {lv} CIs over problems; "
+        "p (Holm) over the two primary comparisons.",
+    ]
+    for name, b in level["buckets"].items():
+        g = b["greedy"]
+        lines += [
+            "",
+            f"## Difficulty {name} ({b['problems']} problems): greedy EM {_pct(g['greedy'])} at "
+            f"{g['forward_passes']:.1f} FP ({g['flops'] / 1e9:.3f} GFLOP)",
+            "",
+            "| N | step swarm | FP (GFLOP) | backtracks | indep. + majority | FP (GFLOP) | indep. + checker "
+            "| best-of-N (checker) | FP (GFLOP) | pass@N | coverage |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in b["grid"]:
+            lines.append(
+                f"| {row['agents']} | {_pct(row['step_swarm'])} | {row['forward_passes']:.1f} ({row['flops'] / 1e9:.3f}) "
+                f"| {row['backtracks']:.2f} | {_pct(row['independent_majority'])} "
+                f"| {row['independent_forward_passes']:.1f} ({row['independent_flops'] / 1e9:.3f}) "
+                f"| {_pct(row['independent_checker'])} | {_pct(row['best_of_n_checker'])} "
+                f"| {row['independent_checker_forward_passes']:.1f} ({row['independent_checker_flops'] / 1e9:.3f}) "
+                f"| {_pct(row['pass_at_n'])} | {_pct(row['coverage'])} |"
+            )
+            for key, value in row.items():
+                if key.startswith("step_swarm_") and not key.endswith("forward_passes"):
+                    vote = key.removeprefix("step_swarm_")
+                    lines.append(
+                        f"|  | {vote} vote: {_pct(value)} | {row[key + '_forward_passes']:.1f} |  |  |  |  |  |  |  |  |"
+                    )
+        lines += ["", "| comparison | N | Δ EM points [CI] | p (Holm) |", "|---|---|---|---|"]
+        for c in b["comparisons"]:
+            p = f"{c['p_holm']:.3f}" if "p_holm" in c else "—"
+            lines.append(f"| {c['comparison']} | {c['agents']} | {_ci(c)} | {p} |")
+    lines += [
+        "",
+        "Ranking the proposals of one step (the swarm's own proposals, oracle labels; mean within-group AUROC, "
+        "0.5 = chance; 'vote wrong' = groups whose plurality winner is wrong while a right proposal is present):",
+        "",
+        "| N | scorer | AUROC within | groups | AUROC vote wrong | groups |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, ranking in level["ranking"].items():
+        for scorer, r in ranking.items():
+            lines.append(
+                f"| {n} | {scorer} | {_num(r['auc_within'])} | {r['groups']} | {_num(r['auc_vote_wrong'])} "
+                f"| {r['groups_vote_wrong']} |"
+            )
+    return lines
+
+
 def targets_markdown(targets: list[dict]) -> list[str]:
     if not targets:
         return []
@@ -132,6 +196,8 @@ def markdown(report: dict) -> str:
     lines = _header(report)
     if "answer_level" in report:
         lines += answer_level_markdown({**report, **report["answer_level"]})
+    if "step_level" in report:
+        lines += step_level_markdown(report["step_level"])
     lines += targets_markdown(report.get("targets", []))
     return "\n".join(lines) + "\n"
 
@@ -197,6 +263,41 @@ def output_dir(checkpoint: str | Path, out_dir: str | Path | None = None) -> Pat
     return (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / "swarm_eval"
 
 
+def plot_step_level(report: dict, path: Path) -> None:
+    """Exact match vs forward passes per problem (first difficulty bucket): the step swarm and each control."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name, b = next(iter(report["step_level"]["buckets"].items()))
+    rows = b["grid"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = [
+        ("step swarm", "forward_passes", "step_swarm", "o-"),
+        ("indep. + majority", "independent_forward_passes", "independent_majority", "s--"),
+        ("indep. + checker", "independent_checker_forward_passes", "independent_checker", "^--"),
+        ("best-of-N (checker)", "independent_checker_forward_passes", "best_of_n_checker", "v:"),
+    ]
+    for label, fp, em, style in series:
+        pts = [(r[fp], 100 * r[em]) for r in rows if not math.isnan(r[em])]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+    g = b["greedy"]
+    ax.plot([g["forward_passes"]], [100 * g["greedy"]], "k*", markersize=12, label="greedy")
+    for r in rows:
+        ax.annotate(f"N={r['agents']}", (r["forward_passes"], 100 * r["step_swarm"]), fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("forward passes per problem (generator + checker)")
+    ax.set_ylabel("exact match (%)")
+    ax.set_title(f"{report['task']['name']} {name}: {report['n_test']} {report['split']} problems")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_report(report: dict[str, Any], out_dir: Path) -> Path:
     """Write ``results.json``, ``results.md`` and the plot(s) into ``out_dir``; returns ``out_dir``."""
     from moe_swarm.atomic import atomic_write_text
@@ -206,4 +307,6 @@ def write_report(report: dict[str, Any], out_dir: Path) -> Path:
     atomic_write_text(out_dir / "results.md", markdown(report))
     if "answer_level" in report:
         plot_answer_level(report, out_dir / "em_vs_forward_passes.png")
+    if "step_level" in report:
+        plot_step_level(report, out_dir / "steps_em_vs_forward_passes.png")
     return out_dir

@@ -1,7 +1,10 @@
 """Swarm test-time reasoning on top of ``moe_swarm.model`` (plain PyTorch: no Lightning, Hydra or gRPC).
 
-Agents (rows of one batched decode with their own temperature, router noise, top-k and seed) propose
-answers, records go to a shared ThoughtBuffer, a score (log-likelihood and/or value head) weights a
+The step-level swarm (``StepSwarm``) has N agents propose each step of one shared, KV-cached
+trajectory, votes on canonical steps (plurality, likelihood or a learned ``StepChecker``), commits the
+winner and backtracks on split votes or failed checks. The answer-level solver (``SwarmSolver``) is
+kept as a baseline: agents (rows of one batched decode with their own temperature, router noise,
+top-k and seed) propose answers, records go to a shared ThoughtBuffer, a score (log-likelihood and/or value head) weights a
 vote, agents are resampled by score, and problems stop when the vote share passes a threshold.
 See docs/swarm.md.
 """
@@ -16,6 +19,7 @@ from moe_swarm.swarm.baselines import (
     summarise_results,
 )
 from moe_swarm.swarm.buffer import ThoughtBuffer, ThoughtRecord
+from moe_swarm.swarm.checker import StepChecker, checker_loss, encode_steps, within_group_auc
 from moe_swarm.swarm.compute import ModelCost
 from moe_swarm.swarm.config import SwarmConfig
 from moe_swarm.swarm.outcomes import ANSWER_OUTCOMES, answer_outcomes, outcome_table
@@ -29,13 +33,28 @@ from moe_swarm.swarm.solver import (
     normalise_thoughts,
     score_weights,
 )
-from moe_swarm.swarm.state import SWARM_STATE_KEY, load_swarm_state, save_swarm_state, swarm_state_dict
+from moe_swarm.swarm.state import (
+    SWARM_STATE_KEY,
+    load_step_checker,
+    load_swarm_state,
+    save_swarm_state,
+    step_swarm_state,
+    swarm_state_dict,
+)
 from moe_swarm.swarm.statistics import (
     holm_adjust,
     mean_of_defined,
     paired_bootstrap_ci,
     ranking_auc,
     two_level_bootstrap_ci,
+)
+from moe_swarm.swarm.steps import (
+    StepProposal,
+    StepRollouts,
+    StepSwarm,
+    StepSwarmConfig,
+    StepSwarmResult,
+    collect_step_rollouts,
 )
 from moe_swarm.swarm.value import ValueHead, fit_value_head, group_relative_advantages, value_loss
 from moe_swarm.swarm.voting import VoteResult, vote
@@ -83,4 +102,16 @@ __all__ = [
     "ranking_auc",
     "two_level_bootstrap_ci",
     "summarise_results",
+    "StepChecker",
+    "checker_loss",
+    "encode_steps",
+    "within_group_auc",
+    "load_step_checker",
+    "step_swarm_state",
+    "StepProposal",
+    "StepRollouts",
+    "StepSwarm",
+    "StepSwarmConfig",
+    "StepSwarmResult",
+    "collect_step_rollouts",
 ]

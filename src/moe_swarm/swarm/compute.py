@@ -61,6 +61,19 @@ class ModelCost:
             n_layers=model.cfg.n_layers,
         )
 
+    def decode_flops(self, context: Tensor, fed: Tensor) -> Tensor:
+        """FLOPs per row (float64) of feeding ``fed`` tokens one by one after ``context`` cached positions
+        (a step decoded from a shared KV-cached prefix: no prefill; every fed token runs the body and
+        the output head and attends to all earlier positions)."""
+        context, fed = context.to(torch.int64), fed.to(torch.int64)
+        keys = fed * context + fed * (fed + 1) // 2
+        flops = (
+            2 * self.body_params * fed
+            + 2 * self.vocab_size * self.d_model * fed
+            + 4 * self.n_layers * self.d_model * keys
+        )
+        return flops.to(torch.float64)
+
     def row_flops(self, context: Tensor, lengths: Tensor, top_k: Tensor | None = None) -> Tensor:
         """FLOPs per row (float64). ``context``: P per row; ``lengths``: L per row; ``top_k``: per-row
         router k (0 or None = the model's own k)."""

@@ -267,24 +267,33 @@ def answer_level_report(runs: AnswerLevelRuns, grid: GridSettings, boot: Bootstr
     }
 
 
-def check_targets(report: dict, targets: dict) -> list[dict[str, Any]]:
+def check_targets(level: dict, targets: dict) -> list[dict[str, Any]]:
     """The configured accuracy targets, each with the measured difference, its CI and whether it was met.
 
     A target ``swarm - X >= margin`` is met when the point estimate reaches the margin *and* the whole CI
-    is above 0. The bucket is the first difficulty with greedy EM in ``[mid_low, mid_high]``.
+    is above 0. The bucket is the first difficulty with greedy EM in ``[mid_low, mid_high]``; the cell is
+    the reference cell (answer level) or the largest N (step level).
     """
-    buckets = report["buckets"]
+    buckets = level["buckets"]
+    steps = "steps_config" in level
     names = [k for k in buckets if k != "all" or len(buckets) == 1]
-    mid = [k for k in names if targets["mid_low"] <= buckets[k]["greedy"]["swarm"] <= targets["mid_high"]]
+    greedy_key = "greedy" if steps else "swarm"
+    mid = [k for k in names if targets["mid_low"] <= buckets[k]["greedy"][greedy_key] <= targets["mid_high"]]
     bucket = mid[0] if mid else next(iter(buckets))
     note = "" if mid else f"no difficulty has greedy EM in [{targets['mid_low']}, {targets['mid_high']}]"
-    n, r = report["reference"]["agents"], report["reference"]["rounds"]
+    comps = buckets[bucket]["comparisons"]
+    if steps:
+        where = {"agents": max(c["agents"] for c in comps)}
+        pairs = (
+            ("step_swarm - greedy", "greedy_margin"),
+            ("step_swarm - independent_majority", "independent_margin"),
+        )
+    else:
+        where = dict(level["reference"])
+        pairs = (("swarm - greedy", "greedy_margin"), ("swarm - independent_majority", "independent_margin"))
     out = []
-    for name, margin_key in (
-        ("swarm - greedy", "greedy_margin"),
-        ("swarm - independent_majority", "independent_margin"),
-    ):
-        c = find_comparison(buckets[bucket]["comparisons"], name, agents=n, rounds=r)
+    for name, margin_key in pairs:
+        c = find_comparison(comps, name, **where)
         if c is None:
             continue
         margin = float(targets[margin_key])
@@ -292,9 +301,10 @@ def check_targets(report: dict, targets: dict) -> list[dict[str, Any]]:
             {
                 "target": f"{name} >= {100 * margin:.0f} points, CI above 0",
                 "bucket": bucket,
-                "at": f"N={n}, R={r}",
+                "at": ", ".join(f"{k}={v}" for k, v in where.items()),
                 "measured": c["diff"],
                 "ci": [c["low"], c["high"]],
+                "p_holm": c.get("p_holm"),
                 "threshold": margin,
                 "met": bool(c["diff"] >= margin and c["low"] > 0),
                 "note": note,

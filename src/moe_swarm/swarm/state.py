@@ -3,7 +3,8 @@
 The state is a dict of builtins and tensors only, so ``torch.load(weights_only=True)`` reads it:
 
     {"format": "moe_swarm.swarm_state", "version": 1, "cfg": {...},
-     "value_head": None | {"config": {"d_model": .., "hidden": ..}, "state_dict": {...}}}
+     "value_head": None | {"config": {"d_model": .., "hidden": ..}, "state_dict": {...}},
+     "step_swarm": {...StepSwarmConfig} (optional), "step_checker": None | StepChecker.state() (optional)}
 
 It can be its own file, or a key (default ``"swarm_state"``) inside a Lightning checkpoint dict.
 """
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import torch
 
+from moe_swarm.swarm.checker import StepChecker
 from moe_swarm.swarm.config import SwarmConfig
+from moe_swarm.swarm.steps import StepSwarmConfig
 from moe_swarm.swarm.value import ValueHead
 
 SWARM_STATE_KEY = "swarm_state"
@@ -33,6 +36,31 @@ def swarm_state_dict(value_head: ValueHead | None, cfg: SwarmConfig) -> dict:
             "state_dict": {k: v.detach().cpu().clone() for k, v in value_head.state_dict().items()},
         }
     return {"format": STATE_FORMAT, "version": STATE_VERSION, "cfg": cfg.to_dict(), "value_head": head}
+
+
+def step_swarm_state(
+    checker: StepChecker | None, steps: StepSwarmConfig, cfg: SwarmConfig | None = None
+) -> dict:
+    """A swarm state that carries the step checker and the step-swarm config (and an answer-level config)."""
+    state = swarm_state_dict(None, cfg or SwarmConfig())
+    state["step_swarm"] = steps.to_dict()
+    state["step_checker"] = checker.state() if checker is not None else None
+    return state
+
+
+def load_step_checker(
+    path_or_dict: str | os.PathLike | dict,
+    key: str = SWARM_STATE_KEY,
+    map_location: str | torch.device = "cpu",
+) -> tuple[StepChecker | None, StepSwarmConfig | None]:
+    """``(step checker or None, step-swarm config or None)`` from a swarm state (file, dict or checkpoint)."""
+    state = _read_state(path_or_dict, key, map_location, True)
+    steps = state.get("step_swarm")
+    checker = state.get("step_checker")
+    return (
+        StepChecker.from_state(checker, map_location) if checker is not None else None,
+        StepSwarmConfig.from_dict(dict(steps)) if steps is not None else None,
+    )
 
 
 def save_swarm_state(
@@ -56,15 +84,7 @@ def save_swarm_state(
     return state
 
 
-def load_swarm_state(
-    path_or_dict: str | os.PathLike | dict,
-    key: str = SWARM_STATE_KEY,
-    map_location: str | torch.device = "cpu",
-    weights_only: bool = True,
-) -> tuple[ValueHead | None, SwarmConfig]:
-    """Read ``(value_head or None, cfg)`` from a swarm-state file or dict, or from ``[key]`` of a
-    checkpoint file or dict. ``weights_only=False`` is only for trusted checkpoints that hold
-    arbitrary Python objects (it runs pickle)."""
+def _read_state(path_or_dict, key: str, map_location, weights_only: bool) -> dict:
     if isinstance(path_or_dict, dict):
         obj = path_or_dict
         where = "the given dict"
@@ -92,6 +112,19 @@ def load_swarm_state(
         raise ValueError(
             f"swarm state version {state.get('version')} is not supported (expected {STATE_VERSION})"
         )
+    return state
+
+
+def load_swarm_state(
+    path_or_dict: str | os.PathLike | dict,
+    key: str = SWARM_STATE_KEY,
+    map_location: str | torch.device = "cpu",
+    weights_only: bool = True,
+) -> tuple[ValueHead | None, SwarmConfig]:
+    """Read ``(value_head or None, cfg)`` from a swarm-state file or dict, or from ``[key]`` of a
+    checkpoint file or dict. ``weights_only=False`` is only for trusted checkpoints that hold
+    arbitrary Python objects (it runs pickle)."""
+    state = _read_state(path_or_dict, key, map_location, weights_only)
     cfg = SwarmConfig.from_dict(dict(state["cfg"]))
     head = None
     if state.get("value_head") is not None:

@@ -1,0 +1,256 @@
+"""The step-level swarm: KV-cache reuse, compute accounting, voting, backtracking, the step checker, and
+moe-swarm-swarm-train / moe-swarm-swarm-eval with mode=steps on a real tiny scratchpad checkpoint."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_MUL_BASE, compose_cfg
+
+from moe_swarm.checkpoint import load_checkpoint
+from moe_swarm.data import ByteTokenizer, get_task
+from moe_swarm.model import MoEConfig, MoETransformer, TransformerConfig
+from moe_swarm.model.transformer import KVCache
+from moe_swarm.swarm import (
+    StepChecker,
+    StepSwarm,
+    StepSwarmConfig,
+    ThoughtBuffer,
+    collect_step_rollouts,
+    encode_steps,
+    load_step_checker,
+)
+from moe_swarm.swarm.checker import score_completions
+
+TOK = ByteTokenizer()
+TASK = get_task("mul", digits_a=2, digits_b=1, scratchpad=True)
+
+
+def tiny(seed: int = 0) -> MoETransformer:
+    torch.manual_seed(seed)
+    cfg = TransformerConfig(
+        d_model=32, n_layers=2, n_heads=4, max_seq_len=96, moe=MoEConfig(num_experts=4, d_ff=32)
+    )
+    return MoETransformer(cfg).eval()
+
+
+def teacher_forced_mean_logprob(model, ids: list[int], step_ids: list[int]) -> float:
+    """Mean log-prob of ``step_ids`` after ``ids``, from one full forward without any cache."""
+    seq = torch.tensor([ids + step_ids])
+    logp = model(seq).logits[0].float().log_softmax(-1)
+    lps = [logp[len(ids) - 1 + i, t] for i, t in enumerate(step_ids)]
+    return float(sum(lps) / len(lps))
+
+
+def test_proposals_from_the_shared_cache_equal_a_full_recompute():
+    model = tiny()
+    problems = TASK.generate("train", 3, seed=0)
+    cfg = StepSwarmConfig(
+        num_agents=4, wave_agents=4, commit_share=2.0, max_backtracks=0, max_step_tokens=8, max_steps=3
+    )
+    results = StepSwarm(model, cfg, TOK, TASK).solve([p.prompt for p in problems])
+    checked = 0
+    for p, r in zip(problems, results):
+        assert len(r.committed) == len(r.steps) and [c.step for c in r.committed] == r.steps
+        for prop, prefix in zip(r.proposals, r.prefixes):
+            ids = TOK.encode(p.prompt, bos=True) + [t for c in r.committed[: len(prefix)] for t in c.tokens]
+            assert len(prop.tokens) == prop.num_tokens
+            assert prop.logprob == pytest.approx(
+                teacher_forced_mean_logprob(model, ids, prop.tokens), abs=1e-4
+            )
+            checked += 1
+    assert checked == sum(len(r.proposals) for r in results) > 12
+
+
+def test_compute_is_counted_and_batching_does_not_change_results():
+    model = tiny(1)
+    prompts = [p.prompt for p in TASK.generate("train", 4, seed=1)]
+    cfg = StepSwarmConfig(num_agents=8, wave_agents=4, commit_share=0.6, max_step_tokens=8, max_steps=4)
+    buffer = ThoughtBuffer()
+    together = StepSwarm(model, cfg, TOK, TASK, buffer=buffer).solve(prompts)
+    alone = [StepSwarm(model, cfg, TOK, TASK).solve([q])[0] for q in prompts]
+    assert len(buffer) == sum(len(r.proposals) for r in together)
+    for a, b, q in zip(together, alone, prompts):
+        assert a.completion == b.completion and a.forward_passes == b.forward_passes
+        prompt_len = len(TOK.encode(q, bos=True))
+        assert a.forward_passes == 1 + sum(
+            p.num_tokens for p in a.proposals
+        )  # prefill + every fed step token
+        assert a.tokens_processed == prompt_len + sum(p.num_tokens for p in a.proposals)
+        assert a.flops > 0 and a.checker_evaluations == 0
+        assert len(a.shares) == len(a.steps) and all(0 < s <= 1 for s in a.shares)
+
+
+def test_split_votes_backtrack_a_bounded_number_of_times():
+    model = tiny(2)
+    prompts = [p.prompt for p in TASK.generate("train", 2, seed=2)]
+    never_confident = StepSwarmConfig(
+        num_agents=4, wave_agents=4, confident_share=1.01, max_backtracks=3, max_step_tokens=8, max_steps=3
+    )
+    for r in StepSwarm(model, never_confident, TOK, TASK).solve(prompts):
+        assert r.backtracks == 3
+        assert {p.attempt for p in r.proposals} >= {0, 1}
+    with pytest.raises(ValueError, match="needs a trained StepChecker"):
+        StepSwarm(model, StepSwarmConfig(vote="checker"), TOK, TASK)
+    with pytest.raises(ValueError, match="wave_agents"):
+        StepSwarmConfig(num_agents=2, wave_agents=4)
+    with pytest.raises(ValueError, match="unknown StepSwarmConfig keys"):
+        StepSwarmConfig.from_dict({"agents": 3})
+
+
+def test_checker_scores_a_step_alike_from_its_cache_and_from_the_whole_text():
+    model = tiny(3)
+    checker = StepChecker(tiny(4), hidden=16).eval()
+    prompt, steps = "74*3=", ["4*3+0=12", "7*3+1=22"]
+    context = TOK.encode(prompt, bos=True) + TOK.encode(steps[0] + "\n")
+    cache = KVCache(checker.model.cfg, 1, len(context) + 16, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        checker.model(torch.tensor([context]), cache=cache, last_only=True)
+    step = TOK.encode(steps[1] + "\n")
+    chunk = checker.score_chunk(cache, torch.tensor([step]), torch.tensor([len(step)]))
+    full = score_completions(checker, TOK, prompt, ["\n".join(steps) + "\n=222"])[0]
+    idx, mask, starts, ends = encode_steps(TOK, [prompt + steps[0] + "\n"], [steps[1]], [False], 96)
+    with torch.no_grad():
+        forced = torch.sigmoid(checker.score_sequences(idx, mask, starts, ends))
+    assert len(full) == 3 and float(chunk[0]) == pytest.approx(full[1], abs=1e-5)
+    assert float(forced[0]) == pytest.approx(full[1], abs=1e-5)
+    swarm = StepSwarm(
+        model,
+        StepSwarmConfig(num_agents=4, wave_agents=2, vote="checker", max_step_tokens=8, max_steps=3),
+        TOK,
+        TASK,
+        checker,
+    )
+    r = swarm.solve([prompt])[0]
+    assert r.checker_evaluations == len(r.proposals) and all(0 <= p.checker <= 1 for p in r.proposals)
+    assert r.forward_passes == 2 + sum(p.num_tokens + 1 for p in r.proposals)  # two prefills, decode + check
+
+
+def test_rollout_labels_come_from_the_step_oracle():
+    model = tiny(5)
+    problems = TASK.generate("train", 4, seed=3)
+    cfg = StepSwarmConfig(
+        num_agents=4, wave_agents=4, commit_share=2.0, max_backtracks=0, max_step_tokens=8, max_steps=4
+    )
+    ro = collect_step_rollouts(StepSwarm(model, cfg, TOK, TASK), problems, TASK)
+    assert len(ro) == len(ro.contexts) == len(ro.steps) == int(ro.prefix_ok.numel())
+    for i in range(len(ro)):
+        problem = next(p for p in problems if ro.contexts[i].startswith(p.prompt))
+        prefix = ro.contexts[i][len(problem.prompt) :].split("\n")[:-1]  # context = prompt + "step\n" each
+        assert bool(ro.labels[i]) == TASK.step_is_correct(problem, prefix, ro.steps[i])
+        assert bool(ro.prefix_ok[i]) == (TASK.next_step(problem, prefix) is not None)
+    assert not bool(ro.labels[~ro.prefix_ok].any())  # nothing after a wrong step is right
+
+
+# ------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def checker_run(tmp_path_factory) -> dict:
+    from moe_swarm.swarm_train import swarm_train
+    from moe_swarm.train import train
+
+    runs = tmp_path_factory.mktemp("steps")
+    base = [
+        *TINY_MUL_BASE,
+        "data.task_kwargs.scratchpad=true",
+        "model.max_seq_len=48",
+        "module.eval_max_new_tokens=24",
+        "trainer.max_steps=150",
+        "trainer.val_check_interval=150",
+        "run_id=steps-base",
+    ]
+    ckpt = Path(train(compose_cfg("train", base, runs))["checkpoint"])
+    summary = swarm_train(
+        compose_cfg(
+            "swarm_train",
+            [
+                f"checkpoint={ckpt}",
+                "swarm_objective=step_checker",
+                "run_id=steps-checker",
+                "data.n_train=24",
+                "data.n_val=4",
+                "data.batch_size=32",
+                "data.rollout.num_agents=4",
+                "data.rollout.wave_agents=4",
+                "data.rollout.max_step_tokens=10",
+                "trainer.max_steps=20",
+                "trainer.val_check_interval=20",
+                "trainer.enable_progress_bar=false",
+                "validate_before_fit=false",
+            ],
+            runs,
+        )
+    )
+    return {"base": ckpt, "summary": summary, "runs": runs}
+
+
+def test_step_checker_training_writes_a_loadable_checker(checker_run):
+    s = checker_run["summary"]
+    assert s["status"] == "succeeded" and s["objective"] == "StepCheckerModule" and s["global_step"] == 20
+    assert {"val/checker_loss", "val/logprob_auc_within", "train/loss"} <= set(s["metrics"])
+    loaded = load_checkpoint(s["checkpoint"])
+    base = load_checkpoint(checker_run["base"])
+    assert loaded.task == base.task and loaded.task["kwargs"]["scratchpad"] is True
+    for a, b in zip(loaded.model.state_dict().values(), base.model.state_dict().values()):
+        assert torch.equal(a, b)  # the generator is frozen; only the checker trains
+    checker, steps = load_step_checker(s["checkpoint"])
+    assert isinstance(checker, StepChecker) and steps == StepSwarmConfig.from_dict(s["swarm"])
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(checker.model.state_dict().values(), base.model.state_dict().values())
+    ]
+    assert any(changed), "the checker's own copy of the backbone is fine-tuned"
+
+
+def test_step_level_eval_reports_swarm_controls_and_targets(checker_run, tmp_path):
+    from moe_swarm.swarm_eval import run_eval
+
+    out = tmp_path / "eval"
+    args = [
+        f"checkpoint={checker_run['summary']['checkpoint']}",
+        "mode=steps",
+        "split=train",
+        "n_test=6",
+        "step_level.agents=[2,4]",
+        "step_level.max_new_tokens=24",
+        "steps.wave_agents=2",
+        "steps.max_step_tokens=10",
+        "bootstrap.samples=200",
+        f"out_dir={out}",
+    ]
+    report = run_eval(compose_cfg("swarm_eval", args, tmp_path))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["mode"] == "steps" and saved["step_level"]["checker"] is True
+    bucket = next(iter(saved["step_level"]["buckets"].values()))
+    assert [row["agents"] for row in bucket["grid"]] == [2, 4]
+    for row in bucket["grid"]:
+        for key in (
+            "step_swarm",
+            "independent_majority",
+            "independent_checker",
+            "best_of_n_checker",
+            "pass_at_n",
+        ):
+            assert 0.0 <= row[key] <= 1.0, key
+        assert row["coverage"] >= row["pass_at_n"] - 1e-12
+        assert abs(row["independent_forward_passes"] - row["forward_passes"]) <= row["forward_passes"]
+        assert "step_swarm_plurality" in row
+    names = {c["comparison"] for c in bucket["comparisons"]}
+    assert {
+        "step_swarm - greedy",
+        "step_swarm - independent_majority",
+        "step_swarm - independent_checker",
+    } <= names
+    primary = [c for c in bucket["comparisons"] if "p_holm" in c]
+    assert len(primary) == 4 and all(c["p_holm"] >= c["p_value"] for c in primary)
+    assert {t["target"].split(" >=")[0] for t in saved["targets"]} == {
+        "step_swarm - greedy",
+        "step_swarm - independent_majority",
+    }
+    assert (out / "steps_em_vs_forward_passes.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Step-level swarm config" in (out / "results.md").read_text()
+    assert report["written_to"] == str(out)
+    ranking = saved["step_level"]["ranking"]["4"]
+    assert set(ranking) == {"checker", "logprob"}
+    assert all(math.isnan(r["auc_within"]) or 0 <= r["auc_within"] <= 1 for r in ranking.values())
