@@ -454,6 +454,39 @@ def test_auth_on_requires_a_valid_bearer_token(tmp_path, monkeypatch):
         assert "MOE_SWARM_TOKENS" not in env
 
 
+def test_scoped_tokens_are_limited_to_their_scopes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOE_SWARM_TOKENS", "reader-token-0123456789abcdef:read,full-token-0123456789abcdef")
+    settings = make_settings(tmp_path, auth__enabled=True)
+    with BackgroundServer(settings) as srv:
+        conn = Conn(srv.address)
+        reader = (("authorization", "Bearer reader-token-0123456789abcdef"),)
+        full = (("authorization", "Bearer full-token-0123456789abcdef"),)
+        info = conn.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=reader, timeout=10)
+        assert list(info.caller_scopes) == ["read"]
+        assert list(conn.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=full, timeout=10).caller_scopes) == [
+            "read", "train", "infer"]  # fmt: skip
+        assert conn.stub.ListExperiments(pb.ListExperimentsRequest(), metadata=reader, timeout=10).experiments
+        for call, scope in [
+            (lambda m: conn.stub.StartTraining(pb.TrainRequest(config_path="quickstart"), metadata=m, timeout=10), "train"),
+            (lambda m: conn.stub.RunInference(pb.InferRequest(prompt="x"), metadata=m, timeout=10), "infer"),
+        ]:  # fmt: skip
+            with pytest.raises(grpc.RpcError) as err:
+                call(reader)
+            assert (
+                err.value.code() == C.PERMISSION_DENIED
+                and f"needs the '{scope}' scope" in err.value.details()
+            )
+        assert conn.stub.RunInference(pb.InferRequest(prompt="x", max_new_tokens=2, agents=2), metadata=full,
+                                      timeout=60).output is not None  # fmt: skip
+        conn.channel.close()
+    monkeypatch.setenv("MOE_SWARM_TOKENS", "bad-scope-token-0123456789abcdef:admin")
+    with (
+        pytest.raises(ValueError, match="unknown scope"),
+        BackgroundServer(make_settings(tmp_path / "b", auth__enabled=True)),
+    ):
+        pass
+
+
 def test_auth_off_accepts_calls_without_token(server):
     info = server.conn.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
     assert not info.auth_enabled

@@ -3,15 +3,24 @@
 Tokens come from an environment variable (comma-separated) and/or a file (one per line, ``#`` comments),
 are compared in constant time against every configured token, and are never logged. Auth can be switched
 off (``serve.auth.enabled=false``) for local use.
+
+Scopes: a token may be limited to some of ``read`` (jobs, logs, models, runs, experiments, server info),
+``train`` (start/cancel training, run benchmarks) and ``infer`` (inference, loading models) by writing
+``<token>:<scope>+<scope>``, e.g. ``3f9c...:read`` or ``3f9c...:read+infer``; a bare token has every
+scope. A call outside the token's scopes gets PERMISSION_DENIED naming the scope it needs.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hmac
+import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -20,9 +29,44 @@ from moe_swarm.serve.settings import AuthSettings
 
 log = logging.getLogger("moe_swarm.serve.auth")
 MIN_TOKEN_CHARS = 16
+SCOPES = ("read", "train", "infer")
+_SERVICE = "/mcp.MCPControl/"
+METHOD_SCOPES = {
+    **{_SERVICE + m: "train" for m in ("StartTraining", "CancelJob", "RunBenchmark")},
+    **{_SERVICE + m: "infer" for m in ("RunInference", "LoadModel")},
+}  # every other method (queries, reflection) needs "read"
+# The scopes of the token that authorised the current RPC (all scopes when auth is off).
+CALLER_SCOPES: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "caller_scopes", default=SCOPES
+)
 
 
-def load_tokens(settings: AuthSettings, environ: Mapping[str, str] | None = None) -> list[str]:
+@dataclass(frozen=True)
+class Token:
+    secret: str
+    scopes: tuple[str, ...] = SCOPES
+
+
+def parse_token(entry: str) -> Token:
+    """``<token>`` (every scope) or ``<token>:<scope>+<scope>``."""
+    secret, sep, scopes_text = entry.partition(":")
+    if not sep:
+        return Token(secret)
+    scopes = tuple(s for s in scopes_text.split("+") if s)
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or not scopes:
+        raise ValueError(
+            f"an auth token names unknown scope(s) {unknown or [scopes_text]}; write <token>:<scope>+<scope> "
+            f"with scopes from {', '.join(SCOPES)} (a bare token has every scope)"
+        )
+    return Token(secret, tuple(s for s in SCOPES if s in scopes))
+
+
+def required_scope(method: str) -> str:
+    return METHOD_SCOPES.get(method, "read")
+
+
+def load_tokens(settings: AuthSettings, environ: Mapping[str, str] | None = None) -> list[Token]:
     """Tokens from ``settings.token_env`` and ``settings.token_file``; raises when auth is on and none exist."""
     environ = os.environ if environ is None else environ
     tokens: list[str] = []
@@ -48,23 +92,44 @@ def load_tokens(settings: AuthSettings, environ: Mapping[str, str] | None = None
             f"auth is on but no token is configured: set the environment variable {settings.token_env} "
             "(comma-separated tokens) or serve.auth.token_file, or run with serve.auth.enabled=false for local use"
         )
-    short = [t for t in tokens if len(t) < MIN_TOKEN_CHARS]
+    parsed = [parse_token(t) for t in tokens]
+    short = [t for t in parsed if len(t.secret) < MIN_TOKEN_CHARS]
     if short:
         log.warning(
             "%d auth token(s) are shorter than %d characters; use long random tokens",
             len(short),
             MIN_TOKEN_CHARS,
         )
-    return tokens
+    return parsed
 
 
-def token_matches(presented: str, tokens: Iterable[str]) -> bool:
-    """Constant-time comparison against every token (no early exit on a match)."""
+def token_matches(presented: str, tokens: Iterable[Token | str]) -> Token | None:
+    """The matching token, compared in constant time against every token (no early exit on a match)."""
     given = presented.encode("utf-8")
-    matched = False
+    found = None
     for t in tokens:
-        matched |= hmac.compare_digest(given, t.encode("utf-8"))
-    return matched
+        tok = t if isinstance(t, Token) else Token(t)
+        if hmac.compare_digest(given, tok.secret.encode("utf-8")):
+            found = tok
+    return found
+
+
+def _with_scopes(behavior: Callable, scopes: tuple[str, ...]) -> Callable:
+    """Run ``behavior`` (coroutine or async generator) with :data:`CALLER_SCOPES` set."""
+
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        reset = CALLER_SCOPES.set(scopes)
+        try:
+            result = behavior(request, context)
+            if inspect.isasyncgen(result):
+                async for item in result:
+                    await context.write(item)
+                return None
+            return await result if inspect.isawaitable(result) else result
+        finally:
+            CALLER_SCOPES.reset(reset)
+
+    return wrapper
 
 
 def _deny(code: grpc.StatusCode, message: str) -> Callable:
@@ -81,7 +146,7 @@ def _deny(code: grpc.StatusCode, message: str) -> Callable:
 class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
     """Rejects RPCs without a valid bearer token with UNAUTHENTICATED (health checks are exempt)."""
 
-    def __init__(self, tokens: list[str], exempt_methods: Iterable[str] = ()) -> None:
+    def __init__(self, tokens: list[Token], exempt_methods: Iterable[str] = ()) -> None:
         if not tokens:
             raise ValueError("BearerAuthInterceptor needs at least one token")
         self._tokens = list(tokens)
@@ -112,9 +177,17 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.UNAUTHENTICATED,
                 "malformed authorization metadata: expected 'Bearer <token>'",
             ))  # fmt: skip
-        if not token_matches(token.strip(), self._tokens):
+        matched = token_matches(token.strip(), self._tokens)
+        if matched is None:
             return wrap_handler(handler, _deny(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "invalid token: check the token you were given for this server",
             ))  # fmt: skip
-        return handler
+        needed = required_scope(handler_call_details.method)
+        if needed not in matched.scopes:
+            return wrap_handler(handler, _deny(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this token has the scope(s) {'+'.join(matched.scopes)}; "
+                f"{handler_call_details.method.rsplit('/', 1)[-1]} needs the '{needed}' scope",
+            ))  # fmt: skip
+        return wrap_handler(handler, lambda b: _with_scopes(b, matched.scopes))

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 import moe_swarm
+from moe_swarm.serve.auth import CALLER_SCOPES
 from moe_swarm.serve.batching import DynamicBatcher
 from moe_swarm.serve.errors import RequestError, invalid_argument
 from moe_swarm.serve.jobs import JobManager
@@ -333,6 +334,7 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
             max_batch_size=b.max_batch_size,
             max_batch_delay_ms=b.max_delay_ms,
             grpc_version=f"{grpc.__version__} (python {sys.version.split()[0]})",
+            caller_scopes=list(CALLER_SCOPES.get()),
         )
 
     # ================================================================ experiments, runs, results

@@ -348,7 +348,7 @@ class RpcStats(_message.Message):
     def __init__(self, method: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., codes: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "torch_version", "device", "cuda_available", "cuda_device_count", "models", "running_jobs", "rpc_stats", "uptime_s", "auth_enabled", "tls_enabled", "batching_enabled", "max_batch_size", "max_batch_delay_ms", "grpc_version")
+    __slots__ = ("version", "torch_version", "device", "cuda_available", "cuda_device_count", "models", "running_jobs", "rpc_stats", "uptime_s", "auth_enabled", "tls_enabled", "batching_enabled", "max_batch_size", "max_batch_delay_ms", "grpc_version", "caller_scopes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TORCH_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -364,6 +364,7 @@ class ServerInfo(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     GRPC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CALLER_SCOPES_FIELD_NUMBER: _ClassVar[int]
     version: str
     torch_version: str
     device: str
@@ -379,7 +380,8 @@ class ServerInfo(_message.Message):
     max_batch_size: int
     max_batch_delay_ms: float
     grpc_version: str
-    def __init__(self, version: _Optional[str] = ..., torch_version: _Optional[str] = ..., device: _Optional[str] = ..., cuda_available: _Optional[bool] = ..., cuda_device_count: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., running_jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., rpc_stats: _Optional[_Iterable[_Union[RpcStats, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., auth_enabled: _Optional[bool] = ..., tls_enabled: _Optional[bool] = ..., batching_enabled: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., max_batch_delay_ms: _Optional[float] = ..., grpc_version: _Optional[str] = ...) -> None: ...
+    caller_scopes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., torch_version: _Optional[str] = ..., device: _Optional[str] = ..., cuda_available: _Optional[bool] = ..., cuda_device_count: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., running_jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., rpc_stats: _Optional[_Iterable[_Union[RpcStats, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., auth_enabled: _Optional[bool] = ..., tls_enabled: _Optional[bool] = ..., batching_enabled: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., max_batch_delay_ms: _Optional[float] = ..., grpc_version: _Optional[str] = ..., caller_scopes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListExperimentsRequest(_message.Message):
     __slots__ = ()
