@@ -378,13 +378,18 @@ class JobManager:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(event.wait(), WAKE_INTERVAL_S)
 
-    async def tail(self, job_id: str, follow: bool, tail_lines: int) -> AsyncIterator[tuple[int, str]]:
-        """(byte offset, text) chunks of the job's log; with ``follow`` until the job is finished."""
+    async def tail(
+        self, job_id: str, follow: bool, tail_lines: int, start: int = 0
+    ) -> AsyncIterator[tuple[int, str]]:
+        """(byte offset, text) chunks of the job's log from byte ``start`` (or its last ``tail_lines``
+        lines); with ``follow`` until the job is finished."""
         rec = self.get(job_id)
         if tail_lines < 0:
             raise invalid_argument(f"tail_lines={tail_lines} is negative; pass 0 (whole log) or N > 0")
+        if start < 0:
+            raise invalid_argument(f"offset={start} is negative; pass 0 (start of the log) or a byte offset")
         path = Path(rec.log_path or self.log_path(job_id))
-        offset = self._tail_offset(path, tail_lines) if tail_lines else 0
+        offset = self._tail_offset(path, tail_lines) if tail_lines else start
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while True:
             event = self._signal(job_id)

@@ -289,7 +289,9 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
     @streaming
     async def TailLogs(self, request: mcp_pb2.TailLogsRequest, context) -> AsyncIterator[mcp_pb2.LogChunk]:
         annotate(job_id=request.job_id)
-        async for offset, text in self.jobs.tail(request.job_id, request.follow, request.tail_lines):
+        async for offset, text in self.jobs.tail(
+            request.job_id, request.follow, request.tail_lines, request.offset
+        ):
             yield mcp_pb2.LogChunk(text=text, offset=offset)
 
     # ================================================================ models

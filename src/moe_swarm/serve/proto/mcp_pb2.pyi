@@ -249,14 +249,16 @@ class JobEvent(_message.Message):
     def __init__(self, type: _Optional[_Union[JobEvent.Type, str]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., time_unix: _Optional[float] = ...) -> None: ...
 
 class TailLogsRequest(_message.Message):
-    __slots__ = ("job_id", "follow", "tail_lines")
+    __slots__ = ("job_id", "follow", "tail_lines", "offset")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     TAIL_LINES_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     follow: bool
     tail_lines: int
-    def __init__(self, job_id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail_lines: _Optional[int] = ...) -> None: ...
+    offset: int
+    def __init__(self, job_id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail_lines: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class LogChunk(_message.Message):
     __slots__ = ("text", "offset")
