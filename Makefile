@@ -11,7 +11,7 @@ IMAGE ?= moe-swarm:0.1.0
 TORCH_INDEX_URL ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train swarm test test-fast bench bench-quick bench-serve serve lint format docker-build fly-deploy k8s-render k8s-apply clean
+.PHONY: help install train swarm swarm-study swarm-answers test test-fast bench bench-quick bench-serve serve lint format docker-build fly-deploy k8s-render k8s-apply clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -30,10 +30,27 @@ train: $(STAMP) ## run the main job on the CPU (experiment=quickstart); extra Hy
 
 SWARM_RUN ?= swarm
 RUNS := $(or $(MOE_SWARM_RUNS_DIR),runs)
-swarm: $(STAMP) ## base MoE (experiment=reasoning_swarm) -> value head -> swarm eval, in runs/$(SWARM_RUN)-*
-	$(BIN)/moe-swarm-train experiment=reasoning_swarm run_id=$(SWARM_RUN)-base trainer.enable_progress_bar=false $(ARGS)
-	$(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$(SWARM_RUN)-base/checkpoints/last.ckpt run_id=$(SWARM_RUN)-head trainer.enable_progress_bar=false
-	$(BIN)/moe-swarm-swarm-eval checkpoint=$(RUNS)/$(SWARM_RUN)-head/checkpoints/swarm.ckpt threads=1
+SWARM_FAMILY ?=
+SWARM_EXPERIMENT = reasoning_steps$(if $(SWARM_FAMILY),_$(SWARM_FAMILY))
+SWARM_TEST ?= 500
+swarm: $(STAMP) ## step-level swarm: scratchpad base (experiment=reasoning_steps) -> step checker -> eval vs controls, runs/<SWARM_RUN>-*
+	$(BIN)/moe-swarm-train experiment=$(SWARM_EXPERIMENT) run_id=$(SWARM_RUN)-base trainer.enable_progress_bar=false threads=1 $(ARGS)
+	$(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$(SWARM_RUN)-base/checkpoints/last.ckpt swarm_objective=step_checker run_id=$(SWARM_RUN)-checker trainer.enable_progress_bar=false threads=1
+	$(BIN)/moe-swarm-swarm-eval checkpoint=$(RUNS)/$(SWARM_RUN)-checker/checkpoints/swarm.ckpt mode=steps n_test=$(SWARM_TEST) threads=1
+
+swarm-study: $(STAMP) ## the step swarm, unchanged, on 3 base-model seeds x 3 families (mul, arith, reach); long
+	for fam in mul arith reach; do for seed in 1 2 3; do \
+	  exp=reasoning_steps; [ $$fam = mul ] || exp=reasoning_steps_$$fam; run=study-$$fam-s$$seed; \
+	  $(BIN)/moe-swarm-train experiment=$$exp seed=$$seed run_id=$$run-base trainer.enable_progress_bar=false threads=1 || exit 1; \
+	  $(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$$run-base/checkpoints/last.ckpt swarm_objective=step_checker run_id=$$run-checker trainer.enable_progress_bar=false threads=1 || exit 1; \
+	  $(BIN)/moe-swarm-swarm-eval checkpoint=$(RUNS)/$$run-checker/checkpoints/swarm.ckpt mode=steps n_test=$(SWARM_TEST) problem_seed=$$seed threads=1 || exit 1; \
+	done; done
+	$(BIN)/python -m moe_swarm.reporting.swarm_study $(RUNS)/study-*-checker/swarm_eval --out $(RUNS)/swarm-study
+
+swarm-answers: $(STAMP) ## answer-level baseline: base MoE (experiment=reasoning_swarm) -> value head -> swarm eval
+	$(BIN)/moe-swarm-train experiment=reasoning_swarm run_id=$(SWARM_RUN)-answers-base trainer.enable_progress_bar=false $(ARGS)
+	$(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$(SWARM_RUN)-answers-base/checkpoints/last.ckpt run_id=$(SWARM_RUN)-answers-head trainer.enable_progress_bar=false
+	$(BIN)/moe-swarm-swarm-eval checkpoint=$(RUNS)/$(SWARM_RUN)-answers-head/checkpoints/swarm.ckpt threads=1
 
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest $(ARGS)

@@ -493,7 +493,7 @@ class StepCheckerModule(L.LightningModule):
     ``model.`` (so the checkpoint is a model checkpoint), the checker under ``checker.``; the swarm
     state written with it carries the checker (``step_checker``) and the step-swarm config.
 
-    Validation reports, on val problems: ``val/checker_loss``; ``val/checker_auc_within`` (mean AUROC
+    Validation reports, on val problems: ``val/checker_loss`` (proposals after a right prefix); ``val/checker_auc_within`` (mean AUROC
     among the proposals of one step of one problem: what a checker-weighted vote needs) and
     ``val/checker_auc_vote_wrong`` (the same over groups whose plurality winner is wrong while a right
     proposal is present); the likelihood's ``val/logprob_auc_within`` / ``val/logprob_auc_vote_wrong``
@@ -558,6 +558,7 @@ class StepCheckerModule(L.LightningModule):
             "groups": ro.groups[rows],
             "vote_wrong": ro.vote_wrong[rows],
             "logprobs": ro.logprobs[rows],
+            "prefix_ok": ro.prefix_ok[rows],
         }
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -570,7 +571,9 @@ class StepCheckerModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         logits = self.checker.score_sequences(batch["idx"], batch["mask"], batch["starts"], batch["ends"])
-        self.val_loss.update(checker_loss(logits, batch["labels"]), weight=logits.shape[0])
+        ok = batch["prefix_ok"]
+        if bool(ok.any()):  # the loss it is trained on: proposals after a right prefix
+            self.val_loss.update(checker_loss(logits[ok], batch["labels"][ok]), weight=int(ok.sum()))
         self._val.append(
             (
                 torch.sigmoid(logits).float().cpu(),

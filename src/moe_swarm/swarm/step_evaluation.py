@@ -271,7 +271,14 @@ def step_level_report(
             "grid": rows,
             "comparisons": comparisons,
         }
+    per_problem = {"greedy": greedy["greedy"]}  # for multi-seed studies (two-level bootstrap)
+    for cell in cells:
+        n = cell["agents"]
+        per_problem[f"step_swarm@{n}"] = cell["swarm"]["step_swarm"]
+        for k in ("independent_majority", "independent_checker", "best_of_n_checker"):
+            per_problem[f"{k}@{n}"] = cell["control"][k]
     return {
+        "per_problem": per_problem,
         "steps_config": runs.steps.to_dict(),
         "checker": runs.checker is not None,
         "ranking": {str(c["agents"]): c["ranking"] for c in cells},
