@@ -153,3 +153,31 @@ def test_prefix_embeds_shift_context_and_cache_agrees():
     b = model.generate(prompt, 6, prefix_embeds=prefix, use_cache=False)
     assert torch.equal(a.tokens, b.tokens)
     assert model(prompt, prefix_embeds=prefix).logits.shape == (2, 5, 264)
+
+
+@pytest.mark.parametrize("decode", ["static", pytest.param("compiled", marks=pytest.mark.slow)])
+def test_static_and_compiled_decode_steps_give_the_eager_tokens(decode):
+    """The static-shape decode step (what compiles once / becomes a CUDA graph) decodes the same
+    tokens as the eager KV-cache path, greedy and for sampled agents with routing noise."""
+    model = tiny()
+    prompt = torch.randint(0, 256, (3, 7))
+    eager = model.generate(prompt, 12)
+    other = model.generate(prompt, 12, decode=decode)
+    assert torch.equal(other.tokens, eager.tokens)
+    torch.testing.assert_close(other.token_logprobs, eager.token_logprobs, atol=1e-4, rtol=1e-4)
+    routing = RoutingControl(noise_scale=torch.tensor([0.0, 2.0, 1.0]), seed=torch.tensor([0, 1, 2]))
+    kw = {"temperature": torch.tensor([0.0, 0.9, 0.9]), "seed": torch.tensor([5, 6, 7]), "routing": routing}
+    assert torch.equal(
+        model.generate(prompt, 12, decode=decode, **kw).tokens, model.generate(prompt, 12, **kw).tokens
+    )
+    with pytest.raises(ValueError, match="decode"):
+        model.generate(prompt, 2, decode="fast")
+
+
+def test_decode_sized_batches_take_the_gather_path_without_autograd():
+    pool = tiny().moe_layers[0].experts  # E=4, k=2
+    x = torch.randn(2, 32)
+    with torch.no_grad():
+        assert pool.resolve_dispatch(x, top_k=2) == "gather_bmm"  # 4 assignments <= 4 experts
+        assert pool.resolve_dispatch(torch.randn(3, 32), top_k=2) != "gather_bmm"
+    assert pool.resolve_dispatch(x, top_k=2) != "gather_bmm"  # training: sort + grouped GEMM

@@ -1,9 +1,13 @@
 """Suite ``generate``: decoding throughput of ``MoETransformer.generate``.
 
 Two side-by-side comparisons on one randomly initialised MoE model:
-- KV cache vs full recompute (``use_cache=False``) for one sequence, greedy, at each length;
+- KV cache vs full recompute (``use_cache=False``) for one sequence, greedy, at each length, with
+  the decode step run eagerly, as a static-shape step, compiled (``decode="compiled"``) and, on
+  CUDA, compiled into CUDA graphs (``decode="cudagraphs"``); every variant's tokens are checked
+  against recompute;
 - N swarm agents (own temperature, seed and routing noise per row) in ONE batched generate vs
-  the same N agents run one after another, both against one agent alone.
+  the same N agents run one after another, both against one agent alone (tokens/s for 1 and N).
+On CUDA the model is GPU-sized (the ``moe_large`` shape) in bf16.
 """
 
 from __future__ import annotations
@@ -34,8 +38,24 @@ class GenerateSetup:
     agent_new_tokens: int
 
 
-FULL = GenerateSetup(128, 4, 4, 256, 8, 2, prompt_len=16, new_tokens=(64, 256), agents=8, agent_new_tokens=64)
+FULL = GenerateSetup(
+    128, 4, 4, 256, 8, 2, prompt_len=16, new_tokens=(64, 256), agents=16, agent_new_tokens=64
+)
 QUICK = GenerateSetup(64, 2, 2, 64, 4, 2, prompt_len=8, new_tokens=(16, 32), agents=8, agent_new_tokens=16)
+# conf/model/moe_large.yaml's shape (gpu_h100/gpu_a100 experiments), for --device cuda.
+GPU = GenerateSetup(
+    1024, 12, 16, 1024, 16, 2, prompt_len=64, new_tokens=(256,), agents=16, agent_new_tokens=128
+)
+GPU_QUICK = GenerateSetup(
+    1024, 12, 16, 1024, 16, 2, prompt_len=64, new_tokens=(256,), agents=16, agent_new_tokens=64
+)
+
+
+def decode_modes(ctx: BenchContext) -> tuple[str, ...]:
+    """The KV-cached decode variants timed here; compiling costs ~30 s on a busy 2-core CPU."""
+    if ctx.device.type == "cuda":
+        return ("eager", "static", "compiled", "cudagraphs")
+    return ("eager", "static") if ctx.quick else ("eager", "static", "compiled")
 
 
 def build_model(ctx: BenchContext, setup: GenerateSetup) -> tuple[MoETransformer, torch.dtype]:
@@ -66,14 +86,17 @@ def dispatch_note(model: MoETransformer) -> str:
     """Which expert dispatch ``auto`` used in the timed calls (it can depend on the process's history)."""
     pool = model.moe_layers[0].experts
     probe = next(model.parameters()).new_zeros(1, model.cfg.d_model)
-    return f"experts dispatch: {pool.resolve_dispatch(probe)}"
+    with torch.no_grad():
+        return f"experts dispatch: {pool.resolve_dispatch(probe, model.cfg.moe.router.top_k)}"
 
 
-def _greedy_decoder(model: MoETransformer, prompt, n: int, use_cache: bool, outputs: dict, name: str):
+def _greedy_decoder(
+    model: MoETransformer, prompt, n: int, use_cache: bool, outputs: dict, name: str, decode: str = "eager"
+):
     """A call decoding ``n`` greedy tokens; it keeps its last tokens in ``outputs[name]``."""
 
     def call() -> None:
-        outputs[name] = model.generate(prompt, n, temperature=0.0, use_cache=use_cache).tokens
+        outputs[name] = model.generate(prompt, n, temperature=0.0, use_cache=use_cache, decode=decode).tokens
 
     return call
 
@@ -83,33 +106,44 @@ def bench_kv_cache(ctx: BenchContext, model: MoETransformer, setup: GenerateSetu
     prompt = torch.randint(0, 256, (1, setup.prompt_len), device=ctx.device)
     for n in setup.new_tokens:
         outputs: dict[str, torch.Tensor] = {}
-        times = time_interleaved(
-            {
-                "kv_cache": _greedy_decoder(model, prompt, n, True, outputs, "kv_cache"),
-                "recompute": _greedy_decoder(model, prompt, n, False, outputs, "recompute"),
-            },
-            repeats=ctx.repeats_or(full=3, quick=2),
-            warmup=1,
-            device=ctx.device,
-        )
-        agree = float((outputs["kv_cache"] == outputs["recompute"]).float().mean())
-        note = f"greedy tokens equal to recompute: {agree:.0%}; {dispatch_note(model)}"
+        candidates = {"recompute": _greedy_decoder(model, prompt, n, False, outputs, "recompute")}
+        for mode in decode_modes(ctx):
+            name = "kv_cache" if mode == "eager" else f"kv_{mode}"
+            candidates[name] = _greedy_decoder(model, prompt, n, True, outputs, name, decode=mode)
+        try:
+            times = time_interleaved(
+                candidates, repeats=ctx.repeats_or(full=3, quick=2), warmup=1, device=ctx.device
+            )
+        except Exception as exc:  # a compile backend that does not work here: keep the eager rows
+            broken = [k for k in candidates if k.startswith("kv_") and k not in ("kv_cache", "kv_static")]
+            ctx.report_problem(SUITE, f"new{n}/{','.join(broken)}", f"{type(exc).__name__}: {exc}", "failed")
+            for k in broken:
+                candidates.pop(k)
+            times = time_interleaved(
+                candidates, repeats=ctx.repeats_or(full=3, quick=2), warmup=1, device=ctx.device
+            )
+        agree = {k: float((v == outputs["recompute"]).float().mean()) for k, v in outputs.items()}
+        note = "greedy tokens equal to recompute: " + ", ".join(f"{k} {v:.0%}" for k, v in agree.items())
+        note += f"; {dispatch_note(model)} at 1 row"
         config = {**_base_config(setup, dtype), "new_tokens": n, "batch": 1}
         case = f"new{n}"
         tok_s = {k: [n / t for t in v] for k, v in times.items()}
         ref_metric = f"{SUITE}/{case}/recompute_tok_s"
         ref = median(tok_s["recompute"])
-        kv = median(tok_s["kv_cache"])
-        speedups = paired_ratios(times["recompute"], times["kv_cache"])
         common = {"higher_is_better": True, "config": config, "note": note}
-        rows += [
-            ctx.row(SUITE, f"{case}/recompute_tok_s", ref, "tok/s", reference=ref_metric,
-                    reference_value=ref, samples=tok_s["recompute"], **common),
-            ctx.row(SUITE, f"{case}/kv_cache_tok_s", kv, "tok/s", reference=ref_metric,
-                    reference_value=ref, samples=tok_s["kv_cache"], **common),
-            ctx.row(SUITE, f"{case}/kv_speedup", median(speedups), "x", reference=ref_metric, reference_value=1.0,
-                    samples=speedups, **common),
-        ]  # fmt: skip
+        rows.append(ctx.row(SUITE, f"{case}/recompute_tok_s", ref, "tok/s", reference=ref_metric,
+                            reference_value=ref, samples=tok_s["recompute"], **common))  # fmt: skip
+        for name in times:
+            if name == "recompute":
+                continue
+            speedups = paired_ratios(times["recompute"], times[name])
+            suffix = "" if name == "kv_cache" else name.removeprefix("kv")
+            rows += [
+                ctx.row(SUITE, f"{case}/{name}_tok_s", median(tok_s[name]), "tok/s", reference=ref_metric,
+                        reference_value=ref, samples=tok_s[name], **common),
+                ctx.row(SUITE, f"{case}/kv{suffix}_speedup", median(speedups), "x", reference=ref_metric,
+                        reference_value=1.0, samples=speedups, **common),
+            ]  # fmt: skip
     return rows
 
 
@@ -171,10 +205,15 @@ def bench_agents(ctx: BenchContext, model: MoETransformer, setup: GenerateSetup,
                 reference_value=seq_tok_s, higher_is_better=True, **base),
         ctx.row(SUITE, f"{case}/batched_tok_s", batched_tok_s, "tok/s", reference=seq_tok_metric,
                 reference_value=seq_tok_s, higher_is_better=True, **base),
+        ctx.row(SUITE, f"{case}/single_tok_s", n / (med["single"] / 1e3), "tok/s", reference=seq_tok_metric,
+                reference_value=seq_tok_s, higher_is_better=True, note="one agent alone", **base),
     ]  # fmt: skip
 
 
 def run(ctx: BenchContext) -> list[Row]:
-    setup = QUICK if ctx.quick else FULL
+    if ctx.device.type == "cuda":
+        setup = GPU_QUICK if ctx.quick else GPU
+    else:
+        setup = QUICK if ctx.quick else FULL
     model, dtype = build_model(ctx, setup)
     return bench_kv_cache(ctx, model, setup, dtype) + bench_agents(ctx, model, setup, dtype)

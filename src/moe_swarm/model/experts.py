@@ -72,14 +72,18 @@ class ExpertPool(nn.Module):
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, dispatch={self.dispatch}"
 
-    def resolve_dispatch(self, x: Tensor) -> str:
-        """The implementation ``auto`` stands for, given the input's device and dtype.
+    def resolve_dispatch(self, x: Tensor, top_k: int | None = None) -> str:
+        """The implementation ``auto`` stands for, given the input (and, if known, the router's k).
 
-        ``gather_bmm`` is never chosen automatically: on CPU it measured slower than grouped_mm
-        from 16 decode rows up (it copies every assignment's weights) and equal at one row.
+        Decode-sized batches without autograd (``N * k <= E`` assignments) take ``gather_bmm``: no
+        sort, no grouped-GEMM offsets, static shapes (CUDA-graph friendly); each assignment reads
+        one expert's weights, as the sorted path would. Larger batches sort: ``gather_bmm`` copies
+        every assignment's weights, which measured slower on CPU from 16 decode rows up.
         """
         if self.dispatch != "auto":
             return self.dispatch
+        if top_k is not None and not torch.is_grad_enabled() and x.shape[0] * top_k <= self.num_experts:
+            return "gather_bmm"
         dtype = compute_dtype(x)
         if _aligned_for_grouped_mm(dtype, self.d_model, self.d_ff) and grouped_mm_supported(
             x.device.type, dtype
@@ -95,7 +99,7 @@ class ExpertPool(nn.Module):
         ``x``: (N, d_model); ``indices``, ``weights``, ``keep``: (N, k). Assignments with
         ``keep == False`` are skipped (padding, capacity drops).
         """
-        impl = impl or self.resolve_dispatch(x)
+        impl = impl or self.resolve_dispatch(x, indices.shape[1])
         if impl == "gather_bmm":
             return self._gather_bmm(x, indices, weights)
         if impl == "reference_loop":

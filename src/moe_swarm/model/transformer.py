@@ -31,6 +31,7 @@ __all__ = [
     "sample_next",
 ]
 
+DECODE_MODES = ("eager", "static", "compiled", "cudagraphs")
 SAMPLING_STREAM = 0x5A17  # keeps sampling noise independent of the per-layer routing noise
 
 
@@ -99,6 +100,23 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=drop)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
+    def decode(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache, pos: Tensor) -> Tensor:
+        """One new token per row at position ``pos`` ((1,) int64), with static shapes.
+
+        Writes k/v in place at ``pos`` and attends over the whole preallocated cache with a mask,
+        so every step has the same shapes and no Python int changes: what lets the step compile once
+        (and be captured as a CUDA graph).
+        """
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        keys, values = cache.k[self.layer], cache.v[self.layer]
+        keys.index_copy_(2, pos, k.to(keys.dtype))
+        values.index_copy_(2, pos, v.to(values.dtype))
+        visible = (torch.arange(cache.max_len, device=x.device) <= pos)[None, :]  # (1, max_len)
+        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=visible)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
 
 class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig, layer: int) -> None:
@@ -122,6 +140,12 @@ class Block(nn.Module):
         else:
             y, aux = self.ffn(h), None
         return x + self.resid_drop(y), aux
+
+    def decode(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache, pos: Tensor, control) -> Tensor:
+        x = x + self.attn.decode(self.attn_norm(x), cos, sin, cache, pos)
+        h = self.ffn_norm(x)
+        y = self.ffn(h, None, control, compute_aux=False)[0] if self.is_moe else self.ffn(h)
+        return x + y
 
 
 @dataclass
@@ -257,6 +281,31 @@ class MoETransformer(nn.Module):
             )
         return ModelOutput(logits=logits, loss=loss, aux=aux, hidden=hidden)
 
+    def decode_step(
+        self, token: Tensor, pos: Tensor, cache: KVCache, routing: RoutingControl | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Logits (B, V) and final hidden state (B, d) for one new token per row at ``pos``.
+
+        ``token``: (B, 1); ``pos``: (1,) int64 absolute position (the cache must hold ``pos``
+        earlier positions). Static shapes and no host sync, so ``torch.compile`` traces it once;
+        ``cache.length`` is advanced by the caller.
+        """
+        x = self.embed(token)
+        cos = self.rope_cos.index_select(0, pos)[None, None]
+        sin = self.rope_sin.index_select(0, pos)[None, None]
+        control = routing.for_tokens(pos.expand(token.shape[0], 1)) if routing is not None else None
+        for block in self.blocks:
+            x = block.decode(x, cos, sin, cache, pos, control)
+        hidden = self.norm(x)[:, -1]
+        return self.lm_head(hidden), hidden
+
+    def compiled_decode_step(self, mode: str | None = None):
+        """``decode_step`` compiled once per mode (``"reduce-overhead"`` = CUDA graphs on CUDA)."""
+        cache = self.__dict__.setdefault("_compiled_decode", {})
+        if mode not in cache:
+            cache[mode] = torch.compile(self.decode_step, dynamic=False, mode=mode)
+        return cache[mode]
+
     @torch.no_grad()
     def generate(
         self,
@@ -270,14 +319,26 @@ class MoETransformer(nn.Module):
         pad_id: int = 256,
         prefix_embeds: Tensor | None = None,
         use_cache: bool = True,
+        decode: str = "eager",
     ) -> GenerationResult:
         """Decode up to ``max_new_tokens`` for a (B, T) batch of equal-length prompts.
 
         Per-row ``temperature`` (0 = greedy), ``top_k`` (sampling) and ``seed`` may be (B,) tensors.
         Sampling uses Gumbel-max with counter-based noise keyed by (seed, position), so a row's
         output does not depend on what else is in the batch. ``use_cache=False`` recomputes the
-        full sequence each step (the reference for tests and benchmarks).
+        full sequence each step (the reference for tests and benchmarks). ``decode`` picks how the
+        KV-cached steps after the prefill run: ``"eager"`` (the plain forward), ``"static"``
+        (:meth:`decode_step`: fixed shapes over the whole cache), ``"compiled"`` (that step under
+        ``torch.compile``) or ``"cudagraphs"`` (compiled with ``mode="reduce-overhead"``).
         """
+        if decode not in DECODE_MODES:
+            raise ValueError(f"unknown decode {decode!r}; choose one of {DECODE_MODES}")
+        step_fn = {
+            "eager": None,
+            "static": self.decode_step,
+            "compiled": self.compiled_decode_step() if decode == "compiled" else None,
+            "cudagraphs": self.compiled_decode_step("reduce-overhead") if decode == "cudagraphs" else None,
+        }[decode]
         b, t0 = idx.shape
         dev = idx.device
         temp = torch.as_tensor(temperature, dtype=torch.float32, device=dev).expand(b)
@@ -299,7 +360,13 @@ class MoETransformer(nn.Module):
         passes = 0
         processed = 0
         for step in range(max_new_tokens):
-            if use_cache:
+            if use_cache and step > 0 and decode != "eager":
+                pos = torch.full((1,), cache.length, dtype=torch.int64, device=dev)
+                logits, h = step_fn(step_input, pos, cache, routing)
+                cache.length += 1
+                out = None
+                processed += b
+            elif use_cache:
                 out = self(
                     step_input,
                     cache=cache,
@@ -312,8 +379,9 @@ class MoETransformer(nn.Module):
                 out = self(seq, routing=routing, prefix_embeds=prefix_embeds, last_only=True, with_aux=False)
                 processed += b * (seq.shape[1] + s)
             passes += 1
-            logits = out.logits[:, -1].float()
-            h = out.hidden[:, -1].float()
+            if out is not None:
+                logits, h = out.logits[:, -1], out.hidden[:, -1]
+            logits, h = logits.float(), h.float()
             pos = torch.full((b,), s + t0 + step, dtype=torch.int64, device=dev)
             nxt = sample_next(logits, temp, k_rows, seeds, pos)
             lp = logits.log_softmax(-1).gather(1, nxt[:, None]).squeeze(1)
