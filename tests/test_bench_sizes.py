@@ -72,3 +72,16 @@ def test_peer_rows_and_a_disagreeing_peer_is_reported_not_timed(monkeypatch):
     rows = sized_case(c, TINY, 64, ("fp32",))
     assert not any("/hf_" in r.metric for r in rows)
     assert {p["status"] for p in c.problems} == {"failed"} and len(c.problems) == len(peers.HF_BACKENDS)
+
+
+@pytest.mark.slow
+def test_train_step_eager_vs_compiled_with_mfu_runs_on_cpu():
+    """The CUDA train_step path (gpu_h100 model, eager vs per-block compile, MFU), at a tiny size."""
+    from moe_swarm.bench.train_step import GPU, QUICK, eager_vs_compiled
+
+    assert (GPU.d_model, GPU.n_layers, GPU.num_experts, GPU.top_k, GPU.d_ff) == (1024, 12, 16, 2, 1024)
+    rows = eager_vs_compiled(ctx(), QUICK)
+    by = {r.metric.split("/", 2)[2]: r for r in rows}
+    for name in ("eager", "compiled"):
+        assert by[f"{name}_ms"].value > 0 and 0 < by[f"{name}_mfu"].value < 1
+    assert by["compiled_speedup"].unit == "x" and by["matmul_peak_gflops"].value > 0

@@ -16,6 +16,7 @@ head (tied or not). Router, norms and softmax are ignored.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import warnings
@@ -26,7 +27,7 @@ import torch
 
 from moe_swarm.bench.context import BenchContext
 from moe_swarm.bench.results import Row
-from moe_swarm.bench.timing import median, time_call, time_interleaved
+from moe_swarm.bench.timing import median, paired_ratios, time_call, time_interleaved
 from moe_swarm.model import MoEConfig, MoETransformer, RouterConfig, TransformerConfig
 
 SUITE = "train_step"
@@ -105,12 +106,22 @@ def matmul_peak_gflops(
 class PlainLoop:
     """The reference: forward, loss, backward, AdamW step, zero_grad, nothing else."""
 
-    def __init__(self, coefs, model_cfg: TransformerConfig, ctx: BenchContext, batches: list[dict]):
+    def __init__(
+        self,
+        coefs,
+        model_cfg: TransformerConfig,
+        ctx: BenchContext,
+        batches: list[dict],
+        compile: bool = False,
+    ):
         from moe_swarm.lit.lm_module import parameter_groups
 
         self.coefs = coefs  # the LightningModule's hparams: same loss coefficients and weight decay
         torch.manual_seed(ctx.seed)
         self.model = MoETransformer(model_cfg).to(ctx.device).train()
+        if compile:  # per block, as MoELanguageModel.configure_model does with module.compile=true
+            for block in self.model.blocks:
+                block.compile()
         self.opt = torch.optim.AdamW(
             parameter_groups(self.model, self.coefs.weight_decay), lr=1e-3, betas=(0.9, 0.95)
         )
@@ -178,7 +189,63 @@ def lightning_run(lm_module, ctx: BenchContext, batches: list[dict], steps: int)
     return [b - a for a, b in zip(timer.ends, timer.ends[1:])], timer.first_loss
 
 
+# conf/model/moe_large.yaml (experiment=gpu_h100: 654M total / 126M active parameters), for CUDA.
+GPU = TrainSetup(1024, 12, 16, 1024, 16, 2, batch_size=8, seq_len=1024, steps=10, peak_n=8192)
+GPU_QUICK = TrainSetup(1024, 12, 16, 1024, 16, 2, batch_size=8, seq_len=1024, steps=4, peak_n=8192)
+
+
+def eager_vs_compiled(ctx: BenchContext, setup: TrainSetup) -> list[Row]:
+    """Plain-loop steps of one model eager and with per-block ``torch.compile`` (bf16-mixed on CUDA,
+    fp32 on CPU), each with its MFU against a matmul peak measured in the same run."""
+    from moe_swarm.lit import lm_module as lm
+
+    model_cfg = setup.model_config()
+    batches = make_batches(setup, setup.steps + 1, ctx.seed)
+    coefs = lm.MoELanguageModel(model=model_cfg.to_dict()).hparams
+    secs: dict[str, list[float]] = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        loop = PlainLoop(coefs, model_cfg, ctx, batches, compile=compiled)
+        secs[name] = loop.run(ctx, setup.steps)  # the warm-up step (and compilation) is not counted
+        flops_tok = train_flops_per_token(loop.model, setup.seq_len)
+        del loop
+        gc.collect()
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+    peak_dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
+    peak, peak_samples = matmul_peak_gflops(ctx, setup.peak_n, peak_dtype, ctx.repeats_or(full=5, quick=3))
+    tokens = setup.batch_size * setup.seq_len
+    case = setup.case
+    config = {**asdict(setup), "dtype": "bf16-mixed" if ctx.device.type == "cuda" else "fp32"}
+    ref_ms, ref_peak = f"{SUITE}/{case}/eager_ms", f"{SUITE}/{case}/matmul_peak_gflops"
+    eager_ms = median(secs["eager"]) * 1e3
+    rows = [
+        ctx.row(SUITE, f"{case}/matmul_peak_gflops", peak, "GFLOP/s", reference=ref_peak, reference_value=peak,
+                higher_is_better=True, samples=peak_samples, config=config,
+                note=f"{setup.peak_n}^3 {peak_dtype} matmul"),
+    ]  # fmt: skip
+    for name, s in secs.items():
+        ms = median(s) * 1e3
+        tok_s = tokens / (ms / 1e3)
+        gflops = tok_s * flops_tok / 1e9
+        rows += [
+            ctx.row(SUITE, f"{case}/{name}_ms", ms, "ms", reference=ref_ms, reference_value=eager_ms,
+                    higher_is_better=False, samples=[x * 1e3 for x in s], config=config),
+            ctx.row(SUITE, f"{case}/{name}_tok_s", tok_s, "tok/s", reference=f"{SUITE}/{case}/eager_tok_s",
+                    reference_value=tokens / (eager_ms / 1e3), higher_is_better=True, config=config),
+            ctx.row(SUITE, f"{case}/{name}_mfu", gflops / peak, "fraction", reference=ref_peak, reference_value=1.0,
+                    higher_is_better=True, config=config,
+                    note=f"model FLOP/s / measured matmul peak; {flops_tok / 1e6:.1f} MFLOP per token"),
+        ]  # fmt: skip
+    speedup = paired_ratios(secs["eager"], secs["compiled"])
+    rows.append(ctx.row(SUITE, f"{case}/compiled_speedup", median(speedup), "x", reference=ref_ms,
+                        reference_value=1.0, higher_is_better=True, samples=speedup, config=config,
+                        note="eager step time / compiled step time (goal >= 1.15 on the GPU)"))  # fmt: skip
+    return rows
+
+
 def run(ctx: BenchContext) -> list[Row]:
+    if ctx.device.type == "cuda":
+        return eager_vs_compiled(ctx, GPU_QUICK if ctx.quick else GPU)
     from moe_swarm.lit import lm_module as lm  # Lightning: imported only when this suite runs
 
     setup = QUICK if ctx.quick else FULL
