@@ -14,7 +14,7 @@ TORCH_INDEX_URL ?=
 .PHONY: help install train swarm swarm-study swarm-answers test test-fast bench bench-quick bench-serve serve lint format docker-build fly-deploy k8s-render k8s-apply clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,7 +55,7 @@ swarm-answers: $(STAMP) ## answer-level baseline: base MoE (experiment=reasoning
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest $(ARGS)
 
-test-fast: $(STAMP) ## run the tests not marked slow
+test-fast: $(STAMP) ## run the tests not marked slow (skips multi-process, sweep and wheel-build tests)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 bench: $(STAMP) ## run the full benchmark suite (writes bench-results/<timestamp>/)
@@ -90,5 +90,6 @@ k8s-render: $(STAMP) ## print the Kubernetes job: OVERLAY=cpu|gpu|fks, EXPERIMEN
 k8s-apply: $(STAMP) ## render the job (as k8s-render) and kubectl apply it to the current context
 	$(BIN)/moe-swarm-launch --overlay $(OVERLAY) --image $(IMAGE) experiment=$(EXPERIMENT) $(ARGS) | kubectl apply -f -
 
-clean: ## remove caches and run outputs (keeps .venv)
-	rm -rf .pytest_cache .ruff_cache .hypothesis outputs multirun bench-results
+clean: ## remove caches and scratch outputs (outputs, multirun, lightning_logs, bench-results); keeps .venv, runs/ and serve-state/
+	rm -rf .pytest_cache .ruff_cache .hypothesis outputs multirun lightning_logs bench-results
+	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

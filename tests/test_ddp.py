@@ -86,6 +86,7 @@ def _digests(run_dir: Path) -> list[dict]:
     return [json.loads((run_dir / f"param_digest_rank{r}.json").read_text()) for r in (0, 1)]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu_ends_with_identical_parameters_and_biases(tmp_path):
     proc = _launch(
         [*TINY, "trainer=ddp_sim", "trainer.max_steps=6", "trainer.val_check_interval=3", "run_id=ddp"],
@@ -109,6 +110,7 @@ def test_two_process_ddp_on_cpu_ends_with_identical_parameters_and_biases(tmp_pa
     assert summary["status"] == "succeeded" and summary["metrics"]["router/load_max_over_mean"] >= 1.0
 
 
+@pytest.mark.slow
 def test_two_nodes_on_loopback_both_finish_and_leave_one_checkpoint(tmp_path):
     port = str(_free_port())
     args = [*NODE, "trainer.max_steps=4", "trainer.val_check_interval=2", "run_id=two-nodes"]
@@ -128,6 +130,7 @@ def test_two_nodes_on_loopback_both_finish_and_leave_one_checkpoint(tmp_path):
     assert rank0["sha256"] == rank1["sha256"] and rank0["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_nodes_that_disagree_on_the_node_count_both_exit_fast_naming_the_values(tmp_path):
     port = str(_free_port())
     args = [*NODE, "trainer.max_steps=4", "run_id=mismatch", "trainer.strategy.timeout.seconds=60"]
@@ -144,6 +147,7 @@ def test_nodes_that_disagree_on_the_node_count_both_exit_fast_naming_the_values(
     assert not (tmp_path / "mismatch" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_missing_node_fails_after_the_rendezvous_timeout_with_the_values(tmp_path):
     args = [*NODE, "trainer.max_steps=4", "run_id=alone", "trainer.strategy.timeout.seconds=5"]
     node0 = _launch(

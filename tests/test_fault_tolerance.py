@@ -94,6 +94,7 @@ def _logged_steps(run_dir: Path, version: int) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_restart_resumes_from_last_ckpt(tmp_path):
     run_dir = tmp_path / "killed"
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -124,6 +125,7 @@ def test_sigkill_mid_run_then_restart_resumes_from_last_ckpt(tmp_path):
     assert _step(ckpt) == saved + 4
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_then_exits_143_and_resumes(tmp_path):
     run_dir = tmp_path / "termed"
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -150,6 +152,7 @@ def test_sigterm_checkpoints_then_exits_143_and_resumes(tmp_path):
     assert summary["global_step"] == stopped_at + 3 == _step(ckpt)
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
     # Plain SGD at lr=1e3 without clipping diverges within a few steps: a real NaN, no test hook.
     diverge = [
@@ -236,6 +239,7 @@ def _wait_marker(proc: subprocess.Popen, marker: Path, text: str, timeout: float
     pytest.fail(f"writer never reached {text!r}")
 
 
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_writes_never_tears_last_ckpt(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)

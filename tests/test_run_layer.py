@@ -66,6 +66,7 @@ def test_validates_once_at_a_final_step_that_is_not_a_multiple_of_the_interval(t
     assert s["metric_end"] == pytest.approx(report["val/bpb"], abs=1e-4), "summary = eval of last.ckpt"
 
 
+@pytest.mark.slow
 def test_sweep_with_max_steps_below_the_interval_has_numbers_in_its_table(tmp_path):
     tiny = [o for o in TINY if not o.startswith("model.moe.num_experts")]
     proc = run_entry_point(
@@ -79,6 +80,7 @@ def test_sweep_with_max_steps_below_the_interval_has_numbers_in_its_table(tmp_pa
     assert "None" not in (tmp_path / "sweeps" / "sw" / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_optuna_trials_complete_with_tiny_max_steps(tmp_path):
     tiny = [o for o in TINY if not o.startswith("model.moe.num_experts")]
     proc = run_entry_point(
@@ -119,6 +121,7 @@ def test_run_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_path):
     assert path.read_text() == "", "released: the file is emptied, not deleted"
 
 
+@pytest.mark.slow
 def test_second_run_with_the_same_id_fails_naming_the_holder(tmp_path):
     env = clean_env(os.environ) | {"MOE_SWARM_RUNS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
     env.pop("RUN_ID", None)
@@ -196,6 +199,7 @@ def test_truncated_last_ckpt_falls_back_to_the_newest_readable_checkpoint(tmp_pa
     assert any("truncated or corrupt" in r.message and str(best) in r.message for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_truncated_last_ckpt_without_a_fallback_is_one_paragraph(tmp_path):
     _train(tmp_path, "run_id=cut2", "trainer.max_steps=2", "callbacks.model_checkpoint.enabled=false")
     layout = RunLayout(tmp_path / "cut2")
@@ -319,6 +323,7 @@ def test_hydra_full_error_shows_the_traceback(tmp_path):
 # ---- item 10: console output a person reads --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_console_output_has_no_duplicates_adverts_or_junk_numbers(tmp_path):
     args = [*TINY, "trainer.max_steps=4", "trainer.enable_progress_bar=true", "run_id=quiet"]
     proc = run_entry_point("moe_swarm.train", args, tmp_path)

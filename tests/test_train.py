@@ -73,6 +73,8 @@ def test_fast_dev_run_every_experiment_on_cpu(experiment, tmp_path):
             "data.block_size=64",
             "data.num_workers=0",
         ]
+    if experiment == "moe_parallel":  # one process here: expert groups of one rank
+        overrides.append("module.parallel.expert_parallel_size=1")
     cfg = compose_cfg(overrides, tmp_path)
     summary = train(cfg)
     assert summary["status"] == "succeeded" and summary["global_step"] == 1
@@ -205,6 +207,7 @@ def test_bad_override_exits_nonzero_with_hydras_message(override, message, tmp_p
     assert message in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_two_job_multirun_leaves_one_results_table(tmp_path):
     tiny = [o for o in TINY if not o.startswith("model.moe.num_experts")]
     proc = _run_cli(
@@ -228,6 +231,7 @@ def test_two_job_multirun_leaves_one_results_table(tmp_path):
     assert len(rows) == 2 and all(math.isfinite(r["value"]) for r in rows)
 
 
+@pytest.mark.slow
 def test_optuna_preset_runs_trials_in_memory(tmp_path):
     tiny = [o for o in TINY if not o.startswith("model.moe.num_experts")]
     proc = _run_cli(
@@ -251,6 +255,7 @@ def test_optuna_preset_runs_trials_in_memory(tmp_path):
     assert len(rows) == 2
 
 
+@pytest.mark.slow
 def test_configs_are_found_from_an_installed_wheel_in_any_directory(tmp_path, repo_root):
     """Build the wheel, unpack it away from the repo, compose the config from there."""
     wheel_dir = tmp_path / "wheel"
@@ -294,7 +299,9 @@ def test_configs_are_found_from_an_installed_wheel_in_any_directory(tmp_path, re
     conf_dir, steps, k8s_tree = out.stdout.split()
     assert conf_dir == str((site / "moe_swarm" / "conf").resolve())
     assert int(steps) > 0
-    assert k8s_tree == str(site / "moe_swarm" / "k8s_tree"), "the launcher's Kustomize tree ships in the wheel"
+    assert k8s_tree == str(site / "moe_swarm" / "k8s_tree"), (
+        "the launcher's Kustomize tree ships in the wheel"
+    )
 
 
 def test_metrics_lines_for_a_supervisor(tmp_path, monkeypatch, capsys):
