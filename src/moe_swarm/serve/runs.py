@@ -57,6 +57,19 @@ class RunView:
     job_ids: list[str] = field(default_factory=list)
 
 
+def resolved_yaml(text: str) -> str:
+    """Hydra saves the config with its ``${...}`` interpolations; give it resolved when they resolve."""
+    from omegaconf import OmegaConf
+
+    from moe_swarm.config import register_resolvers
+
+    register_resolvers()
+    try:
+        return OmegaConf.to_yaml(OmegaConf.create(text), resolve=True)
+    except Exception:  # an interpolation that needs the training process (e.g. ${hydra:...}): as saved
+        return text
+
+
 def _newest(paths: list[Path]) -> Path | None:
     files = [p for p in paths if p.is_file()]
     return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
@@ -78,7 +91,7 @@ def run_view(runs_dir: Path, registry: JobRegistry, ref: str) -> RunView:
     view = RunView(run_id=run_id, run_dir=layout.root, job_ids=jobs)
     config = _newest(list(layout.hydra.glob("**/.hydra/config.yaml")))
     if config is not None:
-        view.config_yaml = config.read_text(encoding="utf-8", errors="replace")[:MAX_FILE_CHARS]
+        view.config_yaml = resolved_yaml(config.read_text(encoding="utf-8", errors="replace"))[:MAX_FILE_CHARS]
     if layout.summary.is_file():
         view.summary_json = layout.summary.read_text(encoding="utf-8", errors="replace")[:MAX_FILE_CHARS]
     last = layout.existing_last_checkpoint()

@@ -1,0 +1,6 @@
+"""A Model Context Protocol server over the gRPC sidecar: LLM agents train, watch, benchmark and ask the model.
+
+``moe-swarm-mcp`` (or ``python -m moe_swarm.mcp``) speaks MCP (JSON-RPC) over stdio or Streamable HTTP,
+built on the official Python SDK. Every tool is a call to the sidecar (:mod:`moe_swarm.serve`): jobs,
+validation, auth and the registry are the sidecar's, never copied here. See docs/mcp.md.
+"""

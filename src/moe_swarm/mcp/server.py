@@ -1,0 +1,495 @@
+"""The MCP tools, resources and prompts, each a thin mapping onto one or two sidecar RPCs.
+
+Every bad input comes back as a tool error whose text is the sidecar's own message (what was wrong and
+what to do); nothing here re-validates what the sidecar validates. Long jobs follow MCP's "return a
+handle, then watch" pattern: ``start_training`` returns the job, ``wait_for_job`` streams progress
+notifications (step/max_steps, latest loss and validation metric, at most about one a second) until the
+job finishes or the wait times out; cancelling the wait never cancels the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import yaml
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.shared.subscriptions import ResourceUpdated
+from mcp.types import ToolAnnotations
+
+from moe_swarm.mcp.backend import Sidecar, SidecarError
+from moe_swarm.mcp.models import (
+    BenchmarkResult,
+    Experiment,
+    ExperimentList,
+    InferenceResult,
+    Job,
+    JobList,
+    LogPage,
+    Model,
+    ModelList,
+    WaitResult,
+    as_json,
+    benchmark_from_proto,
+    inference_from_proto,
+    job_from_proto,
+    model_from_proto,
+)
+from moe_swarm.serve.proto import mcp_pb2 as pb
+
+log = logging.getLogger("moe_swarm.mcp")
+
+MAX_WAIT_S = 600.0
+PROGRESS_INTERVAL_S = 1.0
+MAX_LOG_LINES = 1000
+LOG_PAGE_BYTES = 256 * 1024
+BENCHMARK_TIMEOUT_S = 1800.0
+JOB_POLL_S = 1.0
+STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+
+READ = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
+INSTRUCTIONS = """\
+moe-swarm trains, benchmarks and serves sparse Mixture-of-Experts language models. Typical flow:
+list_experiments -> start_training(experiment, overrides such as trainer.max_steps=50) -> wait_for_job
+(progress notifications) -> list_models / run_inference with the trained model (its prompt_format says
+what a prompt must look like). Jobs run in the sidecar and outlive this session; read run configs and
+metrics as resources (moe://runs/{run_id}/config, moe://jobs/{job_id}/metrics)."""
+
+
+def _token() -> str | None:
+    """The bearer token of the HTTP caller (its scopes are the sidecar's to enforce), else None."""
+    access = get_access_token()
+    return access.token if access is not None else None
+
+
+def _tool_error(e: SidecarError) -> ToolError:
+    return ToolError(f"{e.code}: {e.message}")
+
+
+def _max_steps(config_yaml: str) -> int | None:
+    try:
+        cfg = yaml.safe_load(config_yaml) or {}
+        value = (cfg.get("trainer") or {}).get("max_steps")
+    except (yaml.YAMLError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _progress_message(job: Job, step: float | None, max_steps: int | None) -> str:
+    parts = [job.state.lower()]
+    if step is not None:
+        parts.append(f"step {int(step)}" + (f"/{max_steps}" if max_steps else ""))
+    for key in ("train/loss", "val/loss", "val/bpb", "val/em"):
+        if key in job.metrics:
+            parts.append(f"{key} {job.metrics[key]:.4g}")
+    return ", ".join(parts)
+
+
+def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
+    """The MCP server over ``sidecar``. ``server_kwargs`` go to :class:`MCPServer` (auth, verifier)."""
+    bus = InMemorySubscriptionBus()
+
+    async def poll_job_states() -> None:
+        """Publish a resource-updated event for moe://jobs/{id} whenever a job changes state."""
+        states: dict[str, str] = {}
+        while True:
+            try:
+                listed = await sidecar.call("ListJobs", pb.ListJobsRequest(limit=50))
+            except SidecarError as e:
+                log.debug("job watcher: %s", e.message)
+            else:
+                for j in listed.jobs:
+                    state = pb.JobState.Name(j.state)
+                    if j.job_id in states and states[j.job_id] != state:
+                        for uri in (f"moe://jobs/{j.job_id}", f"moe://jobs/{j.job_id}/metrics"):
+                            await bus.publish(ResourceUpdated(uri=uri))
+                    states[j.job_id] = state
+            await asyncio.sleep(JOB_POLL_S)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_server: MCPServer) -> AsyncIterator[dict]:
+        task = asyncio.create_task(poll_job_states())
+        try:
+            yield {}
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    mcp = MCPServer(
+        name="moe-swarm",
+        title="moe-swarm control",
+        instructions=INSTRUCTIONS,
+        version=_version(),
+        lifespan=lifespan,
+        subscriptions=bus,
+        **server_kwargs,
+    )
+
+    async def call(method: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await sidecar.call(method, request, token=_token(), timeout=timeout)
+        except SidecarError as e:
+            raise _tool_error(e) from None
+
+    async def get_job_proto(job_id: str) -> pb.Job:
+        return await call("GetJob", pb.GetJobRequest(job_id=job_id))
+
+    # ------------------------------------------------------------------------------------------ tools
+    @mcp.tool(
+        description="List the experiments start_training accepts, with what each is for.", annotations=READ
+    )
+    async def list_experiments() -> ExperimentList:
+        resp = await call("ListExperiments", pb.ListExperimentsRequest())
+        return ExperimentList(
+            experiments=[Experiment(name=e.name, description=e.description) for e in resp.experiments]
+        )
+
+    @mcp.tool(
+        description="Start a training job (experiment name + Hydra overrides such as trainer.max_steps=50); "
+        "returns the job at once: follow it with wait_for_job.",
+        annotations=ToolAnnotations(
+            readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False
+        ),  # fmt: skip
+    )
+    async def start_training(
+        experiment: str, overrides: list[str] | None = None, run_id: str = "", request_id: str = ""
+    ) -> Job:
+        """``run_id`` names the run directory (the same id resumes it); ``request_id`` makes retries safe."""
+        resp = await call(
+            "StartTraining",
+            pb.TrainRequest(
+                config_path=experiment, overrides=overrides or [], run_id=run_id, request_id=request_id
+            ),
+            timeout=120,
+        )
+        return job_from_proto(resp.job)
+
+    @mcp.tool(description="Get one job: state, failure reason, latest metrics, checkpoint.", annotations=READ)
+    async def get_job(job_id: str) -> Job:
+        return job_from_proto(await get_job_proto(job_id))
+
+    @mcp.tool(description="List jobs, newest first, optionally filtered by state and kind.", annotations=READ)
+    async def list_jobs(state: str = "", kind: str = "", limit: int = 20) -> JobList:
+        """``state``: one of PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED (or ''); ``kind``: training,
+        benchmark (or ''); ``limit``: 1..500."""
+        if state and state.upper() not in STATES:
+            raise ToolError(f"state {state!r} is not a job state; use one of {', '.join(STATES)} or ''")
+        if kind and kind.lower() not in ("training", "benchmark"):
+            raise ToolError(f"kind {kind!r} is not a job kind; use 'training', 'benchmark' or ''")
+        if not 1 <= limit <= 500:
+            raise ToolError(f"limit={limit} is out of range; use 1..500")
+        request = pb.ListJobsRequest(limit=limit)
+        if state:
+            request.states.append(pb.JobState.Value(state.upper()))
+        if kind:
+            request.kind = pb.JobKind.Value(kind.upper())
+        resp = await call("ListJobs", request)
+        return JobList(jobs=[job_from_proto(j) for j in resp.jobs])
+
+    @mcp.tool(
+        description="Wait until a job finishes (or timeout_s, at most 600), sending progress notifications "
+        "with step/max_steps and the latest loss; cancelling the wait leaves the job running.",
+        annotations=READ,
+    )
+    async def wait_for_job(job_id: str, ctx: Context, timeout_s: float = 300.0) -> WaitResult:
+        if not 0 < timeout_s <= MAX_WAIT_S:
+            raise ToolError(f"timeout_s={timeout_s} is out of range; use 0 < timeout_s <= {MAX_WAIT_S:.0f}")
+        start = time.monotonic()
+        job = job_from_proto(await get_job_proto(job_id))
+        state = job.state
+        max_steps: int | None = None
+        last_sent = 0.0
+        try:
+            with anyio.move_on_after(timeout_s):
+                async for event in sidecar.stream(
+                    "WatchJob", pb.WatchJobRequest(job_id=job_id), token=_token()
+                ):
+                    job = job_from_proto(event.job)
+                    if job.state != state:
+                        state = job.state
+                        await _notify_updated(ctx, f"moe://jobs/{job_id}")
+                    step = job.metrics.get("trainer/global_step")
+                    if max_steps is None and job.kind == "training" and job.run_id and step is not None:
+                        max_steps = await _run_max_steps(sidecar, job.run_id)
+                    now = time.monotonic()
+                    if job.finished or now - last_sent >= PROGRESS_INTERVAL_S:
+                        last_sent = now
+                        total = float(max_steps) if max_steps else None
+                        await ctx.report_progress(
+                            float(step or 0), total, _progress_message(job, step, max_steps)
+                        )
+                    if job.finished:
+                        break
+        except SidecarError as e:
+            raise _tool_error(e) from None
+        return WaitResult(job=job, finished=job.finished, waited_s=round(time.monotonic() - start, 3))
+
+    @mcp.tool(
+        description="Ask a job to checkpoint and stop (graceful; repeatable; a finished job is returned as is).",
+        annotations=ToolAnnotations(
+            readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False
+        ),  # fmt: skip
+    )
+    async def cancel_job(job_id: str) -> Job:
+        return job_from_proto(await call("CancelJob", pb.CancelJobRequest(job_id=job_id)))
+
+    @mcp.tool(
+        description="Read a job's log: the last max_lines lines (offset -1), or max_lines from a byte offset "
+        "(page on with next_offset).",
+        annotations=READ,
+    )
+    async def tail_logs(job_id: str, max_lines: int = 100, offset: int = -1) -> LogPage:
+        if not 1 <= max_lines <= MAX_LOG_LINES:
+            raise ToolError(f"max_lines={max_lines} is out of range; use 1..{MAX_LOG_LINES}")
+        if offset < -1:
+            raise ToolError(f"offset={offset} is invalid; use -1 (the end of the log) or a byte offset >= 0")
+        return await _log_page(sidecar, job_id, max_lines, offset)
+
+    @mcp.tool(
+        description="Run benchmark suites on the sidecar (one at a time) and return their rows; "
+        "suites e.g. moe_layer, generate, serve; repeats = timed repeats (0 = server default).",
+        annotations=ToolAnnotations(
+            readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False
+        ),  # fmt: skip
+    )
+    async def run_benchmark(suites: list[str] | None = None, repeats: int = 0) -> BenchmarkResult:
+        resp = await call(
+            "RunBenchmark",
+            pb.BenchmarkRequest(num_samples=repeats, suites=suites or []),
+            timeout=BENCHMARK_TIMEOUT_S,
+        )
+        return benchmark_from_proto(resp)
+
+    @mcp.tool(
+        description="Answer a prompt with a trained model and the swarm loop (see list_models: prompt_format); "
+        "returns the answer, its vote share, every vote and the compute used.",
+        annotations=ToolAnnotations(
+            readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False
+        ),  # fmt: skip
+    )
+    async def run_inference(
+        prompt: str,
+        agents: int = 0,
+        rounds: int | None = None,
+        temperature: float | None = None,
+        max_new_tokens: int = 0,
+        seed: int | None = None,
+        model: str = "",
+    ) -> InferenceResult:
+        """0 / None = the server's defaults; ``model``: a model id, job id, run id or checkpoint path."""
+        request = pb.InferRequest(prompt=prompt, agents=agents, max_new_tokens=max_new_tokens, model_id=model)
+        if rounds is not None:
+            request.rounds = rounds
+        if temperature is not None:
+            request.temperature = temperature
+        if seed is not None:
+            request.seed = seed
+        return inference_from_proto(await call("RunInference", request, timeout=300))
+
+    @mcp.tool(
+        description="List loaded models with their task and prompt format, and the default.", annotations=READ
+    )
+    async def list_models() -> ModelList:
+        resp = await call("ListModels", pb.ListModelsRequest())
+        return ModelList(
+            models=[model_from_proto(m) for m in resp.models], default_model_id=resp.default_model_id
+        )
+
+    @mcp.tool(
+        description="Load a checkpoint (job id, run id or path under the server's roots) for inference.",
+        annotations=ToolAnnotations(
+            readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=False
+        ),  # fmt: skip
+    )
+    async def load_model(checkpoint: str, model_id: str = "", make_default: bool = False) -> Model:
+        info = await call(
+            "LoadModel",
+            pb.LoadModelRequest(checkpoint=checkpoint, model_id=model_id, make_default=make_default),
+            timeout=300,
+        )
+        return model_from_proto(info)
+
+    # -------------------------------------------------------------------------------------- resources
+    async def read(method: str, request: Any) -> Any:
+        try:
+            return await sidecar.call(method, request, token=_token())
+        except SidecarError as e:
+            raise ResourceError(f"{e.code}: {e.message}") from None
+
+    @mcp.resource("moe://jobs/{job_id}", mime_type="application/json", description="A job (JSON).")
+    async def job_resource(job_id: str) -> str:
+        return as_json(job_from_proto(await read("GetJob", pb.GetJobRequest(job_id=job_id))))
+
+    @mcp.resource(
+        "moe://jobs/{job_id}/logs", mime_type="text/plain", description="The last 200 lines of a job's log."
+    )
+    async def job_logs_resource(job_id: str) -> str:
+        try:
+            return (await _log_page(sidecar, job_id, 200, -1)).text
+        except ToolError as e:
+            raise ResourceError(str(e)) from None
+
+    @mcp.resource(
+        "moe://jobs/{job_id}/metrics",
+        mime_type="application/json",
+        description="A job's latest metrics (JSON).",
+    )
+    async def job_metrics_resource(job_id: str) -> str:
+        job = await read("GetJob", pb.GetJobRequest(job_id=job_id))
+        return as_json(dict(job.metrics))
+
+    @mcp.resource(
+        "moe://runs/{run_id}/config",
+        mime_type="application/yaml",
+        description="A run's composed Hydra config.",
+    )
+    async def run_config_resource(run_id: str) -> str:
+        run = await read("GetRun", pb.GetRunRequest(run_id=run_id))
+        if not run.config_yaml:
+            raise ResourceError(f"run {run_id!r} has no composed config yet (its job has not started)")
+        return run.config_yaml
+
+    @mcp.resource(
+        "moe://runs/{run_id}/summary", mime_type="application/json", description="A run's summary.json."
+    )
+    async def run_summary_resource(run_id: str) -> str:
+        run = await read("GetRun", pb.GetRunRequest(run_id=run_id))
+        if not run.summary_json:
+            raise ResourceError(f"run {run_id!r} has no summary.json yet (it is written when training ends)")
+        return run.summary_json
+
+    @mcp.resource(
+        "moe://bench/{job_id}/results", mime_type="application/json", description="A benchmark job's rows."
+    )
+    async def bench_results_resource(job_id: str) -> str:
+        return as_json(
+            benchmark_from_proto(await read("GetBenchmarkResults", pb.GetJobRequest(job_id=job_id)))
+        )
+
+    @mcp.resource(
+        "moe://experiments/{name}", mime_type="application/yaml", description="An experiment's YAML."
+    )
+    async def experiment_resource(name: str) -> str:
+        resp = await read("ListExperiments", pb.ListExperimentsRequest())
+        for e in resp.experiments:
+            if e.name == name:
+                return e.yaml
+        names = ", ".join(e.name for e in resp.experiments)
+        raise ResourceError(f"no experiment {name!r}; choose from {names}")
+
+    # ---------------------------------------------------------------------------------------- prompts
+    @mcp.prompt(description="Diagnose a training run from its summary, config and job state.")
+    async def diagnose_run(run_id: str) -> str:
+        run = await _run_or_error(sidecar, run_id)
+        parts = [
+            f"Diagnose the moe-swarm training run {run_id!r}. Say whether it trained well (loss going down, "
+            "validation metric at the end), what went wrong if it failed (quote the error), and what to change "
+            "next (overrides for start_training). Use tail_logs and the moe://jobs/{job_id}/metrics resource "
+            "for more detail.",
+        ]
+        parts.append(run if isinstance(run, str) else _describe_run(run))
+        for job_id in [] if isinstance(run, str) else list(run.job_ids)[:1]:
+            try:
+                job = job_from_proto(
+                    await sidecar.call("GetJob", pb.GetJobRequest(job_id=job_id), token=_token())
+                )
+                parts.append(f"Newest job {job_id}: {job.state}; message: {job.message or '-'}\n"
+                             f"latest metrics: {json.dumps(job.metrics, sort_keys=True)}")  # fmt: skip
+            except SidecarError as e:
+                parts.append(f"(job {job_id}: {e.message})")
+        return "\n\n".join(parts)
+
+    @mcp.prompt(description="Compare two training runs: config differences and final metrics side by side.")
+    async def compare_runs(run_a: str, run_b: str) -> str:
+        a, b = await _run_or_error(sidecar, run_a), await _run_or_error(sidecar, run_b)
+        parts = [
+            f"Compare the moe-swarm runs {run_a!r} and {run_b!r}: which is better on the final validation "
+            "metric, by how much, and which config difference most likely explains it. Be careful with "
+            "differences smaller than run-to-run noise (one seed each).",
+        ]
+        for name, run in ((run_a, a), (run_b, b)):
+            parts.append(
+                run if isinstance(run, str) else f"Run {name} summary:\n{run.summary_json or '(none yet)'}"
+            )
+        if not isinstance(a, str) and not isinstance(b, str):
+            diff = difflib.unified_diff(a.config_yaml.splitlines(), b.config_yaml.splitlines(), run_a, run_b,
+                                        lineterm="", n=0)  # fmt: skip
+            parts.append("Config diff:\n" + ("\n".join(diff) or "(identical configs)"))
+        return "\n\n".join(parts)
+
+    return mcp
+
+
+def _version() -> str:
+    import moe_swarm
+
+    return moe_swarm.__version__
+
+
+async def _notify_updated(ctx: Context, uri: str) -> None:
+    """Resource-updated: to `subscriptions/listen` streams (2026-07-28), and to a handshake-era session."""
+    await ctx.notify_resource_updated(uri)
+    if ctx.protocol_version and ctx.protocol_version < "2026":
+        with contextlib.suppress(Exception):  # a session without a writable stream (closed): nothing to tell
+            await ctx.session.send_resource_updated(uri)
+
+
+async def _run_max_steps(sidecar: Sidecar, run_id: str) -> int | None:
+    try:
+        run = await sidecar.call("GetRun", pb.GetRunRequest(run_id=run_id), token=_token())
+    except SidecarError:
+        return None
+    return _max_steps(run.config_yaml)
+
+
+async def _log_page(sidecar: Sidecar, job_id: str, max_lines: int, offset: int) -> LogPage:
+    """Up to ``max_lines`` lines of the log from ``offset`` (-1: the last ``max_lines`` lines)."""
+    request = pb.TailLogsRequest(job_id=job_id, follow=False)
+    if offset < 0:
+        request.tail_lines = max_lines
+    else:
+        request.offset = offset
+    text, start, size = "", None, 0
+    try:
+        async for chunk in sidecar.stream("TailLogs", request, token=_token()):
+            if start is None:
+                start = chunk.offset
+            text += chunk.text
+            size = chunk.offset + len(chunk.text.encode("utf-8", errors="replace")) - start
+            if text.count("\n") >= max_lines or size >= LOG_PAGE_BYTES:
+                break
+    except SidecarError as e:
+        raise _tool_error(e) from None
+    start = start if start is not None else max(offset, 0)
+    lines = text.splitlines(keepends=True)
+    more = len(lines) > max_lines or size >= LOG_PAGE_BYTES
+    page = "".join(lines[:max_lines])
+    next_offset = start + len(page.encode("utf-8", errors="replace"))
+    return LogPage(job_id=job_id, text=page, offset=start, next_offset=next_offset,
+                   lines=min(len(lines), max_lines), more=more)  # fmt: skip
+
+
+async def _run_or_error(sidecar: Sidecar, run_id: str) -> pb.RunInfo | str:
+    try:
+        return await sidecar.call("GetRun", pb.GetRunRequest(run_id=run_id), token=_token())
+    except SidecarError as e:
+        return f"(run {run_id}: {e.code}: {e.message})"
+
+
+def _describe_run(run: pb.RunInfo) -> str:
+    return (
+        f"Run {run.run_id} ({run.run_dir}), checkpoint: {run.checkpoint or '(none)'}\n"
+        f"summary.json:\n{run.summary_json or '(none yet: written when training ends)'}\n"
+        f"composed config:\n{run.config_yaml or '(none yet)'}"
+    )
