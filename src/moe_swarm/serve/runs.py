@@ -91,7 +91,8 @@ def run_view(runs_dir: Path, registry: JobRegistry, ref: str) -> RunView:
     view = RunView(run_id=run_id, run_dir=layout.root, job_ids=jobs)
     config = _newest(list(layout.hydra.glob("**/.hydra/config.yaml")))
     if config is not None:
-        view.config_yaml = resolved_yaml(config.read_text(encoding="utf-8", errors="replace"))[:MAX_FILE_CHARS]
+        text = config.read_text(encoding="utf-8", errors="replace")
+        view.config_yaml = resolved_yaml(text)[:MAX_FILE_CHARS]
     if layout.summary.is_file():
         view.summary_json = layout.summary.read_text(encoding="utf-8", errors="replace")[:MAX_FILE_CHARS]
     last = layout.existing_last_checkpoint()
