@@ -34,6 +34,17 @@ def test_prepare_files_with_val_split_round_trips(tmp_path):
     assert str(out) in proc.stdout and str(tmp_path / "out" / "corpus.val.bin") in proc.stdout
     assert torch.equal(load_corpus("bin", [str(out)]).long(), train.long())
     assert torch.equal(load_corpus("bin", [str(tmp_path / "out" / "corpus.val.bin")]).long(), val.long())
+    # It prints the training command, and that command composes and passes validation as printed.
+    (hint,) = [line for line in proc.stdout.splitlines() if line.startswith("train on it: moe-swarm-train ")]
+    overrides = hint.split("moe-swarm-train ", 1)[1].split()
+    assert f"data.val_bin_path={tmp_path / 'out' / 'corpus.val.bin'}" in overrides
+    from conftest import compose_cfg
+
+    from moe_swarm.config import validate_run_config
+
+    cfg = compose_cfg("train", overrides, tmp_path)
+    validate_run_config(cfg)
+    assert cfg.data.bin_path == str(out)
 
 
 def test_prepare_pydoc_single_file(tmp_path):

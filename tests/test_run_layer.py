@@ -336,3 +336,31 @@ def test_console_output_has_no_duplicates_adverts_or_junk_numbers(tmp_path):
     assert "model: " in out and " active per token" in out
     tput = [ln for ln in out.splitlines() if "throughput:" in ln][0]
     assert ".0000" not in tput, tput
+
+
+# ---- item 11: plots that compare across steps, and a loss curve --------------------------------
+
+
+def test_expert_load_plots_share_one_colour_scale_with_integer_ticks():
+    import numpy as np
+
+    from moe_swarm.lit.callbacks import plot_expert_load
+
+    even = plot_expert_load(np.full((2, 4), 0.25), 5, [1, 3])
+    skewed = plot_expert_load(np.array([[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]]), 10, [1, 3])
+    for fig in (even, skewed):
+        ax = fig.axes[0]
+        assert ax.images[0].get_clim() == (0.0, 0.75)
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "3"]
+        assert list(ax.get_xticks()) == [0, 1, 2, 3]
+
+
+def test_a_run_writes_a_loss_curve_next_to_the_expert_load_plots(tmp_path):
+    s = _train(tmp_path, "run_id=plots", "trainer.max_steps=4", "trainer.val_check_interval=2")
+    plots = Path(s["plots"])
+    assert (plots / "loss.png").stat().st_size > 0
+    assert {p.name for p in plots.glob("expert_load_step*.png")} == {
+        "expert_load_step0.png",
+        "expert_load_step2.png",
+        "expert_load_step4.png",
+    }

@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"tokens: {tokens.numel()} (byte-level, vocab 264)")
     for path, count in written:
         print(f"wrote {path} ({count} tokens, {path.stat().st_size} bytes, uint16)")
+    bins = f"data=bin data.bin_path={written[0][0]}"
     if len(written) == 2:
-        print(f"use: TextDataModule(bin_path='{written[0][0]}', val_bin_path='{written[1][0]}')")
-    else:
-        print(f"use: TextDataModule(bin_path='{written[0][0]}')")
+        bins += f" data.val_bin_path={written[1][0]}"
+    print(f"train on it: moe-swarm-train experiment=quickstart {bins}")
 
 
 if __name__ == "__main__":

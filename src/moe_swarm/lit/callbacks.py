@@ -42,10 +42,42 @@ class TokenThroughput(Callback):
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def expert_load_scale(num_experts: int) -> float:
+    """The colour-scale maximum of every expert-load plot of a run: three times the uniform share
+    (capped at 1), so plots of different steps compare by colour; larger shares saturate."""
+    return min(1.0, 3.0 / num_experts)
+
+
+def plot_expert_load(share: Any, step: int, layer_ids: list[int]):
+    """A (MoE layer x expert) heatmap of token shares with integer ticks and a fixed colour scale."""
+    plt = _pyplot()
+    n_layers, e = share.shape
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * e + 2), max(2.5, 0.5 * n_layers + 1.5)))
+    im = ax.imshow(share, aspect="auto", cmap="viridis", vmin=0.0, vmax=expert_load_scale(e))
+    ax.set_xticks(range(e))
+    ax.set_yticks(range(n_layers), [str(i) for i in layer_ids])
+    ax.set_xlabel("expert")
+    ax.set_ylabel("layer (MoE blocks)")
+    ax.set_title(f"validation token share per expert, step {step} (uniform = {1 / e:.3f})")
+    fig.colorbar(im, ax=ax, extend="max")
+    fig.tight_layout()
+    return fig
+
+
 class ExpertLoadHeatmap(Callback):
     """Writes a (layer x expert) heatmap of validation token shares at the end of each validation.
 
-    Files: ``<dirpath>/expert_load_step{N}.png`` and ``<dirpath>/expert_load.png`` (the latest).
+    Files: ``<dirpath>/expert_load_step{N}.png`` and ``<dirpath>/expert_load.png`` (the latest). All
+    plots of a run share one colour scale (:func:`expert_load_scale`), so steps compare by colour.
     """
 
     def __init__(self, dirpath: str) -> None:
@@ -60,25 +92,64 @@ class ExpertLoadHeatmap(Callback):
         if not trainer.is_global_zero:
             return
         share = (counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)).cpu().numpy()
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        e = share.shape[1]
-        fig, ax = plt.subplots(figsize=(max(4, 0.5 * e + 2), max(2.5, 0.5 * share.shape[0] + 1.5)))
-        im = ax.imshow(share, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(2.0 / e, float(share.max())))
-        ax.set_xlabel("expert")
-        ax.set_ylabel("MoE layer")
-        ax.set_title(f"validation token share per expert (step {trainer.global_step}; uniform = {1 / e:.3f})")
-        fig.colorbar(im, ax=ax)
-        fig.tight_layout()
+        blocks = getattr(getattr(pl_module, "model", None), "blocks", None)
+        layer_ids = [i for i, b in enumerate(blocks or []) if getattr(b, "is_moe", False)]
+        if len(layer_ids) != share.shape[0]:
+            layer_ids = list(range(share.shape[0]))
+        fig = plot_expert_load(share, trainer.global_step, layer_ids)
         self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / f"expert_load_step{trainer.global_step}.png"
         fig.savefig(path, dpi=80)
         fig.savefig(self.dirpath / "expert_load.png", dpi=80)
-        plt.close(fig)
+        _pyplot().close(fig)
         self.last_path = path
+
+
+class LossCurve(Callback):
+    """Writes ``<dirpath>/loss.png``: training loss per step and validation loss at each validation
+    (rank 0), refreshed after every validation and at the end of training."""
+
+    def __init__(self, dirpath: str, train_key: str = "train/loss", val_key: str = "val/loss") -> None:
+        self.dirpath = Path(dirpath)
+        self.train_key, self.val_key = train_key, val_key
+        self.train: list[tuple[int, float]] = []
+        self.val: list[tuple[int, float]] = []
+        self.path: Path | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
+        value = trainer.callback_metrics.get(self.train_key)
+        if value is not None and trainer.is_global_zero:
+            self.train.append((trainer.global_step, float(value)))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.val_key)
+        if value is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        self.val.append((trainer.global_step, float(value)))
+        self._write()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._write()
+
+    def _write(self) -> None:
+        if not self.train and not self.val:
+            return
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        if self.train:
+            ax.plot(*zip(*self.train), lw=1, alpha=0.8, label=self.train_key)
+        if self.val:
+            ax.plot(*zip(*self.val), "o-", label=self.val_key)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        self.path = self.dirpath / "loss.png"
+        fig.savefig(self.path, dpi=80)
+        plt.close(fig)
 
 
 class NonFiniteLossGuard(Callback):
