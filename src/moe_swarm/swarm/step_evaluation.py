@@ -83,7 +83,7 @@ class StepLevelRuns:
     def step_swarm(self, cfg: StepSwarmConfig) -> tuple[Outcomes, dict[str, Any]]:
         """The swarm's outcomes, and how well its checker and the likelihood rank its own proposals
         (oracle labels; groups = the proposals of one attempt at one step of one problem)."""
-        checker = self.checker if cfg.vote == "checker" else None
+        checker = self.checker if cfg.vote.startswith("checker") else None
         res = StepSwarm(self.model, cfg, self.tok, self.task, checker).solve(self.prompts)
         keys = ("step_swarm", "forward_passes", "flops", "checker_evaluations", "backtracks")
         out: Outcomes = {k: [] for k in keys}

@@ -11,7 +11,8 @@ feeding its last token, which yields the features the learned step checker reads
 Each proposal goes to the shared ``ThoughtBuffer`` (thought vector, canonical step, weight,
 log-prob; the checker's probability is the weight under ``vote="checker"``). Proposals are counted
 in waves of ``wave_agents``; after each wave the canonical step strings are voted on (``plurality``,
-``logprob``: exp of the mean token log-prob, or ``checker``: P(correct)), and the winner is committed
+``logprob``: exp of the mean token log-prob, ``checker``: P(correct), or ``checker_odds``: P / (1 - P)),
+and the winner is committed
 as soon as its share reaches ``commit_share`` (early commit) or ``num_agents`` proposals are in. A
 winner whose share is below ``confident_share`` (a split vote) or whose checker probability is below
 ``checker_threshold`` (a failed check) triggers backtracking, at most ``max_backtracks`` times per
@@ -44,7 +45,7 @@ from moe_swarm.swarm.compute import ModelCost
 from moe_swarm.swarm.solver import embedding_scale, normalise_thoughts
 from moe_swarm.swarm.voting import vote
 
-STEP_VOTES = ("plurality", "logprob", "checker")
+STEP_VOTES = ("plurality", "logprob", "checker", "checker_odds")
 
 
 @dataclass
@@ -178,7 +179,7 @@ class StepSwarm:
         checker: StepChecker | None = None,
         buffer: ThoughtBuffer | None = None,
     ) -> None:
-        if cfg.vote == "checker" and checker is None:
+        if cfg.vote.startswith("checker") and checker is None:
             raise ValueError(
                 "vote='checker' needs a trained StepChecker; train one with moe-swarm-swarm-train"
             )
@@ -334,6 +335,10 @@ class StepSwarm:
             return math.exp(p.logprob)
         if self.cfg.vote == "checker":
             return p.checker
+        if (
+            self.cfg.vote == "checker_odds"
+        ):  # p / (1 - p): one confident proposal outweighs several doubtful ones
+            return p.checker / max(1.0 - p.checker, 1e-6)
         return 1.0
 
     def _decide(self, t: _Trajectory, key: int) -> None:
