@@ -363,3 +363,22 @@ def test_eval_entry_point_reports_bpb_and_exact_match(tmp_path):
     problems = task.generate("test", 16, seed=hp["run_config"]["seed"])
     expected = greedy_exact_match(model, problems, task, ByteTokenizer(), hp["eval_max_new_tokens"])
     assert report["test/em"] == sum(expected) / 16
+
+
+def test_eval_reads_checkpoints_whose_run_config_names_the_old_datamodule_path(tmp_path):
+    from moe_swarm.eval import evaluate
+
+    s = train(
+        compose_cfg(
+            ["experiment=quickstart", *TINY, "run_id=old", "trainer.max_steps=2", "data.val_windows=2"],
+            tmp_path,
+        )
+    )
+    ckpt = torch.load(s["checkpoint"], weights_only=True)
+    data = ckpt["hyper_parameters"]["run_config"]["data"]
+    assert data["_target_"] == "moe_swarm.lit.datamodules.TextDataModule"
+    data["_target_"] = "moe_swarm.data.datamodules.TextDataModule"  # as written before the move
+    torch.save(ckpt, s["checkpoint"])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"checkpoint={s['checkpoint']}", f"out={tmp_path / 'e.json'}"])
+    assert math.isfinite(evaluate(cfg)["val/bpb"])
