@@ -221,9 +221,9 @@ class MoETransformer(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         inactive = 0
         for layer in self.moe_layers:
-            per_expert = (
-                layer.experts.w1[0].numel() + layer.experts.w2[0].numel() + layer.experts.w3[0].numel()
-            )
+            # From shapes, not by indexing: the weights may be sharded DTensors (indexing one is a collective).
+            experts = layer.experts
+            per_expert = (experts.w1.numel() + experts.w2.numel() + experts.w3.numel()) // experts.num_experts
             inactive += (layer.experts.num_experts - layer.router.cfg.top_k) * per_expert
         emb = self.embed.weight.numel()
         return ParamCount(
