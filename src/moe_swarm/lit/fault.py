@@ -31,6 +31,7 @@ import torch.distributed as dist
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.distributed.tensor import DTensor
 
 from moe_swarm.atomic import atomic_torch_save
 from moe_swarm.cluster import ClusterConfigError, ClusterSpec, check_world_size
@@ -276,6 +277,8 @@ def state_digest(module: torch.nn.Module) -> dict[str, str]:
     """SHA-256 of every tensor in ``module.state_dict()`` (parameters and persistent buffers), by name."""
     out = {}
     for name, tensor in sorted(module.state_dict().items()):
+        if isinstance(tensor, DTensor):  # FSDP2/expert shards: digest the whole tensor (a collective,
+            tensor = tensor.full_tensor()  # in the same sorted order on every rank)
         t = tensor.detach().to("cpu").contiguous().reshape(-1)
         h = hashlib.sha256(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes())
