@@ -173,3 +173,19 @@ def test_bad_configuration_exits_with_a_message(tmp_path):
                            f"serve.state_dir={tmp_path}", "serve.port=0"],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "MOE_SWARM_TOKENS": ""})  # fmt: skip
     assert proc.returncode == 2 and "no token is configured" in proc.stderr
+
+
+def test_the_console_server_composes_requests_at_submit(tmp_path, processes):
+    """`moe-swarm-serve` runs under @hydra.main; composing a request's config must still work in it."""
+    srv = ServerProcess(tmp_path / "state", "serve.training.config_name=train")
+    processes.append(srv)
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError) as err:
+            srv.stub.StartTraining(pb.TrainRequest(config_path="quickstart", overrides=["trainer.max_stepz=5"]),
+                                   timeout=60)  # fmt: skip
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert "Could not override 'trainer.max_stepz'" in err.value.details()
+    ok = srv.stub.StartTraining(
+        pb.TrainRequest(config_path="quickstart", overrides=["trainer.max_steps=2"]), timeout=60
+    )
+    assert ok.success

@@ -13,10 +13,10 @@ from moe_swarm.bench.runner import Suite
 
 
 def serve(ctx: BenchContext) -> list[Row]:
-    """RunInference through real sidecars (batching on vs off), and a control call over MCP vs gRPC."""
-    from moe_swarm.serve import loadtest
+    """RunInference through real sidecars (batching on vs off), and get_job over MCP stdio vs gRPC."""
+    from moe_swarm.serve import control_bench, loadtest
 
-    return loadtest.run_suite(ctx)
+    return loadtest.run_suite(ctx) + control_bench.rows(ctx)
 
 
 SUITES: dict[str, Suite] = {**BENCH_SUITES, "serve": serve}

@@ -3,8 +3,8 @@
 Hydra's compose API builds the same config the training child would build from the same overrides, in
 a fraction of a second, so a typo (``trainer.max_stepz=5``), a wrong type (``trainer.max_steps=abc``)
 or an unknown experiment is refused with INVALID_ARGUMENT before a job takes the training slot.
-Hydra keeps global state, so compositions are serialised by a lock; the sidecar's own Hydra state is
-restored afterwards (``initialize_config_dir`` backs it up).
+Hydra keeps global state, so compositions are serialised by a lock and the sidecar's own Hydra state
+is set aside and restored around each one.
 """
 
 from __future__ import annotations
@@ -28,16 +28,25 @@ def check_training_config(conf_dir: Path, config_name: str, overrides: list[str]
     quoting Hydra's message when it does not compose. Blocking (about 0.1-0.5 s): call it from a worker
     thread."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
     from omegaconf.errors import OmegaConfBaseException
 
     from moe_swarm.config import register_resolvers
 
     register_resolvers()
-    with _LOCK, initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="validate"):
+    with _LOCK:
+        # `moe-swarm-serve` itself runs under @hydra.main, which leaves Hydra initialised: set that state
+        # aside for the composition and put it back afterwards.
+        saved = get_gh_backup()
+        GlobalHydra.instance().clear()
         try:
-            compose(config_name=config_name, overrides=list(overrides))
+            with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="validate"):
+                compose(config_name=config_name, overrides=list(overrides))
         except (HydraException, OmegaConfBaseException, ValueError) as exc:
             raise invalid_argument(
                 f"the training config does not compose with these overrides:\n{_short(exc)}"
             ) from None
+        finally:
+            restore_gh_from_backup(saved)
