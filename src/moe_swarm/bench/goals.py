@@ -24,6 +24,14 @@ GOALS = (
     Goal("moe_layer: auto never slower than reference_loop", r"^moe_layer/[^/]+/auto_speedup$", ">=", 1.0),
     Goal("generate: KV cache >= 5x the tokens/s of full recompute at 256 new tokens", r"^generate/new256/kv_speedup$", ">=", 5.0),
     Goal("generate: 8 agents batched <= 2.5x the wall time of one agent", r"^generate/agents8_[^/]+/batched_over_single$", "<=", 2.5),
+    Goal("generate: 16 agents batched <= 2.5x the wall time of one agent", r"^generate/agents16_[^/]+/batched_over_single$", "<=", 2.5),
+    Goal("generate: compiled KV decode >= 5x full recompute at 256 new tokens", r"^generate/new256/kv_compiled_speedup$", ">=", 5.0),
+    Goal("moe_layer: bf16-mixed layer within 1.1x of the pure-bf16 layer", r"^moe_layer/[^/]+/mixed_over_bf16$", "<=", 1.1),
+    Goal("moe_layer: ours >= 1.2x HF's fastest experts backend", r"^moe_layer/[^/]+/hf_best_over_ours_[^/]+$", ">=", 1.2),
+    Goal("moe_layer: ours / dense floor <= 1.3 at the Mixtral shape", r"^moe_layer/mixtral_[^/]+/ours_bf16_over_floor$", "<=", 1.3),
+    Goal("moe_layer: ours / dense floor <= 1.5 at the fine-grained shapes", r"^moe_layer/(olmoe|qwen3)_[^/]+/ours_bf16_over_floor$", "<=", 1.5),
+    Goal("train_step: compiled >= 1.15x eager (GPU model)", r"^train_step/[^/]+/compiled_speedup$", ">=", 1.15),
+    Goal("train_step: >= 30% MFU compiled on the GPU", r"^train_step/d1024[^/]+/compiled_mfu$", ">=", 0.30),
 )  # fmt: skip
 
 
