@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from moe_swarm.bench.context import DTYPES, BenchContext
-from moe_swarm.bench.moe_sizes import run_sized
+from moe_swarm.bench.moe_sizes import format_sized_table, run_sized
 from moe_swarm.bench.reference import dense_all_experts
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, paired_ratios, time_interleaved
@@ -226,21 +226,6 @@ def format_table(rows: list[Row]) -> str:
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
-
-
-def format_sized_table(rows: list[Row]) -> str:
-    """Model-sized cases: one line per (case, candidate) with ms and TFLOP/s, then the ratios."""
-    lines = []
-    for r in rows:
-        if r.suite != SUITE or r.metric.count("/") != 2 or "_ff" not in r.metric.split("/")[1]:
-            continue
-        case, name = r.metric.split("/")[1:]
-        if name.endswith("_ms"):
-            tf = next((x.value for x in rows if x.metric == r.metric[:-3] + "_tflops"), float("nan"))
-            lines.append(f"{case}  {name[:-3]:<24} {r.value:9.2f} ms  {tf:7.3f} TFLOP/s")
-        elif r.unit == "x" and not name.endswith("_speedup"):
-            lines.append(f"{case}  {name:<24} {r.value:9.3f} x   ({r.note})")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

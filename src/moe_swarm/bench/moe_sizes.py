@@ -131,7 +131,8 @@ def sized_case(
     name = case_name(shape, tokens)
     torch.manual_seed(ctx.seed)
     cfg = MoEConfig(num_experts=shape.num_experts, d_ff=shape.d_ff, router=RouterConfig(top_k=shape.top_k))
-    base = MoELayer(shape.d_model, cfg).to(dev)
+    with torch.device(dev):  # model-sized weights: initialise on the device, not on the host
+        base = MoELayer(shape.d_model, cfg)
     layers = {p: (base if PRECISIONS[p] == torch.float32 else _copy(base, PRECISIONS[p])) for p in precisions}
     compute = {p: torch.bfloat16 if p.startswith("bf16") else torch.float32 for p in precisions}
     x32 = torch.randn(1, tokens, shape.d_model, device=dev)
@@ -223,7 +224,8 @@ def _dname(dtype: torch.dtype) -> str:
 
 
 def _copy(layer: MoELayer, dtype: torch.dtype) -> MoELayer:
-    out = MoELayer(layer.experts.d_model, layer.cfg).to(layer.router.weight.device)
+    with torch.device(layer.router.weight.device):
+        out = MoELayer(layer.experts.d_model, layer.cfg)
     out.load_state_dict(layer.state_dict())
     return out.to(dtype)
 
@@ -247,3 +249,58 @@ def run_sized(ctx: BenchContext) -> list[Row]:
     for shape in shapes:
         rows += sized_case(ctx, shape, tokens, ("fp32",))
     return rows
+
+
+def format_sized_table(rows: list[Row]) -> str:
+    """Model-sized cases: one line per (case, candidate) with ms and TFLOP/s, then the ratios."""
+    lines = []
+    for r in rows:
+        if r.suite != SUITE or r.metric.count("/") != 2 or "_ff" not in r.metric.split("/")[1]:
+            continue
+        case, name = r.metric.split("/")[1:]
+        if name.endswith("_ms"):
+            tf = next((x.value for x in rows if x.metric == r.metric[:-3] + "_tflops"), float("nan"))
+            lines.append(f"{case}  {name[:-3]:<24} {r.value:9.2f} ms  {tf:7.3f} TFLOP/s")
+        elif r.unit == "x" and not name.endswith("_speedup"):
+            lines.append(f"{case}  {name:<24} {r.value:9.3f} x   ({r.note})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m moe_swarm.bench.moe_sizes``: only the model-sized cases, as a table."""
+    import argparse
+    import shlex
+    import sys
+
+    from moe_swarm.bench.runner import execute
+
+    parser = argparse.ArgumentParser(
+        prog="python -m moe_swarm.bench.moe_sizes", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (peer shapes, fp32) or cuda (model shapes, bf16)"
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7, quick 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--quick", action="store_true", help="a tiny CPU shape / fewer repeats")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    report = execute(
+        {SUITE: run_sized},
+        quick=args.quick,
+        repeats=args.repeats,
+        threads=args.threads,
+        device=args.device,
+        command="python -m moe_swarm.bench.moe_sizes " + shlex.join(argv),
+    )
+    print(
+        f"{report.meta.get('device_name', '')}, {report.meta['threads']} thread(s), torch {torch.__version__}"
+    )
+    print(format_sized_table(report.rows))
+    for p in report.problems:
+        print(f"{p['status']}: {p['what']}: {p['reason']}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

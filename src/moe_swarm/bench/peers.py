@@ -52,7 +52,8 @@ def hf_mixtral_block(layer: MoELayer, backend: str) -> nn.Module:
         router_jitter_noise=0.0,
     )
     config._experts_implementation = backend
-    block = MixtralSparseMoeBlock(config)
+    with torch.device(layer.router.weight.device):
+        block = MixtralSparseMoeBlock(config)
     with torch.no_grad():
         block.gate.weight.copy_(layer.router.weight)
         # HF stores (E, out, in): gate_up = [W1^T; W3^T] (gate first), down = W2^T.

@@ -118,7 +118,11 @@ class PlainLoop:
 
         self.coefs = coefs  # the LightningModule's hparams: same loss coefficients and weight decay
         torch.manual_seed(ctx.seed)
-        self.model = MoETransformer(model_cfg).to(ctx.device).train()
+        if compile or ctx.device.type == "cuda":  # GPU-sized: initialise on the device
+            with torch.device(ctx.device):
+                self.model = MoETransformer(model_cfg).train()
+        else:  # same init as the LightningModule's CPU model (checked by run())
+            self.model = MoETransformer(model_cfg).to(ctx.device).train()
         if compile:  # per block, as MoELanguageModel.configure_model does with module.compile=true
             for block in self.model.blocks:
                 block.compile()
