@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import signal
 import subprocess
@@ -64,43 +63,6 @@ def test_validates_once_at_a_final_step_that_is_not_a_multiple_of_the_interval(t
     report = evaluate(cfg)
     assert report["global_step"] == 7
     assert s["metric_end"] == pytest.approx(report["val/bpb"], abs=1e-4), "summary = eval of last.ckpt"
-
-
-@pytest.mark.slow
-def test_sweep_with_max_steps_below_the_interval_has_numbers_in_its_table(tmp_path):
-    tiny = [o for o in TINY if not o.startswith("model.moe.num_experts")]
-    proc = run_entry_point(
-        "moe_swarm.train",
-        ["-m", *tiny, "model.moe.num_experts=2,4", "trainer.max_steps=3", "run_id=sw"],
-        tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((tmp_path / "sweeps" / "sw" / "results.json").read_text())
-    assert len(rows) == 2 and all(math.isfinite(r["value"]) and r["global_step"] == 3 for r in rows)
-    assert "None" not in (tmp_path / "sweeps" / "sw" / "results.md").read_text()
-
-
-@pytest.mark.slow
-def test_optuna_trials_complete_with_tiny_max_steps(tmp_path):
-    tiny = [o for o in TINY if not o.startswith("model.moe.num_experts")]
-    proc = run_entry_point(
-        "moe_swarm.train",
-        [
-            "-m",
-            "hparams_search=optuna",
-            *tiny,
-            "trainer.max_steps=3",
-            "run_id=opt",
-            "hydra.sweeper.n_trials=2",
-            "hydra.sweeper.sampler.n_startup_trials=1",
-        ],
-        tmp_path,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
-    assert "No trials are completed" not in out and "float-castable" not in out
-    rows = json.loads((tmp_path / "sweeps" / "opt" / "results.json").read_text())
-    assert len(rows) == 2 and all(math.isfinite(r["value"]) for r in rows)
 
 
 # ---- item 3: one process per run directory ------------------------------------------------------

@@ -230,14 +230,18 @@ class MetricsLines(Callback):
     """Prints metrics lines (:mod:`moe_swarm.layout`) on stdout (rank 0) for a supervising process.
 
     The gRPC sidecar sets ``MOE_SWARM_METRICS_LINES=1`` for its training children and turns these
-    lines into WatchJob metric events. One line every ``log_every_n_steps`` and after validation.
+    lines into WatchJob metric events. Every ``log_every_n_steps`` a line with the training metrics
+    (validation values are left out: they would be stale copies), and after each validation a line
+    with everything, validation included.
     """
 
-    def _emit(self, trainer: L.Trainer) -> None:
+    def _emit(self, trainer: L.Trainer, *, with_validation: bool) -> None:
         if not trainer.is_global_zero:
             return
         metrics = {}
         for k, v in trainer.callback_metrics.items():
+            if not with_validation and k.startswith("val/"):
+                continue
             try:
                 metrics[k] = float(v)
             except (TypeError, ValueError):
@@ -247,8 +251,8 @@ class MetricsLines(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
-            self._emit(trainer)
+            self._emit(trainer, with_validation=False)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._emit(trainer)
+            self._emit(trainer, with_validation=True)
