@@ -130,6 +130,7 @@ class StepSwarmResult:
     steps: list[str]
     shares: list[float]
     committed: list[StepProposal]
+    answer_votes: dict[str, float]  # the tally of the answer-line vote, by canonical answer
     forward_passes: int
     tokens_processed: int
     flops: float
@@ -152,6 +153,7 @@ class _Trajectory:
     steps: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     committed: list[StepProposal] = field(default_factory=list)
+    last_votes: dict[str, float] = field(default_factory=dict)
     shares: list[float] = field(default_factory=list)
     confident: list[bool] = field(default_factory=list)
     pool: list[StepProposal] = field(default_factory=list)  # proposals at the current position
@@ -361,6 +363,7 @@ class StepSwarm:
                 self._rollback(t, target)
             t.attempt += 1
             return
+        t.last_votes = v.votes
         self._commit(t, winners[0], v.share, not failed, key)
 
     def _rollback(self, t: _Trajectory, target: int) -> None:
@@ -392,6 +395,13 @@ class StepSwarm:
             or t.length + self.cfg.max_step_tokens > t.k.shape[2]
         ):
             t.done = True
+
+    def _answer_votes(self, votes: dict[str, float]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for step, weight in votes.items():
+            answer = self.task.canonical(step)
+            out[answer] = out.get(answer, 0.0) + weight
+        return out
 
     # ------------------------------------------------------------------ loop
     def solve(self, prompts: Sequence[str]) -> list[StepSwarmResult]:
@@ -467,6 +477,7 @@ class StepSwarm:
                     steps=list(t.steps),
                     shares=list(t.shares),
                     committed=list(t.committed),
+                    answer_votes=self._answer_votes(t.last_votes),
                     forward_passes=t.forward_passes,
                     tokens_processed=t.tokens_processed,
                     flops=t.flops,
