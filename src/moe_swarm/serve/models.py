@@ -36,6 +36,7 @@ class InferParams:
     agents: int
     rounds: int
     temperature: float
+    mode: str = "answers"  # "answers" | "steps" (the step-level swarm)
 
 
 class RequestSeededSolver(SwarmSolver):
@@ -70,6 +71,8 @@ class LoadedModel:
     task_obj: Any = None  # moe_swarm.data.tasks.Task, when the task is known
     global_step: int = 0
     file_stamp: tuple[int, int] = (0, 0)
+    step_checker: Any = None  # moe_swarm.swarm.StepChecker from the swarm state, if any
+    step_swarm: Any = None  # moe_swarm.swarm.StepSwarmConfig from the swarm state, if any
 
     @property
     def prompt_format(self) -> str:
@@ -105,8 +108,44 @@ class LoadedModel:
         return RequestSeededSolver(self.model, cfg, self.tokenizer, canonical=self.canonical, value_head=head,
                                    seeds=seeds or {})  # fmt: skip
 
+    def step_swarm_config(self, params: InferParams, seed: int):
+        """The step swarm for these settings: the checkpoint's step config (or the defaults), the request's
+        agents, temperature and seed; the checker vote only when the checkpoint has a checker."""
+        from moe_swarm.swarm import StepSwarmConfig
+
+        base = self.step_swarm or StepSwarmConfig()
+        vote = base.vote if self.step_checker is not None else "plurality"
+        temps = (params.temperature,) if params.temperature > 0 else base.temperature
+        return base.replace(num_agents=params.agents, wave_agents=min(base.wave_agents, params.agents),
+                            temperature=temps, vote=vote, seed=seed)  # fmt: skip
+
+    def solve_steps(self, params: InferParams, prompts: list[str], seeds: list[int]) -> list:
+        """Step-level swarm solves (``InferRequest.mode = "steps"``), prompts with equal seeds batched."""
+        import torch
+
+        from moe_swarm.swarm import StepSwarm
+
+        results: list = [None] * len(prompts)
+        by_seed: dict[int, list[int]] = {}
+        for i, seed in enumerate(seeds):
+            by_seed.setdefault(seed, []).append(i)
+        with torch.inference_mode():
+            for seed, members in by_seed.items():
+                cfg = self.step_swarm_config(params, seed)
+                checker = self.step_checker if cfg.vote.startswith("checker") else None
+                swarm = StepSwarm(self.model, cfg, self.tokenizer, self.task_obj, checker)
+                for i, r in zip(members, swarm.solve([prompts[i] for i in members])):
+                    results[i] = r
+        return results
+
     def check_prompt(self, prompt: str, params: InferParams) -> None:
         """Reject a prompt that does not fit the model's task or context before it joins a batch."""
+        if params.mode == "steps" and not getattr(self.task_obj, "scratchpad", False):
+            raise invalid_argument(
+                f"mode 'steps' needs a model trained with a scratchpad task (steps to vote on); model "
+                f"{self.model_id!r} was trained on {self.task or 'text'!r} without one. Use mode 'answers', or "
+                "a checkpoint from experiment=reasoning_steps"
+            )
         if self.task_obj is not None:
             try:
                 self.task_obj.check_prompt(prompt)
@@ -129,6 +168,8 @@ class LoadedModel:
         """
         import torch
 
+        if params.mode == "steps":
+            return self.solve_steps(params, prompts, seeds)
         ids = [tuple(self.tokenizer.encode(p, bos=True)) for p in prompts]
         groups: list[tuple[dict[tuple[int, ...], int], list[int]]] = []
         for i, (key, seed) in enumerate(zip(ids, seeds)):
@@ -176,7 +217,7 @@ def load_checkpoint(path: Path, model_id: str, device: str) -> LoadedModel:
     """Blocking: read a training checkpoint (weights only, never pickle code) and prepare it for the swarm."""
     from moe_swarm import checkpoint
     from moe_swarm.data.tokenizer import ByteTokenizer
-    from moe_swarm.swarm import SwarmConfig, load_swarm_state
+    from moe_swarm.swarm import SwarmConfig, load_step_checker, load_swarm_state
 
     stamp = _stamp(path)
     ckpt = checkpoint.load_checkpoint(path, map_location=device)
@@ -188,6 +229,9 @@ def load_checkpoint(path: Path, model_id: str, device: str) -> LoadedModel:
             head, base = None, SwarmConfig()
     if base.score in ("value", "both") and head is None:
         base = base.replace(score="logprob")
+    step_checker, step_swarm = None, None
+    if ckpt.swarm_state is not None and "step_swarm" in ckpt.swarm_state:
+        step_checker, step_swarm = load_step_checker(ckpt.swarm_state, map_location=device)
     task, task_obj, canonical = _task_of(ckpt.task)
     return LoadedModel(
         model_id=model_id,
@@ -204,6 +248,8 @@ def load_checkpoint(path: Path, model_id: str, device: str) -> LoadedModel:
         task_obj=task_obj,
         global_step=int(ckpt.global_step or 0),
         file_stamp=stamp,
+        step_checker=step_checker,
+        step_swarm=step_swarm,
     )
 
 

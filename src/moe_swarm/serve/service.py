@@ -219,10 +219,33 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
                 f"temperature={temperature} is out of range; use a value in [0, 10] (0 = greedy)"
             )
         check_range(seed, "seed", 0, MAX_SEED)
+        mode = request.mode or "answers"
+        if mode not in ("answers", "steps"):
+            raise invalid_argument(f"mode={request.mode!r} is not one of 'answers', 'steps' (or empty = 'answers')")
         params = InferParams(
-            max_new_tokens=max_new, agents=agents, rounds=rounds, temperature=float(temperature)
+            max_new_tokens=max_new, agents=agents, rounds=rounds, temperature=float(temperature), mode=mode
         )
         return params, int(seed)
+
+    @staticmethod
+    def _step_response(result, params: InferParams, loaded, batch_size: int) -> mcp_pb2.InferResponse:
+        """InferResponse of a step-level solve: the committed steps with their vote shares, the answer
+        line's vote, and compute (generator and checker forward passes)."""
+        votes = sorted(result.answer_votes.items(), key=lambda kv: (-kv[1], kv[0]))
+        total = sum(w for _, w in votes) or 1.0
+        return mcp_pb2.InferResponse(
+            output=result.answer,
+            vote_share=float(result.shares[-1]) if result.shares else 0.0,
+            votes=[mcp_pb2.Vote(answer=a, weight=float(w / total)) for a, w in votes],
+            forward_passes=int(result.forward_passes),
+            generated_tokens=int(sum(p.num_tokens for p in result.proposals)),
+            flops=float(result.flops),
+            rounds_used=1 + int(result.backtracks),
+            agents=params.agents,
+            model_id=loaded.model_id,
+            batch_size=batch_size,
+            steps=[mcp_pb2.Step(text=p.text, vote_share=float(s)) for p, s in zip(result.committed, result.shares)],
+        )
 
     @unary
     async def RunInference(self, request: mcp_pb2.InferRequest, context) -> mcp_pb2.InferResponse:
@@ -238,6 +261,8 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
         loaded.check_prompt(prompt, params)
         key = (loaded.model_id, loaded.file_stamp, params)
         result, batch_size = await self.batcher.submit(key, (loaded, prompt, seed))
+        if params.mode == "steps":
+            return self._step_response(result, params, loaded, batch_size)
         votes = sorted(result.votes.items(), key=lambda kv: (-kv[1], kv[0]))
         return mcp_pb2.InferResponse(
             output=result.answer,

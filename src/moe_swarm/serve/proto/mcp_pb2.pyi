@@ -72,7 +72,7 @@ class BenchmarkResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[BenchmarkResult, _Mapping]]] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("prompt", "max_new_tokens", "agents", "rounds", "temperature", "seed", "model_id")
+    __slots__ = ("prompt", "max_new_tokens", "agents", "rounds", "temperature", "seed", "model_id", "mode")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     AGENTS_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class InferRequest(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     max_new_tokens: int
     agents: int
@@ -87,10 +88,11 @@ class InferRequest(_message.Message):
     temperature: float
     seed: int
     model_id: str
-    def __init__(self, prompt: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., agents: _Optional[int] = ..., rounds: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., model_id: _Optional[str] = ...) -> None: ...
+    mode: str
+    def __init__(self, prompt: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., agents: _Optional[int] = ..., rounds: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., model_id: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class InferResponse(_message.Message):
-    __slots__ = ("output", "vote_share", "votes", "forward_passes", "generated_tokens", "flops", "rounds_used", "agents", "model_id", "batch_size")
+    __slots__ = ("output", "vote_share", "votes", "forward_passes", "generated_tokens", "flops", "rounds_used", "agents", "model_id", "batch_size", "steps")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     VOTE_SHARE_FIELD_NUMBER: _ClassVar[int]
     VOTES_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +103,7 @@ class InferResponse(_message.Message):
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     output: str
     vote_share: float
     votes: _containers.RepeatedCompositeFieldContainer[Vote]
@@ -111,7 +114,16 @@ class InferResponse(_message.Message):
     agents: int
     model_id: str
     batch_size: int
-    def __init__(self, output: _Optional[str] = ..., vote_share: _Optional[float] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., forward_passes: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., flops: _Optional[float] = ..., rounds_used: _Optional[int] = ..., agents: _Optional[int] = ..., model_id: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    steps: _containers.RepeatedCompositeFieldContainer[Step]
+    def __init__(self, output: _Optional[str] = ..., vote_share: _Optional[float] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., forward_passes: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., flops: _Optional[float] = ..., rounds_used: _Optional[int] = ..., agents: _Optional[int] = ..., model_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ...) -> None: ...
+
+class Step(_message.Message):
+    __slots__ = ("text", "vote_share")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    VOTE_SHARE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    vote_share: float
+    def __init__(self, text: _Optional[str] = ..., vote_share: _Optional[float] = ...) -> None: ...
 
 class Vote(_message.Message):
     __slots__ = ("answer", "weight")
