@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 from moe_swarm.data.tasks import get_task, greedy_exact_match
 from moe_swarm.data.tokenizer import ByteTokenizer
 from moe_swarm.model.transformer import ModelOutput, MoETransformer, TransformerConfig
+from moe_swarm.parallel.config import ParallelConfig, ParallelConfigError
 
 LN2 = math.log(2.0)
 
@@ -59,6 +60,7 @@ class MoELanguageModel(L.LightningModule):
         eval_problems: int = 128,
         eval_max_new_tokens: int = 16,
         eval_batch_size: int = 128,
+        parallel: dict | DictConfig | None = None,
     ) -> None:
         super().__init__()
         model = _plain(model)
@@ -79,6 +81,10 @@ class MoELanguageModel(L.LightningModule):
         )
         # Strict: a misspelt key (``+model.num_expert=16``) fails here, before any training.
         self.model = MoETransformer(TransformerConfig.from_dict(model))
+        # Layout under trainer=model_parallel (FSDP2 + expert parallel); checked against the model now.
+        self.parallel = ParallelConfig.from_dict(_plain(parallel))
+        if self.model.moe_layers:
+            self.parallel.check_experts(self.model.cfg.moe.num_experts)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.tokenizer = ByteTokenizer()
@@ -93,9 +99,37 @@ class MoELanguageModel(L.LightningModule):
         self.train_expert_counts = torch.zeros(n_moe, e)
 
     def configure_model(self) -> None:
-        if self.hparams.compile:
+        from moe_swarm.parallel import is_parallelized, parallelize
+
+        if self.hparams.compile and not is_parallelized(self.model):
             for block in self.model.blocks:
                 block.compile()
+        mesh = self._device_mesh  # set by ModelParallelStrategy (trainer=model_parallel) only
+        if mesh is not None and not is_parallelized(self.model):  # idempotent: validate, then fit
+            parallelize(self.model, mesh, self.parallel)
+        elif mesh is None and self.parallel.expert_parallel_size > 1:
+            raise ParallelConfigError(
+                f"module.parallel.expert_parallel_size={self.parallel.expert_parallel_size} needs "
+                "trainer=model_parallel (Lightning's ModelParallelStrategy); this trainer has no device mesh"
+            )
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: Any = None,
+        gradient_clip_algorithm: Any = None,
+    ) -> None:
+        """Sharded experts and the rest live on different meshes: clip by one norm over both."""
+        from moe_swarm.parallel import clip_grad_norm_, is_parallelized
+
+        if not (gradient_clip_val and is_parallelized(self.model)):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError(
+                f"trainer.gradient_clip_algorithm={gradient_clip_algorithm!r} is not supported with "
+                "trainer=model_parallel; use 'norm'"
+            )
+        clip_grad_norm_(self.model.parameters(), float(gradient_clip_val))
 
     # ---- training ---------------------------------------------------------------------------
     def forward(
