@@ -90,6 +90,10 @@ def read_checkpoint(
             f"checkpoint {path} does not exist; pass the path of a .ckpt written by training "
             "(runs/<run_id>/checkpoints/last.ckpt)"
         )
+    if path.is_dir() and (path / ".metadata").is_file():  # sharded (trainer=model_parallel): consolidate
+        from moe_swarm.parallel.checkpoint import consolidated_checkpoint
+
+        return consolidated_checkpoint(path, weights=not mmap)  # mmap: metadata only, empty state_dict
     if not path.is_file():
         raise _not_ours(path, "it is a directory, not a file")
     head = _first_bytes(path)

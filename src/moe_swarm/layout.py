@@ -97,8 +97,9 @@ class RunLayout:
         return self.root / "hydra"
 
     def existing_last_checkpoint(self) -> Path | None:
-        """``last_checkpoint`` if the file exists, else None."""
-        return self.last_checkpoint if self.last_checkpoint.is_file() else None
+        """``last_checkpoint`` if it exists (a file, or a sharded folder under trainer=model_parallel), else None."""
+        last = self.last_checkpoint
+        return last if last.is_file() or (last / ".metadata").is_file() else None
 
 
 def metrics_lines_enabled(environ: Mapping[str, str] | None = None) -> bool:
