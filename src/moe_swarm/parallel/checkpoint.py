@@ -38,6 +38,7 @@ __all__ = [
     "META_FILENAME",
     "MODEL_KEY",
     "ShardedCheckpointError",
+    "consolidated_checkpoint",
     "export_consolidated",
     "is_sharded_checkpoint",
     "load_sharded",
@@ -48,6 +49,8 @@ MODEL_KEY = "state_dict"  # Lightning's name for the module's state
 OPTIMIZER_KEY = "optimizer_0"
 META_FILENAME = "meta.pt"  # Lightning's name (lightning.fabric.utilities.load._METADATA_FILENAME)
 MODEL_PREFIX = "model."  # the LightningModule holds the MoETransformer as `model`
+# What a consolidated file keeps from meta.pt (loop and callback states belong to the sharded resume).
+_KEPT_META = ("epoch", "global_step", "pytorch-lightning_version", "hyper_parameters", "swarm_state")
 
 
 class ShardedCheckpointError(ValueError):
@@ -117,13 +120,14 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def export_consolidated(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Write the sharded checkpoint ``src`` as one ``.ckpt`` file (model weights + hyper-parameters).
+def consolidated_checkpoint(src: str | os.PathLike, *, weights: bool = True) -> dict[str, Any]:
+    """The sharded checkpoint ``src`` as the dict of an ordinary single-file ``.ckpt`` (in memory).
 
-    One process, no process group; memory: the whole model once. The optimizer state is left out
-    (resume from the sharded folder; the export is for evaluation, the swarm tools and serving).
+    One process, no process group; memory: the whole model once (``weights=False``: only ``meta.pt``,
+    with an empty ``state_dict``, for callers that need the step and hyper-parameters). The optimizer
+    state is left out: resume from the folder itself.
     """
-    src, dst = Path(src), Path(dst)
+    src = Path(src)
     if not is_sharded_checkpoint(src):
         what = "a file" if src.is_file() else "missing" if not src.exists() else "a folder without .metadata"
         raise ShardedCheckpointError(
@@ -140,18 +144,21 @@ def export_consolidated(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         raise ShardedCheckpointError(
             f"{meta_path} has no hyper_parameters['model']: not written by moe-swarm training"
         )
-    with warnings.catch_warnings():  # "no process group: loading in one process" is the intent here
-        warnings.simplefilter("ignore", UserWarning)
-        loaded = _load_state_dict_from_keys({MODEL_KEY}, checkpoint_id=src)
-    weights = {k: v for k, v in loaded[MODEL_KEY].items() if isinstance(v, torch.Tensor)}
-    out = {
-        k: v
-        for k, v in meta.items()
-        if k in ("epoch", "global_step", "pytorch-lightning_version", "hyper_parameters")
-    }
-    out["state_dict"] = weights
+    out = {k: v for k, v in meta.items() if k in _KEPT_META}
+    out["state_dict"] = {}
+    if weights:
+        with warnings.catch_warnings():  # "no process group: loading in one process" is the intent here
+            warnings.simplefilter("ignore", UserWarning)
+            loaded = _load_state_dict_from_keys({MODEL_KEY}, checkpoint_id=src)
+        out["state_dict"] = {k: v for k, v in loaded[MODEL_KEY].items() if isinstance(v, torch.Tensor)}
     out["consolidated_from"] = str(src)
-    atomic_torch_save(out, dst)
+    return out
+
+
+def export_consolidated(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Write the sharded checkpoint ``src`` as one ``.ckpt`` file (model weights + hyper-parameters)."""
+    dst = Path(dst)
+    atomic_torch_save(consolidated_checkpoint(src), dst)
     return dst
 
 
