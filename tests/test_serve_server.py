@@ -344,6 +344,8 @@ def test_override_typos_are_refused_at_submit_and_take_no_slot(tmp_path):
         cases = {
             "trainer.max_stepz=5": "Could not override 'trainer.max_stepz'",
             "data=no_such_data": "Could not find 'data/no_such_data'",
+            "trainer.max_steps=abc": "trainer.max_steps='abc': must be an integer >= 1",
+            "model.n_layers=0": "model.n_layers=0: must be an integer >= 1",
         }
         for override, expected in cases.items():
             with pytest.raises(grpc.RpcError) as err:
