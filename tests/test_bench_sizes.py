@@ -54,10 +54,12 @@ def test_hf_peer_is_built_on_our_weights_and_agrees_for_every_backend():
 def test_peer_rows_and_a_disagreeing_peer_is_reported_not_timed(monkeypatch):
     pytest.importorskip("transformers")
     c = ctx()
-    rows = sized_case(c, TINY, 64, ("fp32",))
+    rows = sized_case(c, TINY, 64, ("fp32", "bf16"))
     names = {r.metric.split("/", 2)[2] for r in rows}
-    assert {f"hf_{b}_fp32_ms" for b in peers.HF_BACKENDS} <= names
-    assert "hf_best_over_ours_fp32" in names
+    for p in ("fp32", "bf16"):  # bf16: compared on the tokens both route alike (HF's logits are bf16)
+        assert {f"hf_{b}_{p}_ms" for b in peers.HF_BACKENDS} <= names
+        assert f"hf_best_over_ours_{p}" in names
+    assert not c.problems
 
     real = peers.hf_mixtral_block
 
