@@ -85,8 +85,10 @@ def setup_process(cfg: DictConfig) -> None:
 
 
 def is_launching_rank_zero(node_rank: int = 0) -> bool:
-    """True in the process that owns the run: node 0, not one of Lightning's per-device children."""
-    return node_rank == 0 and os.environ.get("LOCAL_RANK", "0") == "0"
+    """True in the process that owns the run: node 0, not one of Lightning's per-device children
+    (LOCAL_RANK > 0) and not a torchrun worker of another global rank (RANK > 0)."""
+    env = os.environ
+    return node_rank == 0 and env.get("LOCAL_RANK", "0") == "0" and env.get("RANK", "0") == "0"
 
 
 @contextlib.contextmanager
