@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Hashable, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -28,9 +29,11 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from torchmetrics.functional.classification import binary_auroc
 
+from moe_swarm.atomic import atomic_torch_save
 from moe_swarm.checkpoint import load_checkpoint
 from moe_swarm.data.tasks import Problem, Task, get_task
 from moe_swarm.data.tokenizer import ByteTokenizer
+from moe_swarm.layout import RunLayout
 from moe_swarm.model import MoETransformer, RoutingControl
 from moe_swarm.swarm import (
     SWARM_STATE_KEY,
@@ -612,3 +615,78 @@ class StepCheckerModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[SWARM_STATE_KEY] = step_swarm_state(self.checker, self.steps_cfg)
+
+
+# ---------------------------------------------------------------------------------- run outputs
+def write_swarm_checkpoint(
+    source: str | Path, base_checkpoint: str | Path, out: Path, extra_hparams: dict
+) -> dict:
+    """One model checkpoint holding the weights of ``source`` (a swarm-training checkpoint), the base
+    run's hyper-parameters (task, run config) and ``swarm_state``; returns the swarm state."""
+    from moe_swarm.checkpoint import load_model, save_model_checkpoint
+
+    model, hp = load_model(source)
+    state = hp.get("swarm_state")
+    if not isinstance(state, dict):
+        raise ValueError(f"{source} holds no swarm state; it was not written by moe-swarm-swarm-train")
+    _, base_hp = load_model(base_checkpoint)
+    base_hp.pop("swarm_state", None)
+    base_hp["global_step"] = hp.get("base_global_step", base_hp.get("global_step"))
+    base_hp["swarm_train"] = extra_hparams
+    save_model_checkpoint(out, model, base_hp, extra={"swarm_state": state})
+    return state
+
+
+def swarm_fields(cfg: DictConfig, layout: RunLayout, o: Any) -> dict[str, Any]:
+    """Summary fields of a scorer run; on rank 0 also writes swarm.ckpt and swarm_state.pt."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt_cb = next((c for c in o.trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+    best = (ckpt_cb.best_model_path or None) if ckpt_cb else None
+    last = layout.existing_last_checkpoint()
+    source = best or (str(last) if last else None)
+    fields: dict[str, Any] = {
+        "base_checkpoint": str(cfg.checkpoint),
+        "checkpoint": None,
+        "swarm_state": None,
+        "lightning_checkpoint": str(last) if last else None,
+        "head_from": source,
+        "task": o.module.hparams.task,
+        "objective": str(cfg.module._target_).rsplit(".", 1)[-1],
+        "swarm": o.module.hparams.get("swarm") or o.module.hparams.get("steps"),
+        "freeze_backbone": o.module.hparams.get("freeze_backbone"),  # value head only
+    }
+    if o.trainer.is_global_zero and source is not None:
+        extra = {
+            "run_id": cfg.run_id,
+            "source": source,
+            "module": OmegaConf.to_container(cfg.module, resolve=True),
+        }
+        state = write_swarm_checkpoint(source, cfg.checkpoint, layout.swarm_checkpoint, extra)
+        atomic_torch_save(state, layout.swarm_state)
+        fields["checkpoint"] = str(layout.swarm_checkpoint)
+        fields["swarm_state"] = str(layout.swarm_state)
+    return fields
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    def metric(name: str) -> str:
+        a, b = s["metrics_start"].get(name), s["metrics"].get(name)
+        fa = "-" if a is None else f"{a:.4f}"
+        fb = "-" if b is None else f"{b:.4f}"
+        return f"{fa} -> {fb}"
+
+    if s["objective"] == "StepCheckerModule":
+        shown = ["val/checker_loss", "val/checker_auc_within", "val/checker_auc_vote_wrong"]
+        shown += ["val/logprob_auc_within", "val/logprob_auc_vote_wrong"]
+    else:
+        shown = ["val/value_loss", "val/value_auc", "val/majority", "val/value_weighted", "val/swarm"]
+    lines = [
+        "",
+        f"== {s['objective']} {s['run_id']}: {s['status']} after {s['global_step']} steps ({s['wall_seconds']} s)",
+        *(f"   {name} {metric(name)}" for name in shown),
+        f"   checkpoint (model + swarm state): {s['checkpoint']}",
+        f"   summary: {s['run_dir']}/summary.json",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
