@@ -183,6 +183,8 @@ def check_nodes_agree(
     environ = os.environ if environ is None else environ
     if spec.num_nodes == 1 or environ.get("LOCAL_RANK", "0") != "0":
         return
+    if environ.get("TORCHELASTIC_RUN_ID"):  # under torchrun its c10d rendezvous already formed the world
+        return
     if spec.master_port is None:  # ClusterSpec already refuses this with several nodes
         raise ClusterConfigError("several nodes need MASTER_PORT to agree on a rendezvous")
     mine = {"num_nodes": spec.num_nodes, "devices": spec.devices, "run_id": run_id, "resuming": resuming}
