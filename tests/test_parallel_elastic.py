@@ -5,9 +5,12 @@ finish with the parameters of an uninterrupted run."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -83,3 +86,75 @@ def test_a_rank_killed_mid_run_restarts_under_torchrun_and_ends_like_an_uninterr
     res = json.loads(result.read_text())
     assert res["restarts"] == 1 and res["start"] == 2, res  # the second attempt resumed at step 2
     assert max_diff(torch.load(reference, weights_only=True), torch.load(final, weights_only=True)) < 1e-5
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return sorted(kids)
+
+
+def test_moe_swarm_train_under_torchrun_restarts_a_killed_rank_from_the_sharded_last_ckpt(tmp_path: Path):
+    """The real entry point: cluster=torchelastic keeps torchrun's variables for Lightning, the
+    killed group restarts, and the new attempt resumes from the sharded last.ckpt to the end."""
+    from test_parallel_lightning import ARGS
+
+    args = [a for a in ARGS if not a.startswith(("run_id=", "callbacks.replica_check", "router="))]
+    args += [
+        "cluster=torchelastic",
+        "trainer.max_steps=6",
+        "callbacks.last_checkpoint.every_n_steps=2",
+        "run_id=elastic",
+    ]
+    env = child_env(MOE_SWARM_RUNS_DIR=str(tmp_path), TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    for name in ("MASTER_PORT", "MASTER_ADDR", "RUN_ID", "NODE_RANK", "NUM_NODES", "DEVICES"):
+        env.pop(name, None)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        "--max-restarts",
+        "1",
+    ]
+    log = tmp_path / "torchrun.log"
+    meta = tmp_path / "elastic" / "checkpoints" / "last.ckpt" / "meta.pt"
+    with log.open("w") as f:
+        agent = subprocess.Popen(
+            [*torchrun, "-m", "moe_swarm.train", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 150
+        while not meta.is_file() and agent.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        workers = _children(agent.pid)
+        assert meta.is_file() and len(workers) == 2, log.read_text()[-3000:]
+        os.kill(workers[-1], signal.SIGKILL)  # one rank dies after the step-2 checkpoint
+        rc = agent.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    out = log.read_text()
+    assert rc == 0, out[-4000:]
+    assert "exitcode: -9" in out and "resuming run elastic from" in out, out[-4000:]
+    summary = json.loads((tmp_path / "elastic" / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["global_step"] == 6
+    assert summary["resumed_from"].endswith("last.ckpt")
