@@ -138,6 +138,7 @@ class StepLevelRuns:
             temperature=list(cfg.temperature),
             score="logprob",
             max_new_tokens=self.max_new_tokens,
+            max_batch_rows=cfg.max_batch_rows,  # bounds the KV-cache memory of a wave
             seed=cfg.seed,
         )
         res = independent_vote_at_budget(
