@@ -17,11 +17,13 @@ head (tied or not). Router, norms and softmax are ignored.
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 import torch
 
@@ -205,7 +207,11 @@ def eager_vs_compiled(ctx: BenchContext, setup: TrainSetup) -> list[Row]:
 
     model_cfg = setup.model_config()
     batches = make_batches(setup, setup.steps + 1, ctx.seed)
-    coefs = lm.MoELanguageModel(model=model_cfg.to_dict()).hparams
+    # The LightningModule's default loss coefficients and weight decay, without building its model.
+    params = inspect.signature(lm.MoELanguageModel.__init__).parameters
+    coefs = SimpleNamespace(
+        **{k: params[k].default for k in ("weight_decay", "aux_loss_coef", "z_loss_coef")}
+    )
     secs: dict[str, list[float]] = {}
     for name, compiled in (("eager", False), ("compiled", True)):
         loop = PlainLoop(coefs, model_cfg, ctx, batches, compile=compiled)
