@@ -102,6 +102,15 @@ main() {
           overrides+=("$line")
         fi
       done <<<"${MOE_SWARM_OVERRIDES:-}"
+      if [[ -n "${MOE_SWARM_MAX_RESTARTS:-}" ]]; then
+        # Elastic (moe-swarm-launch --max-restarts N): torchrun starts one rank per device and restarts
+        # them all from the last checkpoint when one dies; cluster=torchelastic reads its variables.
+        is_uint "$MOE_SWARM_MAX_RESTARTS" || die "MOE_SWARM_MAX_RESTARTS='${MOE_SWARM_MAX_RESTARTS}' must be an integer >= 0."
+        run python -m torch.distributed.run --nnodes="${NUM_NODES:-1}" --nproc-per-node="${DEVICES:-1}" \
+          --rdzv-backend=c10d --rdzv-endpoint="${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}" \
+          --rdzv-id="${MOE_SWARM_RDZV_ID:-moe-swarm}" --max-restarts="$MOE_SWARM_MAX_RESTARTS" \
+          -m moe_swarm.train "${overrides[@]}" "$@"
+      fi
       run moe-swarm-train "${overrides[@]}" "$@"
       ;;
     serve) run moe-swarm-serve "$@" ;;

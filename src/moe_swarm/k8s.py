@@ -61,6 +61,7 @@ class JobRequest:
     devices: int
     overrides: tuple[str, ...]
     run_id: str
+    max_restarts: int | None = None  # None: plain Indexed Job; N: torchrun (c10d) restarts the ranks N times
 
 
 def k8s_dir() -> Path:
@@ -111,6 +112,11 @@ def _check_request(job: JobRequest, image: str, overlay: str) -> None:
             "JOB_COMPLETION_INDEX. Use trainer.num_nodes=1 on FKS, or the cpu/gpu overlay on a cluster with "
             "ReadWriteMany storage."
         )
+    restarts = job.max_restarts
+    if restarts is not None and (isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0):
+        raise LaunchError(
+            f"max_restarts={restarts!r} must be an integer >= 0 (or unset for the plain Indexed Job)."
+        )
     for override in job.overrides:
         if "\n" in override or "=" not in override:
             raise LaunchError(f"override {override!r} is not one Hydra override of the form key=value.")
@@ -119,7 +125,7 @@ def _check_request(job: JobRequest, image: str, overlay: str) -> None:
 def _trainer_overrides(job: JobRequest) -> list[str]:
     """User overrides, then the ones this launcher owns; a contradicting user value is an error."""
     managed = {
-        "cluster": "cluster=env",
+        "cluster": "cluster=env" if job.max_restarts is None else "cluster=torchelastic",
         "trainer.num_nodes": f"trainer.num_nodes={job.num_nodes}",
         "trainer.devices": f"trainer.devices={job.devices}",
         "run_id": f"run_id={job.run_id}",
@@ -157,6 +163,14 @@ def _kustomization(job: JobRequest, image: str, overlay: str, namespace: str | N
     }
     if not fks:
         data["MASTER_ADDR"] = f"{job.name}-0.{job.name}"
+    elastic = {}
+    if job.max_restarts is not None:  # docker/entrypoint.sh then runs moe-swarm-train under torchrun
+        elastic = {
+            "MOE_SWARM_MAX_RESTARTS": str(job.max_restarts),
+            "MOE_SWARM_RDZV_ID": job.run_id,
+            # Restarted workers otherwise reuse a stale TCPStore address (connection refused or a hang).
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+        }
     job_ops: list[dict[str, Any]] = [
         {"op": "replace", "path": "/metadata/name", "value": job.name},
         {"op": "replace", "path": _label_path("/metadata/labels"), "value": job.name},
@@ -178,6 +192,7 @@ def _kustomization(job: JobRequest, image: str, overlay: str, namespace: str | N
         {"op": "replace", "path": "/metadata/name", "value": config_name},
         {"op": "replace", "path": _label_path("/metadata/labels"), "value": job.name},
         *({"op": "replace", "path": f"/data/{k}", "value": v} for k, v in data.items()),
+        *({"op": "add", "path": f"/data/{k}", "value": v} for k, v in elastic.items()),
     ]
     patches = [
         _json_patch("Job", TREE_JOB_NAME, job_ops),
@@ -262,11 +277,16 @@ def render_jobs(
     image: str,
     overlay: str,
     namespace: str | None = None,
+    max_restarts: int | None = None,
 ) -> str:
-    """Several jobs (``(job_name, num_nodes, devices, overrides, run_id)`` each) sharing one data PVC."""
+    """Several jobs (``(job_name, num_nodes, devices, overrides, run_id)`` each) sharing one data PVC.
+
+    ``max_restarts``: None renders the plain Indexed Job; N makes each pod run torchrun with the c10d
+    rendezvous and ``--max-restarts N`` (``cluster=torchelastic``): a rank that dies restarts the
+    group from the last checkpoint without losing the pod."""
     if namespace is not None and not _DNS_LABEL.fullmatch(namespace):
         raise LaunchError(f"namespace {namespace!r} is not a valid Kubernetes namespace name.")
-    jobs = [JobRequest(n, nodes, dev, tuple(ov), rid) for n, nodes, dev, ov, rid in trials]
+    jobs = [JobRequest(n, nodes, dev, tuple(ov), rid, max_restarts) for n, nodes, dev, ov, rid in trials]
     for job in jobs:
         _check_request(job, image, overlay)
         _trainer_overrides(job)

@@ -41,6 +41,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--run-id", default=None, help="run id (default: the job name): a re-applied job resumes"
     )
     parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=None,
+        help="run torchrun (c10d rendezvous) in each pod, restarting the ranks up to N times from the last "
+        "checkpoint (cluster=torchelastic); default: the plain Indexed Job",
+    )
+    parser.add_argument(
         "--sweep",
         action="store_true",
         help="expand Hydra sweep syntax (a=1,2 b=x,y) into one job per trial, named <name>-<i>",
@@ -69,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parse_args(argv)
     try:
-        sys.stdout.write(render_jobs(_trials(args), args.image, args.overlay, args.namespace))
+        sys.stdout.write(
+            render_jobs(_trials(args), args.image, args.overlay, args.namespace, args.max_restarts)
+        )
     except (LaunchError, HydraException) as error:
         print(f"moe-swarm-launch: {error}", file=sys.stderr)
         return 2
