@@ -7,6 +7,7 @@ wheel it is the packaged ``moe_swarm/conf`` (hatchling force-include). Both work
 from __future__ import annotations
 
 import glob
+import math
 import os
 import secrets
 import time
@@ -54,6 +55,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("moe_swarm_run_id", generated_run_id)
     if not OmegaConf.has_resolver("moe_swarm_nonempty"):
         OmegaConf.register_new_resolver("moe_swarm_nonempty", _nonempty)
+    if not OmegaConf.has_resolver("moe_swarm_product"):  # trainer=model_parallel: nodes x devices
+        OmegaConf.register_new_resolver("moe_swarm_product", lambda *xs: math.prod(int(x) for x in xs))
 
 
 register_resolvers()
