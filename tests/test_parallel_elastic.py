@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from test_parallel import CHILD, child_env, max_diff
 
@@ -158,3 +159,86 @@ def test_moe_swarm_train_under_torchrun_restarts_a_killed_rank_from_the_sharded_
     summary = json.loads((tmp_path / "elastic" / "summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["global_step"] == 6
     assert summary["resumed_from"].endswith("last.ckpt")
+
+
+# ---- Kubernetes: the elastic Job, validated offline -------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_launcher_renders_an_elastic_job_that_validates_strictly_and_the_plain_job_stays_default():
+    import yaml
+
+    from moe_swarm.k8s import LaunchError, render_job, render_jobs
+
+    args = ("moe-swarm-train", "img:1", "cpu", 2, 2, ["experiment=moe_parallel"], "run1")
+    plain = {d["kind"]: d for d in yaml.safe_load_all(render_job(*args)) if d}
+    assert "MOE_SWARM_MAX_RESTARTS" not in plain["ConfigMap"]["data"]
+    assert "cluster=env" in plain["ConfigMap"]["data"]["MOE_SWARM_OVERRIDES"]
+    manifests = render_jobs(
+        [("moe-swarm-train", 2, 2, ["experiment=moe_parallel"], "run1")], "img:1", "cpu", max_restarts=3
+    )
+    docs = {d["kind"]: d for d in yaml.safe_load_all(manifests) if d}
+    data = docs["ConfigMap"]["data"]
+    assert data["MOE_SWARM_MAX_RESTARTS"] == "3" and data["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+    assert data["MOE_SWARM_RDZV_ID"] == "run1"
+    assert "cluster=torchelastic" in data["MOE_SWARM_OVERRIDES"].splitlines()
+    assert docs["Job"]["spec"]["completions"] == 2  # still one pod per node; torchrun restarts inside it
+    validate = REPO / ".venv" / "bin" / "kubernetes-validate"
+    result = subprocess.run(
+        [str(validate), "--strict", "-"], input=manifests, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    with pytest.raises(LaunchError, match="max_restarts=-1 must be an integer >= 0"):
+        render_jobs([("moe-swarm-train", 1, 1, [], "r")], "img:1", "cpu", max_restarts=-1)
+
+
+def test_entrypoint_runs_moe_swarm_train_under_torchrun_when_max_restarts_is_set(tmp_path):
+    """docker/entrypoint.sh with a stand-in `python` that prints its arguments."""
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    env = {
+        "PATH": f"{fake.parent}:/usr/bin:/bin",
+        "NUM_NODES": "2",
+        "DEVICES": "4",
+        "JOB_COMPLETION_INDEX": "1",
+        "MASTER_ADDR": "job-0.job",
+        "MASTER_PORT": "29500",
+        "MOE_SWARM_MAX_RESTARTS": "3",
+        "MOE_SWARM_RDZV_ID": "run1",
+        "MOE_SWARM_OVERRIDES": "experiment=moe_parallel\ncluster=torchelastic\n",
+    }
+    out = subprocess.run(
+        ["bash", str(REPO / "docker" / "entrypoint.sh"), "train", "trainer.max_steps=5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc-per-node=4",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=job-0.job:29500",
+        "--rdzv-id=run1",
+        "--max-restarts=3",
+        "-m",
+        "moe_swarm.train",
+        "experiment=moe_parallel",
+        "cluster=torchelastic",
+        "trainer.max_steps=5",
+    ]
+    env["MOE_SWARM_MAX_RESTARTS"] = "x"
+    bad = subprocess.run(
+        ["bash", str(REPO / "docker" / "entrypoint.sh"), "train"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 64 and "MOE_SWARM_MAX_RESTARTS='x' must be an integer" in bad.stderr
