@@ -181,3 +181,20 @@ def test_decode_sized_batches_take_the_gather_path_without_autograd():
         assert pool.resolve_dispatch(x, top_k=2) == "gather_bmm"  # 4 assignments <= 4 experts
         assert pool.resolve_dispatch(torch.randn(3, 32), top_k=2) != "gather_bmm"
     assert pool.resolve_dispatch(x, top_k=2) != "gather_bmm"  # training: sort + grouped GEMM
+
+
+@pytest.mark.slow
+def test_compiled_decode_traces_once_for_every_prompt_and_output_length():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    model = tiny()
+    torch._dynamo.reset()
+    counters.clear()
+    for prompt_len, n in ((7, 5), (3, 11), (12, 20)):
+        prompt = torch.randint(0, 256, (2, prompt_len))
+        assert torch.equal(
+            model.generate(prompt, n, decode="compiled").tokens, model.generate(prompt, n).tokens
+        )
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()

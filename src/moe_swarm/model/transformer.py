@@ -306,6 +306,25 @@ class MoETransformer(nn.Module):
             cache[mode] = torch.compile(self.decode_step, dynamic=False, mode=mode)
         return cache[mode]
 
+    def static_cache(self, batch_size: int, device, dtype) -> KVCache:
+        """One reusable ``max_seq_len`` KV cache per (batch size, device, dtype) for compiled decoding.
+
+        Same shapes and addresses on every call: the compiled step is traced once for every prompt
+        and output length, and CUDA graphs can capture its in-place cache writes. Positions past
+        the current length are masked, so the cache is not cleared between calls. Not thread-safe:
+        one compiled ``generate`` at a time per model and batch size.
+        """
+        caches = self.__dict__.setdefault("_static_caches", {})
+        key = (batch_size, torch.device(device), dtype)
+        if key not in caches:
+            cache = KVCache(self.cfg, batch_size, self.cfg.max_seq_len, device, dtype)
+            torch._dynamo.mark_static_address(cache.k)
+            torch._dynamo.mark_static_address(cache.v)
+            caches[key] = cache
+        cache = caches[key]
+        cache.length = 0
+        return cache
+
     @torch.no_grad()
     def generate(
         self,
@@ -348,7 +367,10 @@ class MoETransformer(nn.Module):
         cache = None
         if use_cache:
             dtype = next(self.parameters()).dtype
-            cache = KVCache(self.cfg, b, s + t0 + max_new_tokens, dev, dtype)
+            if decode in ("compiled", "cudagraphs"):
+                cache = self.static_cache(b, dev, dtype)
+            else:
+                cache = KVCache(self.cfg, b, s + t0 + max_new_tokens, dev, dtype)
         tokens = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=dev)
         logprobs = torch.zeros(b, max_new_tokens, device=dev)
         finished = torch.zeros(b, dtype=torch.bool, device=dev)
