@@ -44,11 +44,19 @@ def swarm(ctx: BenchContext) -> list[Row]:
     return swarm_suite.run(ctx)
 
 
+def parallel(ctx: BenchContext) -> list[Row]:
+    """DDP vs FSDP2 vs expert parallelism at 2 and 4 processes: tokens/s, memory per rank, all-to-all share."""
+    from moe_swarm.bench import parallel_suite
+
+    return parallel_suite.run(ctx)
+
+
 SUITES: dict[str, Suite] = {
     "moe_layer": moe_layer,
     "generate": generate,
     "train_step": train_step,
     "swarm": swarm,
+    "parallel": parallel,
 }
 
 
