@@ -67,16 +67,26 @@ def parallelize(
     fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
     reshard = cfg.reshard_after_forward
     for block in model.blocks:
+        ignored: set[nn.Parameter] = set()
         if block.is_moe:
             layer = block.ffn
             if meshes.ep is not None:
                 layer.experts = ExpertParallelPool(layer.experts, meshes.ep)
-                fully_shard(
-                    layer.experts, mesh=meshes.dp_mod_ep, mp_policy=policy, reshard_after_forward=reshard
-                )
+                if meshes.dp_mod_ep.size() > 1:
+                    fully_shard(
+                        layer.experts, mesh=meshes.dp_mod_ep, mp_policy=policy, reshard_after_forward=reshard
+                    )
+                else:  # each expert lives on one rank only: nothing to shard or reduce, skip FSDP's work
+                    ignored = set(layer.experts.parameters())
             if cfg.param_dtype is not None:
                 fully_shard(layer.router, mesh=meshes.dp, mp_policy=fp32, reshard_after_forward=reshard)
-        fully_shard(block, mesh=meshes.dp, mp_policy=policy, reshard_after_forward=reshard)
+        fully_shard(
+            block,
+            mesh=meshes.dp,
+            mp_policy=policy,
+            reshard_after_forward=reshard,
+            ignored_params=ignored or None,
+        )
     # The root's parameters (embedding = tied head, final norm) are needed right after the last block.
     fully_shard(model, mesh=meshes.dp, mp_policy=policy, reshard_after_forward=False)
     return meshes
