@@ -19,7 +19,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from moe_swarm.mcp.backend import Sidecar, SidecarConfig
-from moe_swarm.mcp.cli import READY_PREFIX
+from moe_swarm.mcp.http_transport import READY_PREFIX
 from moe_swarm.mcp.server import build_server
 from moe_swarm.serve.server import BackgroundServer
 from moe_swarm.serve.testing import local_settings

@@ -25,7 +25,7 @@ class ServerProcess:
     """The console entry point in a child process; stdout lines are collected by a reader thread."""
 
     def __init__(self, state_dir: Path, *overrides: str) -> None:
-        argv = [sys.executable, "-c", "from moe_swarm.serve.server import main; main()",
+        argv = [sys.executable, "-c", "from moe_swarm.serve.__main__ import main; main()",
                 "serve.port=0", "serve.auth.enabled=false", f"serve.state_dir={state_dir}",
                 f"serve.training.command=[python,{CHILD}]", "serve.training.config_name=null", "serve.training.extra_overrides=[]", *overrides]  # fmt: skip
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -165,11 +165,11 @@ def test_restart_after_a_crash_marks_running_jobs_failed_and_keeps_finished_ones
 
 
 def test_bad_configuration_exits_with_a_message(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", "from moe_swarm.serve.server import main; main()",
+    proc = subprocess.run([sys.executable, "-c", "from moe_swarm.serve.__main__ import main; main()",
                            f"serve.state_dir={tmp_path}", "+serve.no_such_key=1"],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and "no_such_key" in proc.stderr
-    proc = subprocess.run([sys.executable, "-c", "from moe_swarm.serve.server import main; main()",
+    proc = subprocess.run([sys.executable, "-c", "from moe_swarm.serve.__main__ import main; main()",
                            f"serve.state_dir={tmp_path}", "serve.port=0"],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "MOE_SWARM_TOKENS": ""})  # fmt: skip
     assert proc.returncode == 2 and "no token is configured" in proc.stderr

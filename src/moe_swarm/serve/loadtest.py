@@ -61,7 +61,7 @@ class ServerProcess:
     """``moe-swarm-serve`` in a child process; ``address`` once it printed its ready line."""
 
     def __init__(self, overrides: list[str], timeout: float = 120.0) -> None:
-        argv = [sys.executable, "-c", "from moe_swarm.serve.server import main; main()", *overrides]
+        argv = [sys.executable, "-c", "from moe_swarm.serve.__main__ import main; main()", *overrides]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(ln) for ln in self.proc.stdout], daemon=True).start()

@@ -1,7 +1,5 @@
-"""`moe-swarm-serve`: the gRPC control sidecar (grpc.aio) with health, reflection, auth and metrics.
-
-    moe-swarm-serve serve.port=50051 serve.auth.enabled=false       # local use
-    MOE_SWARM_TOKENS=$(openssl rand -hex 32) moe-swarm-serve serve.host=0.0.0.0
+"""The gRPC control sidecar (grpc.aio) with health, reflection, auth and metrics (``moe-swarm-serve``,
+whose console script is :mod:`moe_swarm.serve.__main__`).
 
 Prints ``moe-swarm serving on HOST:PORT`` when ready (``serve.port=0`` picks a free port). On SIGTERM or
 SIGINT: health turns NOT_SERVING, in-flight RPCs get ``serve.grace_s`` to finish, running jobs are asked to
@@ -13,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +29,7 @@ from moe_swarm.serve.models import ModelStore
 from moe_swarm.serve.observability import ObservabilityInterceptor, RpcStats
 from moe_swarm.serve.proto import mcp_pb2, mcp_pb2_grpc
 from moe_swarm.serve.service import ControlService
-from moe_swarm.serve.settings import READY_PREFIX, ServeSettings, from_config
+from moe_swarm.serve.settings import READY_PREFIX, ServeSettings
 
 log = logging.getLogger("moe_swarm.serve")
 SERVICE_NAME = mcp_pb2.DESCRIPTOR.services_by_name["MCPControl"].full_name
@@ -291,38 +288,3 @@ class BackgroundServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-
-def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-
-def main() -> None:
-    """Console script: compose conf/serve.yaml with Hydra (overrides on the command line) and serve."""
-    import hydra
-    from omegaconf import DictConfig
-
-    from moe_swarm.config import config_dir
-
-    @hydra.main(config_path=str(config_dir()), config_name="serve", version_base="1.3")
-    def _hydra_main(cfg: DictConfig) -> None:
-        _configure_logging()
-        try:
-            settings = from_config(cfg.serve)
-        except Exception as exc:
-            print(f"moe-swarm-serve: bad configuration: {exc}", file=sys.stderr, flush=True)
-            sys.exit(2)
-        try:
-            code = asyncio.run(serve(settings))
-        except (OSError, ValueError) as exc:
-            print(f"moe-swarm-serve: {exc}", file=sys.stderr, flush=True)
-            sys.exit(2)
-        sys.exit(code)
-
-    _hydra_main()
-
-
-if __name__ == "__main__":
-    main()
