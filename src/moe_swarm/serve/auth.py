@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextvars
 import hmac
-import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -24,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from moe_swarm.serve.observability import record_code, wrap_handler
+from moe_swarm.serve.observability import call_behavior, record_code, wrap_handler
 from moe_swarm.serve.settings import AuthSettings
 
 log = logging.getLogger("moe_swarm.serve.auth")
@@ -120,12 +119,7 @@ def _with_scopes(behavior: Callable, scopes: tuple[str, ...]) -> Callable:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         reset = CALLER_SCOPES.set(scopes)
         try:
-            result = behavior(request, context)
-            if inspect.isasyncgen(result):
-                async for item in result:
-                    await context.write(item)
-                return None
-            return await result if inspect.isawaitable(result) else result
+            return await call_behavior(behavior, request, context)
         finally:
             CALLER_SCOPES.reset(reset)
 

@@ -148,6 +148,16 @@ def record_code(code: grpc.StatusCode) -> None:
 Behavior = Callable[..., Any]
 
 
+async def call_behavior(behavior: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    """Run a handler behavior, coroutine or async generator (whose items are written to ``context``)."""
+    result = behavior(request, context)
+    if inspect.isasyncgen(result):
+        async for item in result:
+            await context.write(item)
+        return None
+    return await result if inspect.isawaitable(result) else result
+
+
 def _wrap_behavior(behavior: Behavior, method: str, stats: RpcStats, log_rpcs: bool) -> Behavior:
     """A coroutine handler that runs ``behavior`` (coroutine or async generator) and records the outcome."""
 
@@ -158,14 +168,7 @@ def _wrap_behavior(behavior: Behavior, method: str, stats: RpcStats, log_rpcs: b
         start = time.perf_counter()
         exc: BaseException | None = None
         try:
-            result = behavior(request_or_iterator, context)
-            if inspect.isasyncgen(result):
-                async for item in result:
-                    await context.write(item)
-                return None
-            if inspect.isawaitable(result):
-                return await result
-            return result
+            return await call_behavior(behavior, request_or_iterator, context)
         except BaseException as e:
             exc = e
             raise
