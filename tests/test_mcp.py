@@ -351,3 +351,26 @@ def test_streamable_http_with_the_sidecars_tokens(sidecar, trained):
         proc.wait(timeout=30)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_cancelling_a_wait_leaves_the_job_running_and_cancel_job_stops_it(sidecar, trained):
+    async def go():
+        async with Client(mcp_server(sidecar.address), mode="auto") as c:
+            started = await c.call_tool("start_training", {"experiment": "quickstart",
+                                                           "overrides": [*TINY, "trainer.max_steps=100000"]})  # fmt: skip
+            job_id = started.structured_content["job_id"]
+            short = await c.call_tool("wait_for_job", {"job_id": job_id, "timeout_s": 1})
+            with anyio.move_on_after(2):  # the agent host gives up on a wait: the request is cancelled
+                await c.call_tool("wait_for_job", {"job_id": job_id, "timeout_s": 300})
+            await anyio.sleep(1)
+            after = await c.call_tool("get_job", {"job_id": job_id})
+            cancelled = await c.call_tool("cancel_job", {"job_id": job_id})
+            final = await c.call_tool("wait_for_job", {"job_id": job_id, "timeout_s": 300})
+            return short, after, cancelled, final
+
+    short, after, cancelled, final = run(go)
+    assert not short.is_error and short.structured_content["finished"] is False
+    assert after.structured_content["state"] in ("PENDING", "RUNNING")
+    assert not after.structured_content["cancel_requested"]
+    assert cancelled.structured_content["cancel_requested"]
+    assert final.structured_content["job"]["state"] == "CANCELLED", final.structured_content["job"]["message"]
