@@ -354,23 +354,42 @@ def test_streamable_http_with_the_sidecars_tokens(sidecar, trained):
 
 
 def test_cancelling_a_wait_leaves_the_job_running_and_cancel_job_stops_it(sidecar, trained):
+    """Also: a job's state changes reach a `subscriptions/listen` stream as resource-updated events."""
+
+    async def steps(c, job_id):
+        short = await c.call_tool("wait_for_job", {"job_id": job_id, "timeout_s": 1})
+        with anyio.move_on_after(2):  # the agent host gives up on a wait: the request is cancelled
+            await c.call_tool("wait_for_job", {"job_id": job_id, "timeout_s": 300})
+        await anyio.sleep(1)
+        after = await c.call_tool("get_job", {"job_id": job_id})
+        cancelled = await c.call_tool("cancel_job", {"job_id": job_id})
+        final = await c.call_tool("wait_for_job", {"job_id": job_id, "timeout_s": 300})
+        return short, after, cancelled, final
+
     async def go():
         async with Client(mcp_server(sidecar.address), mode="auto") as c:
             started = await c.call_tool("start_training", {"experiment": "quickstart",
                                                            "overrides": [*TINY, "trainer.max_steps=100000"]})  # fmt: skip
             job_id = started.structured_content["job_id"]
-            short = await c.call_tool("wait_for_job", {"job_id": job_id, "timeout_s": 1})
-            with anyio.move_on_after(2):  # the agent host gives up on a wait: the request is cancelled
-                await c.call_tool("wait_for_job", {"job_id": job_id, "timeout_s": 300})
-            await anyio.sleep(1)
-            after = await c.call_tool("get_job", {"job_id": job_id})
-            cancelled = await c.call_tool("cancel_job", {"job_id": job_id})
-            final = await c.call_tool("wait_for_job", {"job_id": job_id, "timeout_s": 300})
-            return short, after, cancelled, final
+            events: list[str] = []
 
-    short, after, cancelled, final = run(go)
+            async def listen(task_status=anyio.TASK_STATUS_IGNORED):
+                async with c.listen(resource_subscriptions=[f"moe://jobs/{job_id}"]) as sub:
+                    task_status.started()
+                    async for event in sub:
+                        events.append(event.uri)
+
+            async with anyio.create_task_group() as tg:
+                await tg.start(listen)
+                result = await steps(c, job_id)
+                await anyio.sleep(1.5)  # the job watcher polls once a second
+                tg.cancel_scope.cancel()
+            return (*result, job_id, events)
+
+    short, after, cancelled, final, job_id, events = run(go)
     assert not short.is_error and short.structured_content["finished"] is False
     assert after.structured_content["state"] in ("PENDING", "RUNNING")
     assert not after.structured_content["cancel_requested"]
     assert cancelled.structured_content["cancel_requested"]
     assert final.structured_content["job"]["state"] == "CANCELLED", final.structured_content["job"]["message"]
+    assert f"moe://jobs/{job_id}" in events
