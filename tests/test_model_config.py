@@ -121,3 +121,19 @@ def test_train_entry_point_rejects_a_misspelt_model_key_before_training(tmp_path
     assert "model.num_expert" in proc.stderr and "model.moe.num_experts" in proc.stderr
     assert not list(tmp_path.rglob("*.ckpt")), "a checkpoint was written: training ran"
     assert not list(tmp_path.rglob("metrics.csv")), "metrics were logged: training ran"
+
+
+def test_mfu_counts_training_flops_per_token_against_the_peak():
+    from moe_swarm.lit.lm_module import MoELanguageModel
+
+    cfg = TransformerConfig(
+        d_model=32, n_layers=2, n_heads=2, max_seq_len=64, moe=MoEConfig(num_experts=4, d_ff=32)
+    )
+    module = MoELanguageModel(model=cfg.to_dict())
+    model = module.model
+    count = model.count_parameters()
+    # 6 x (active matmul params + output head) + 12 x layers x d_model x T (attention scores).
+    expected = 6.0 * (count.active - count.embedding + cfg.vocab_size * 32) + 12.0 * 2 * 32 * 64
+    assert model.train_flops_per_token(64) == expected
+    assert module.mfu(1000.0, peak_flops=1e12) == pytest.approx(1000.0 * expected / 1e12)
+    assert module.mfu(1000.0) is None  # no known peak for a CPU: no invented MFU

@@ -85,11 +85,7 @@ def make_batches(setup: TrainSetup, n: int, seed: int) -> list[dict[str, torch.T
 
 
 def train_flops_per_token(model: MoETransformer, seq_len: int) -> float:
-    cfg = model.cfg
-    count = model.count_parameters()
-    head = cfg.vocab_size * cfg.d_model
-    matmul_params = count.active - count.embedding + head
-    return 6.0 * matmul_params + 12.0 * cfg.n_layers * cfg.d_model * seq_len
+    return model.train_flops_per_token(seq_len)
 
 
 def matmul_peak_gflops(

@@ -97,6 +97,7 @@ class MoELanguageModel(L.LightningModule):
         self.register_buffer("_step_counts", torch.zeros(n_moe, e), persistent=False)
         self.register_buffer("val_expert_counts", torch.zeros(n_moe, e), persistent=False)
         self.train_expert_counts = torch.zeros(n_moe, e)
+        self._train_seq_len: int | None = None  # for mfu()
 
     def configure_model(self) -> None:
         from moe_swarm.parallel import is_parallelized, parallelize
@@ -137,6 +138,21 @@ class MoELanguageModel(L.LightningModule):
     ) -> ModelOutput:
         return self.model(idx, targets, pad_mask=pad_mask)
 
+    def mfu(self, tokens_per_s: float, peak_flops: float | None = None) -> float | None:
+        """Model FLOPs utilisation of ``tokens_per_s`` (per device) against ``peak_flops``, by default
+        the device's peak for the trainer's precision as Lightning knows it (None where unknown, e.g.
+        CPUs). FLOPs per token: :meth:`MoETransformer.train_flops_per_token` at the training length."""
+        if peak_flops is None:
+            from lightning.fabric.utilities.throughput import get_available_flops
+
+            precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+            dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0], torch.float32)
+            peak_flops = get_available_flops(self.device, dtype)
+        if not peak_flops or not tokens_per_s or not math.isfinite(tokens_per_s):
+            return None
+        seq_len = self._train_seq_len or self.model.cfg.max_seq_len
+        return tokens_per_s * self.model.train_flops_per_token(seq_len) / peak_flops
+
     def _shared_step(self, batch: dict[str, Tensor]) -> tuple[ModelOutput, Tensor]:
         out = self(batch["input_ids"], batch["targets"], batch.get("attention_mask"))
         loss = (
@@ -147,6 +163,7 @@ class MoELanguageModel(L.LightningModule):
         return out, loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        self._train_seq_len = batch["input_ids"].shape[1]
         out, loss = self._shared_step(batch)
         bs = batch["input_ids"].shape[0]
         means = {"train/loss": out.loss.detach(), "train/total_loss": loss.detach()}

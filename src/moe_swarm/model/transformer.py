@@ -230,6 +230,16 @@ class MoETransformer(nn.Module):
             total=total, active=total - inactive, embedding=emb, details={"moe_layers": len(self.moe_layers)}
         )
 
+    def train_flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: ``6 N + 12 n_layers d_model T`` (PaLM, appendix B), N = the matmul
+        parameters a token touches (active parameters minus the embedding lookup, plus the head)."""
+        count = self.count_parameters()
+        head = self.cfg.vocab_size * self.cfg.d_model
+        return (
+            6.0 * (count.active - count.embedding + head)
+            + 12.0 * self.cfg.n_layers * self.cfg.d_model * seq_len
+        )
+
     def forward(
         self,
         idx: Tensor,
