@@ -368,6 +368,7 @@ def lm_summary(o: FitOutcome) -> dict[str, Any]:
     heat = next((c for c in o.trainer.callbacks if isinstance(c, ExpertLoadHeatmap)), None)
     return {
         "tokens_per_s": round(tput.mean_tokens_per_s, 1) if tput and tput.seconds > 0 else None,
+        "mfu": o.module.mfu(tput.mean_tokens_per_s) if tput and tput.seconds > 0 else None,
         "params": {"total": pc.total, "active": pc.active, "embedding": pc.embedding},
         "load_max_over_mean": o.end.get("router/load_max_over_mean"),
         "plots": str(heat.dirpath) if heat and heat.last_path else None,
