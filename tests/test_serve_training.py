@@ -90,3 +90,54 @@ def test_a_failed_job_reports_the_actual_error_not_hydras_trailer(tmp_path):
     assert job.state == pb.FAILED
     assert "Could not override 'trainer.max_stepz'" in job.message, job.message
     assert "HYDRA_FULL_ERROR" not in job.message
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_ctl_commands() -> list[list[str]]:
+    """The `moe-swarm-ctl train/infer/models` lines of the README's Control plane section, in order."""
+    import shlex
+
+    section = README.read_text().split("## Control plane", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for line in section.splitlines():
+        if line.startswith("moe-swarm-ctl ") and ";" not in line:
+            words = shlex.split(line.split("  #", 1)[0])
+            if words[1] in ("train", "infer", "models"):
+                commands.append(words[1:])
+    return commands
+
+
+@pytest.mark.slow
+def test_the_readme_serve_example_end_to_end(tmp_path):
+    """Every train/infer/models command of the README's Control plane section, run as written (the server
+    shrinks training with its extra overrides): a text model continues text, a reasoning model answers its
+    own prompt format and refuses another with the expected format."""
+    import os
+    import subprocess
+    import sys
+
+    commands = _readme_ctl_commands()
+    assert [c[0] for c in commands] == ["train", "infer", "models", "train", "infer", "infer"], commands
+    tiny = ["model.d_model=32", "data.batch_size=4", "trainer.limit_val_batches=1", "validate_before_fit=false",
+            "trainer.max_steps=2", "trainer.val_check_interval=2"]  # fits both experiments  # fmt: skip
+    with BackgroundServer(local_settings(tmp_path / "state", training__extra_overrides=tiny)) as srv:
+        env = {**os.environ, "MOE_SWARM_TARGET": srv.address}
+        env.pop("MOE_SWARM_TOKEN", None)
+        job_id, outputs = "", []
+        for words in commands:
+            words = [job_id if w == "<job_id>" else w for w in words]
+            proc = subprocess.run([sys.executable, "-m", "moe_swarm.serve.ctl", *words], capture_output=True,
+                                  text=True, timeout=600, env=env)  # fmt: skip
+            outputs.append(proc)
+            if words[0] == "train":
+                assert proc.returncode == 0, proc.stdout + proc.stderr
+                job_id = proc.stdout.split()[1]  # "job <id> started: ..."
+    text_train, text_infer, models, mul_train, mul_infer, mul_wrong = outputs
+    assert text_infer.returncode == 0 and text_infer.stdout.strip(), text_infer.stderr
+    assert "prompt: text model: any text" in models.stdout
+    assert mul_infer.returncode == 0, mul_infer.stderr
+    assert mul_wrong.returncode == 1
+    assert "INVALID_ARGUMENT" in mul_wrong.stderr and "trained on task 'mul'" in mul_wrong.stderr
+    assert "'321*54=' asks 123*45" in mul_wrong.stderr
