@@ -74,6 +74,11 @@ class Vote(BaseModel):
     weight: float
 
 
+class Step(BaseModel):
+    text: str
+    vote_share: float
+
+
 class InferenceResult(BaseModel):
     answer: str
     vote_share: float = Field(description="share of the vote the answer got (0..1)")
@@ -85,6 +90,9 @@ class InferenceResult(BaseModel):
     agents: int
     model_id: str
     batch_size: int
+    steps: list[Step] = Field(
+        description="mode 'steps': the committed reasoning steps with their vote shares"
+    )
 
 
 class Model(BaseModel):
@@ -167,6 +175,7 @@ def inference_from_proto(r: mcp_pb2.InferResponse) -> InferenceResult:
         agents=r.agents,
         model_id=r.model_id,
         batch_size=r.batch_size,
+        steps=[Step(text=x.text, vote_share=x.vote_share) for x in r.steps],
     )
 
 

@@ -286,9 +286,13 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
         max_new_tokens: int = 0,
         seed: int | None = None,
         model: str = "",
+        mode: str = "",
     ) -> InferenceResult:
-        """0 / None = the server's defaults; ``model``: a model id, job id, run id or checkpoint path."""
-        request = pb.InferRequest(prompt=prompt, agents=agents, max_new_tokens=max_new_tokens, model_id=model)
+        """0 / None = the server's defaults; ``model``: a model id, job id, run id or checkpoint path;
+        ``mode``: "answers" (default, vote on whole answers) or "steps" (the step-level swarm)."""
+        request = pb.InferRequest(
+            prompt=prompt, agents=agents, max_new_tokens=max_new_tokens, model_id=model, mode=mode
+        )
         if rounds is not None:
             request.rounds = rounds
         if temperature is not None:

@@ -180,7 +180,7 @@ def cmd_bench(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_infer(client: Client, args: argparse.Namespace) -> int:
     request = mcp_pb2.InferRequest(prompt=args.prompt, max_new_tokens=args.max_new_tokens, agents=args.agents,
-                                   model_id=args.model or "")  # fmt: skip
+                                   model_id=args.model or "", mode=args.mode or "")  # fmt: skip
     if args.rounds is not None:
         request.rounds = args.rounds
     if args.temperature is not None:
@@ -191,6 +191,8 @@ def cmd_infer(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _dump(resp)
         return 0
+    for k, step in enumerate(resp.steps, 1):
+        print(f"# step {k}: {step.text!r} (vote share {step.vote_share:.2f})", file=sys.stderr)
     print(resp.output)
     votes = ", ".join(f"{v.answer!r}: {v.weight:.3g}" for v in resp.votes[:5])
     print(f"# model {resp.model_id}; vote share {resp.vote_share:.2f} ({votes}); {resp.agents} agents, "
@@ -360,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument(
         "--model", help="model id, job id, run id or checkpoint path (default: the server's default)"
     )
+    i.add_argument("--mode", choices=["answers", "steps"],
+                   help="answers (default): vote on whole answers; steps: the step-level swarm (scratchpad models)")  # fmt: skip
     i.set_defaults(func=cmd_infer)
 
     m = sub.add_parser("models", help="list loaded models (task, prompt format) and the default")
