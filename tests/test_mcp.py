@@ -393,3 +393,18 @@ def test_cancelling_a_wait_leaves_the_job_running_and_cancel_job_stops_it(sideca
     assert cancelled.structured_content["cancel_requested"]
     assert final.structured_content["job"]["state"] == "CANCELLED", final.structured_content["job"]["message"]
     assert f"moe://jobs/{job_id}" in events
+
+
+def test_run_benchmark_returns_rows_and_the_results_resource(sidecar):
+    async def go():
+        async with Client(mcp_server(sidecar.address), mode="auto") as c:
+            result = await c.call_tool("run_benchmark", {"suites": ["moe_layer"], "repeats": 1})
+            job_id = result.structured_content["job_id"]
+            again = json.loads((await c.read_resource(f"moe://bench/{job_id}/results")).contents[0].text)
+            return result.structured_content, again
+
+    result, again = run(go)
+    assert result["rows"] and all(
+        r["metric"].startswith("moe_layer/") and r["value"] > 0 for r in result["rows"]
+    )
+    assert again == result
