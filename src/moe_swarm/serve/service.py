@@ -221,7 +221,9 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
         check_range(seed, "seed", 0, MAX_SEED)
         mode = request.mode or "answers"
         if mode not in ("answers", "steps"):
-            raise invalid_argument(f"mode={request.mode!r} is not one of 'answers', 'steps' (or empty = 'answers')")
+            raise invalid_argument(
+                f"mode={request.mode!r} is not one of 'answers', 'steps' (or empty = 'answers')"
+            )
         params = InferParams(
             max_new_tokens=max_new, agents=agents, rounds=rounds, temperature=float(temperature), mode=mode
         )
@@ -244,7 +246,10 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
             agents=params.agents,
             model_id=loaded.model_id,
             batch_size=batch_size,
-            steps=[mcp_pb2.Step(text=p.text, vote_share=float(s)) for p, s in zip(result.committed, result.shares)],
+            steps=[
+                mcp_pb2.Step(text=p.text, vote_share=float(s))
+                for p, s in zip(result.committed, result.shares)
+            ],
         )
 
     @unary
