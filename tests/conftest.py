@@ -101,3 +101,12 @@ def run_entry_point(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def restore_environ():
+    """For code that writes os.environ directly (cluster.apply_to_environ): put it back exactly as it was."""
+    saved = dict(os.environ)
+    yield os.environ
+    os.environ.clear()
+    os.environ.update(saved)

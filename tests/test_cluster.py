@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,6 @@ from moe_swarm.cluster import (
 )
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "cluster"
-
-
-@pytest.fixture
-def restore_environ():
-    """apply_to_environ writes os.environ directly; put it back exactly as it was."""
-    saved = dict(os.environ)
-    yield os.environ
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def _cluster_cfg(name: str, trainer_nodes: int = 1, trainer_devices: int = 1):

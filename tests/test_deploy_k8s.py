@@ -8,7 +8,6 @@ repository's Hydra config the way a pod would.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -316,14 +315,6 @@ def test_expand_sweep_is_a_cartesian_product():
 
 
 # --- against the repository's Hydra config -------------------------------------------------------
-
-
-@pytest.fixture
-def restore_environ():
-    saved = dict(os.environ)
-    yield os.environ
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def test_compose_counts_reads_the_trainer():
