@@ -26,6 +26,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ResourceUpdated
 from mcp.types import ToolAnnotations
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from moe_swarm.mcp.backend import Sidecar, SidecarError
 from moe_swarm.mcp.models import (
@@ -100,21 +101,30 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
     bus = InMemorySubscriptionBus()
 
     async def poll_job_states() -> None:
-        """Publish a resource-updated event for moe://jobs/{id} whenever a job changes state."""
+        """Publish a resource-updated event for moe://jobs/{id} whenever a job changes state.
+
+        Uses this server's own sidecar token; without one the sidecar refuses and the watcher stops (HTTP
+        callers still get updates from their own wait_for_job calls). An unreachable sidecar: back off."""
         states: dict[str, str] = {}
+        delay = JOB_POLL_S
         while True:
             try:
                 listed = await sidecar.call("ListJobs", pb.ListJobsRequest(limit=50))
             except SidecarError as e:
+                if e.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                    log.info("job watcher stopped: the sidecar refused this server's token (%s)", e.message)
+                    return
                 log.debug("job watcher: %s", e.message)
+                delay = min(delay * 2, 30.0)
             else:
+                delay = JOB_POLL_S
                 for j in listed.jobs:
                     state = pb.JobState.Name(j.state)
                     if j.job_id in states and states[j.job_id] != state:
                         for uri in (f"moe://jobs/{j.job_id}", f"moe://jobs/{j.job_id}/metrics"):
                             await bus.publish(ResourceUpdated(uri=uri))
                     states[j.job_id] = state
-            await asyncio.sleep(JOB_POLL_S)
+            await asyncio.sleep(delay)
 
     @contextlib.asynccontextmanager
     async def lifespan(_server: MCPServer) -> AsyncIterator[dict]:
@@ -444,7 +454,7 @@ def _version() -> str:
 async def _notify_updated(ctx: Context, uri: str) -> None:
     """Resource-updated: to `subscriptions/listen` streams (2026-07-28), and to a handshake-era session."""
     await ctx.notify_resource_updated(uri)
-    if ctx.protocol_version and ctx.protocol_version < "2026":
+    if ctx.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
         with contextlib.suppress(Exception):  # a session without a writable stream (closed): nothing to tell
             await ctx.session.send_resource_updated(uri)
 
