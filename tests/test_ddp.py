@@ -128,6 +128,9 @@ def test_two_nodes_on_loopback_both_finish_and_leave_one_checkpoint(tmp_path):
     assert load_model(run_dir / "checkpoints" / "last.ckpt")[1]["global_step"] == 4
     rank0, rank1 = _digests(run_dir)
     assert rank0["sha256"] == rank1["sha256"] and rank0["world_size"] == 2
+    # Both nodes share the run directory; only node 0 held its lock (node 1 would have failed on
+    # it), and it is released when the run ends.
+    assert (run_dir / "run.lock").read_text() == ""
 
 
 @pytest.mark.slow
