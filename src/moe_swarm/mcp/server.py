@@ -341,6 +341,13 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
         except SidecarError as e:
             raise ResourceError(f"{e.code}: {e.message}") from None
 
+    async def run_file(run_id: str, field: str, missing: str) -> str:
+        """One file of a run (GetRun's ``field``), or a resource error saying it does not exist yet."""
+        text = getattr(await read("GetRun", pb.GetRunRequest(run_id=run_id)), field)
+        if not text:
+            raise ResourceError(f"run {run_id!r} has no {missing}")
+        return text
+
     @mcp.resource("moe://jobs/{job_id}", mime_type="application/json", description="A job (JSON).")
     async def job_resource(job_id: str) -> str:
         return as_json(job_from_proto(await read("GetJob", pb.GetJobRequest(job_id=job_id))))
@@ -369,19 +376,13 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
         description="A run's composed Hydra config.",
     )
     async def run_config_resource(run_id: str) -> str:
-        run = await read("GetRun", pb.GetRunRequest(run_id=run_id))
-        if not run.config_yaml:
-            raise ResourceError(f"run {run_id!r} has no composed config yet (its job has not started)")
-        return run.config_yaml
+        return await run_file(run_id, "config_yaml", "composed config yet (its job has not started)")
 
     @mcp.resource(
         "moe://runs/{run_id}/summary", mime_type="application/json", description="A run's summary.json."
     )
     async def run_summary_resource(run_id: str) -> str:
-        run = await read("GetRun", pb.GetRunRequest(run_id=run_id))
-        if not run.summary_json:
-            raise ResourceError(f"run {run_id!r} has no summary.json yet (it is written when training ends)")
-        return run.summary_json
+        return await run_file(run_id, "summary_json", "summary.json yet (it is written when training ends)")
 
     @mcp.resource(
         "moe://bench/{job_id}/results", mime_type="application/json", description="A benchmark job's rows."
