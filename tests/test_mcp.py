@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -408,3 +409,27 @@ def test_run_benchmark_returns_rows_and_the_results_resource(sidecar):
         r["metric"].startswith("moe_layer/") and r["value"] > 0 for r in result["rows"]
     )
     assert again == result
+
+
+@pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate"
+)
+def test_streamable_http_over_tls(sidecar, trained, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    proc, url = _start_http(sidecar.address, "--certfile", str(cert), "--keyfile", str(key))
+    try:
+        assert url.startswith("https://127.0.0.1:")
+        with httpx2.Client(timeout=30, verify=str(cert)) as http:
+            assert http.post(url, json=INIT, headers=HEADERS).status_code == 401
+            ok = http.post(url, json=INIT, headers={**HEADERS, "Authorization": f"Bearer {FULL}"})
+            assert ok.status_code == 200, ok.text
+        with pytest.raises(httpx2.HTTPError), httpx2.Client(timeout=10) as plain:  # untrusted certificate
+            plain.post(url, json=INIT, headers=HEADERS)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
