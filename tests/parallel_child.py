@@ -63,9 +63,12 @@ def ep_layer(args, rank: int, world: int) -> dict:
     cfg.check(world, args.experts)  # the clear error for a non-dividing expert count
     mesh = build_mesh(cfg, "cpu", world)
     layer.experts = ExpertParallelPool(layer.experts, mesh.ep)
+    # --autocast: bf16 autocast as under trainer.precision=bf16-mixed (the expert GEMMs run in bf16).
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast)
     x = x_all[rank].clone().requires_grad_(True)
-    y, _ = layer(x)
-    (y * g_all[rank]).sum().backward()
+    with amp:
+        y, _ = layer(x)
+        (y.float() * g_all[rank]).sum().backward()
     # Gather everything and compare on rank 0 with the one-process layer on all tokens.
     ys = [torch.empty_like(y) for _ in range(world)]
     dist.all_gather(ys, y.detach())
@@ -77,8 +80,9 @@ def ep_layer(args, rank: int, world: int) -> dict:
     if rank != 0:
         return {}
     xr = x_all.reshape(world * 3, 5, 16).clone().requires_grad_(True)
-    yr, _ = ref(xr)
-    (yr * g_all.reshape(world * 3, 5, 16)).sum().backward()
+    with amp:
+        yr, _ = ref(xr)
+        (yr.float() * g_all.reshape(world * 3, 5, 16)).sum().backward()
     err = {
         "output": (torch.cat(ys) - yr.detach()).abs().max().item(),
         "input_grad": (torch.cat(xg) - xr.grad).abs().max().item(),
@@ -86,11 +90,14 @@ def ep_layer(args, rank: int, world: int) -> dict:
     }
     for n, gr in expert_grads.items():
         err[f"{n}_grad"] = (gr - getattr(ref.experts, n).grad).abs().max().item()
+    with torch.no_grad():  # how far the same layer in fp32 is: > 0 shows the autocast run was bf16
+        y32 = ref(xr.detach())[0].float()
+        fp32_gap = ((y32 - yr.detach().float()).abs().max() / y32.abs().max()).item()  # relative
     counts = torch.zeros(args.experts)
     with torch.no_grad():
         routed = ref.router(xr.detach().reshape(-1, 16))
         counts.scatter_add_(0, routed.indices.reshape(-1), torch.ones(routed.indices.numel()))
-    return {"max_abs_err": err, "tokens_per_expert": counts.tolist()}
+    return {"max_abs_err": err, "tokens_per_expert": counts.tolist(), "fp32_gap": fp32_gap}
 
 
 def train(args, rank: int, world: int) -> dict:
@@ -173,6 +180,7 @@ def main() -> None:
     p.add_argument("--ep", type=int, default=1)
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--no-tokens", action="store_true")
+    p.add_argument("--autocast", action="store_true")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--optim", choices=["adamw", "sgd"], default="adamw")
     p.add_argument("--ref-shards", type=int, default=1)

@@ -22,7 +22,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.func import functional_call
 
-from moe_swarm.model.experts import ExpertPool
+from moe_swarm.model.experts import ExpertPool, compute_dtype
 
 __all__ = ["ExpertParallelPool", "scale_grad"]
 
@@ -105,7 +105,8 @@ class ExpertParallelPool(nn.Module):
         counts.scatter_add_(0, flat_expert, torch.ones_like(flat_expert))
         send_counts = counts[:e].contiguous()
         sent = order[: int(send_counts.sum())]  # assignments that go to an expert, grouped by expert
-        xs = x[sent // k]
+        # Rows travel in the experts' compute dtype (bf16 under bf16 autocast: half the bytes).
+        xs = x.to(compute_dtype(x))[sent // k]
 
         # Per-expert counts first (no gradient): rank j receives, from each source, counts of its experts.
         recv_counts = torch.empty_like(send_counts)
