@@ -107,6 +107,13 @@ class MoELanguageModel(L.LightningModule):
                 block.compile()
         mesh = self._device_mesh  # set by ModelParallelStrategy (trainer=model_parallel) only
         if mesh is not None and not is_parallelized(self.model):  # idempotent: validate, then fit
+            if self.task is not None and self.hparams.eval_problems > 0:
+                raise ParallelConfigError(
+                    "greedy exact match during validation (module.eval_problems > 0 with a task) cannot run "
+                    "under trainer=model_parallel: ranks decode different numbers of steps, and every FSDP2/EP "
+                    "forward is a collective. Set module.eval_problems=0 and score the checkpoint with "
+                    "moe-swarm-eval (it reads the sharded last.ckpt)."
+                )
             parallelize(self.model, mesh, self.parallel)
         elif mesh is None and self.parallel.expert_parallel_size > 1:
             raise ParallelConfigError(
