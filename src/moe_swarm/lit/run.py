@@ -319,7 +319,10 @@ def fit_and_summarise(
     t0 = time.perf_counter()
     status = "succeeded"
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+        # weights_only: resume_checkpoint has read this file the same way; a checkpoint never runs code.
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True
+        )
     except SIGTERMException:
         status = "stopped"  # CheckpointOnSigterm has written last.ckpt
     wall = time.perf_counter() - t0
