@@ -326,3 +326,12 @@ def test_a_run_writes_a_loss_curve_next_to_the_expert_load_plots(tmp_path):
         "expert_load_step2.png",
         "expert_load_step4.png",
     }
+
+
+def test_callbacks_follow_the_config_without_a_logger(tmp_path):
+    """`~logger` drops the loggers; the LR monitor (which needs one) is disabled by its `enabled`
+    interpolation, not filtered by class name in code."""
+    s = _train(tmp_path, "run_id=nolog", "trainer.max_steps=2", "~logger")
+    assert s["status"] == "succeeded" and s["logs"] == []
+    cfg = compose_cfg("train", [*TINY, "~logger"], tmp_path)
+    assert cfg.callbacks.lr_monitor.enabled is False and cfg.callbacks.progress_bar.enabled is False

@@ -46,7 +46,7 @@ def generated_run_id() -> str:
 
 
 def _nonempty(node: Any) -> bool:
-    """``${moe_swarm_nonempty:${logger}}``: true when a config group holds at least one entry."""
+    """``${moe_swarm_nonempty:${oc.select:logger,null}}``: true when a config group holds at least one entry."""
     return bool(node)
 
 
