@@ -39,6 +39,7 @@ def serve_http(args: argparse.Namespace, sidecar: Any) -> int:
     except OSError as e:
         print(f"moe-swarm-mcp: error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 2
+    sock.listen(2048)  # connections queue from here on, so the ready line below is true at once
     port = sock.getsockname()[1]
     scheme = "https" if args.certfile else "http"
     host = f"[{args.host}]" if ":" in args.host else args.host
