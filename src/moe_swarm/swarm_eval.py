@@ -18,18 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from moe_swarm.checkpoint import load_checkpoint
 from moe_swarm.config import config_dir, register_resolvers
-from moe_swarm.data import ByteTokenizer, get_task
+from moe_swarm.data import get_task
 from moe_swarm.reporting.swarm import markdown, output_dir, write_report
-from moe_swarm.swarm import StepSwarmConfig, SwarmConfig, load_step_checker, load_swarm_state
-from moe_swarm.swarm.evaluation import (
-    AnswerLevelRuns,
-    Bootstrap,
-    GridSettings,
-    answer_level_report,
-    check_targets,
-    require_value_head,
-)
-from moe_swarm.swarm.step_evaluation import StepLevelRuns, step_level_report
+from moe_swarm.swarm.evaluation import Bootstrap, check_targets, evaluate_answers
+from moe_swarm.swarm.step_evaluation import evaluate_steps
 
 
 def run_eval(cfg: DictConfig) -> dict:
@@ -37,6 +29,8 @@ def run_eval(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    if cfg.mode not in ("answers", "steps"):
+        raise ValueError(f"mode must be 'answers' or 'steps', got {cfg.mode!r}")
     ckpt = load_checkpoint(cfg.checkpoint, map_location=cfg.device)
     spec = OmegaConf.to_container(cfg.task, resolve=True) if cfg.task is not None else ckpt.task
     if not spec:
@@ -44,38 +38,27 @@ def run_eval(cfg: DictConfig) -> dict:
             f"{cfg.checkpoint} names no reasoning task; pass task={{name: mul, kwargs: {{...}}}}"
         )
     task = get_task(spec["name"], **dict(spec.get("kwargs") or {}))
-    base = SwarmConfig.from_dict(OmegaConf.to_container(cfg.swarm, resolve=True))
-    state = (cfg.swarm_state or ckpt.swarm_state) if cfg.value_head and cfg.mode == "answers" else None
-    head = load_swarm_state(state, map_location=cfg.device)[0] if state is not None else None
-    if cfg.mode == "answers":
-        require_value_head(base, head)
-    elif cfg.mode != "steps":
-        raise ValueError(f"mode must be 'answers' or 'steps', got {cfg.mode!r}")
-    problems = task.generate(cfg.split, int(cfg.n_test), seed=int(cfg.problem_seed))
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    state = plain["swarm_state"] or ckpt.swarm_state
+
+    def problems() -> list:  # drawn after the scorers are checked: a bad request fails fast
+        return task.generate(cfg.split, int(cfg.n_test), seed=int(cfg.problem_seed))
+
+    boot = Bootstrap(**plain["bootstrap"])
     report = {
         "checkpoint": str(cfg.checkpoint), "global_step": ckpt.global_step, "task": spec, "split": cfg.split,
-        "n_test": len(problems), "problem_seed": int(cfg.problem_seed), "mode": cfg.mode,
+        "n_test": int(cfg.n_test), "problem_seed": int(cfg.problem_seed), "mode": cfg.mode,
         "threads": torch.get_num_threads(), "device": str(cfg.device),
     }  # fmt: skip
-    boot = Bootstrap(**OmegaConf.to_container(cfg.bootstrap))
     if cfg.mode == "steps":
-        checker, _ = load_step_checker(cfg.swarm_state or ckpt.swarm_state, map_location=cfg.device)
-        steps = StepSwarmConfig.from_dict(OmegaConf.to_container(cfg.steps, resolve=True))
-        runs = StepLevelRuns(
-            ckpt.model, ByteTokenizer(), task, problems, steps, checker, cfg.step_level.max_new_tokens
-        )
-        level = step_level_report(
-            runs, list(cfg.step_level.agents), boot, list(cfg.step_level.ablation_votes)
-        )
-        report["step_level"] = level
+        level = report["step_level"] = evaluate_steps(ckpt.model, task, problems, plain["steps"], state,
+                                                      plain["step_level"], boot)  # fmt: skip
     else:
-        runs = AnswerLevelRuns(ckpt.model, ByteTokenizer(), task, problems, base, head, cfg.max_batch_rows)
-        report["answer_level"] = answer_level_report(
-            runs, GridSettings.from_config(OmegaConf.to_container(cfg)), boot
-        )
-        report.update(swarm_config=base.to_dict(), value_head=head is not None)
-        level = report["answer_level"]
-    report["targets"] = check_targets(level, OmegaConf.to_container(cfg.targets))
+        head_state = state if cfg.value_head else None
+        level = report["answer_level"] = evaluate_answers(ckpt.model, task, problems, plain["swarm"], head_state,
+                                                          plain, boot)  # fmt: skip
+        report.update(swarm_config=level.pop("swarm_config"), value_head=level.pop("value_head"))
+    report["targets"] = check_targets(level, plain["targets"])
     report["seconds"] = round(time.perf_counter() - t0, 1)
     report["written_to"] = str(write_report(report, output_dir(cfg.checkpoint, cfg.out_dir)))
     return report

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,6 +265,35 @@ def answer_level_report(runs: AnswerLevelRuns, grid: GridSettings, boot: Bootstr
         "bootstrap": {"samples": boot.samples, "level": boot.level, "seed": boot.seed},
         "buckets": buckets,
     }
+
+
+def evaluate_answers(
+    model: MoETransformer,
+    task,
+    problems: Callable[[], list],
+    swarm: dict,
+    swarm_state: dict | None,
+    settings: dict,
+    boot: Bootstrap,
+) -> dict[str, Any]:
+    """The answer-level evaluation from plain config: ``swarm`` (SwarmConfig fields), the swarm state to
+    take the value head from (or None), ``settings`` (the swarm_eval keys ``grid``, ``reference``,
+    ``controls``, ``max_batch_rows``). Returns the report section (plus ``swarm_config``, ``value_head``)."""
+    from moe_swarm.swarm.state import load_swarm_state
+
+    base = SwarmConfig.from_dict(swarm)
+    dev = next(model.parameters()).device
+    head = load_swarm_state(swarm_state, map_location=dev)[0] if swarm_state is not None else None
+    require_value_head(base, head)
+    runs = AnswerLevelRuns(model, _tokenizer(), task, problems(), base, head, settings.get("max_batch_rows"))
+    level = answer_level_report(runs, GridSettings.from_config(settings), boot)
+    return {**level, "swarm_config": base.to_dict(), "value_head": head is not None}
+
+
+def _tokenizer():
+    from moe_swarm.data.tokenizer import ByteTokenizer
+
+    return ByteTokenizer()
 
 
 def check_targets(level: dict, targets: dict) -> list[dict[str, Any]]:

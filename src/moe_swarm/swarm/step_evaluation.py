@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -286,3 +286,26 @@ def step_level_report(
         "bootstrap": {"samples": boot.samples, "level": boot.level, "seed": boot.seed},
         "buckets": buckets,
     }
+
+
+def evaluate_steps(
+    model: MoETransformer,
+    task,
+    problems: Callable[[], list],
+    steps: dict,
+    swarm_state: dict | None,
+    settings: dict,
+    boot: Bootstrap,
+) -> dict[str, Any]:
+    """The step-level evaluation from plain config: ``steps`` (StepSwarmConfig fields), the swarm state
+    holding the step checker (or None: no checker), ``settings`` (the swarm_eval ``step_level`` keys)."""
+    from moe_swarm.data.tokenizer import ByteTokenizer
+    from moe_swarm.swarm.state import load_step_checker
+
+    dev = next(model.parameters()).device
+    checker = load_step_checker(swarm_state, map_location=dev)[0] if swarm_state is not None else None
+    cfg = StepSwarmConfig.from_dict(steps)
+    runs = StepLevelRuns(
+        model, ByteTokenizer(), task, problems(), cfg, checker, int(settings["max_new_tokens"])
+    )
+    return step_level_report(runs, list(settings["agents"]), boot, list(settings.get("ablation_votes") or []))
