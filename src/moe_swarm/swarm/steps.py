@@ -5,24 +5,25 @@ held once in a KV cache. At each step every agent (a temperature and a seed) con
 the end of one step (a ``"\\n"``, or EOS after the answer line). All agents of all problems whose
 prefixes have the same length decode together in one batched loop that starts from copies of the
 prefix's cached keys and values, so the prefix is never re-run per agent. Decoding a step ends by
-feeding its last token, which yields the features the learned step checker reads
-(``moe_swarm.swarm.checker``) and, for the winner, the next step's first-token distribution.
+feeding its last token, which gives the winner's next-step first-token distribution. The learned
+step checker (``moe_swarm.swarm.checker``) keeps its own cache of the trajectory and reads each
+proposal in one chunk forward.
 
 Each proposal goes to the shared ``ThoughtBuffer`` (thought vector, canonical step, weight,
-log-prob; the checker's probability is the weight under ``vote="checker"``). Proposals are counted
-in waves of ``wave_agents``; after each wave the canonical step strings are voted on (``plurality``,
-``logprob``: exp of the mean token log-prob, ``checker``: P(correct), or ``checker_odds``: P / (1 - P)),
-and the winner is committed
-as soon as its share reaches ``commit_share`` (early commit) or ``num_agents`` proposals are in. A
-winner whose share is below ``confident_share`` (a split vote) or whose checker probability is below
-``checker_threshold`` (a failed check) triggers backtracking, at most ``max_backtracks`` times per
-problem: the trajectory rolls back to the end of the last confident step and is re-proposed from
-there with fresh seeds (a failed winner at the same position is excluded). The trajectory stops at
-the answer line.
+log-prob). Proposals are counted in waves of ``wave_agents``; after each wave the canonical step
+strings are voted on (``plurality``; ``logprob``: exp of the mean token log-prob; ``checker``:
+P(correct); ``checker_odds``: P / (1 - P)), and the winner is committed as soon as its share reaches
+``commit_share`` (early commit) or ``num_agents`` proposals are in; committing copies the winner's
+keys and values into the trajectory's cache. A winner whose share is below ``confident_share`` (a
+split vote) or whose checker probability is below ``checker_threshold`` (a failed check) triggers
+backtracking, at most ``max_backtracks`` times per problem: the trajectory rolls back to the end of
+the last confident step and is re-proposed from there with fresh seeds (a failed winner at the same
+position is excluded). The trajectory stops at the answer line.
 
 Compute (see ``moe_swarm.swarm.compute``): forward passes count (row, forward) evaluations: one per
-fed step token per proposal plus one per prompt prefill; FLOPs add prefill, decode with attention
-over the cached prefix, and the checker head; ``checker_evaluations`` counts checker calls.
+prompt prefill (generator, and checker when there is one), one per fed step token of every proposal,
+and one checker chunk forward per proposal; FLOPs add prefill, decode with attention over the cached
+prefix, the checker's chunk and head; ``checker_evaluations`` counts checker calls.
 """
 
 from __future__ import annotations
