@@ -564,6 +564,11 @@ class StepCheckerModule(L.LightningModule):
             "prefix_ok": ro.prefix_ok[rows],
         }
 
+    def on_fit_start(self) -> None:
+        """The generator only produced the rollouts and stays in eval mode; the checker trains."""
+        self.model.eval()
+        self.checker.train()
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         self.model.eval()
         logits = self.checker.score_sequences(batch["idx"], batch["mask"], batch["starts"], batch["ends"])
