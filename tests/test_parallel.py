@@ -7,83 +7,16 @@ final state, the test compares it with the one-process run of the same data-para
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
+from parallel_helpers import load, max_diff, run_ranks, run_reference
 
 from moe_swarm.checkpoint import load_checkpoint
-from moe_swarm.cluster import clean_env
 from moe_swarm.parallel import ParallelConfig, ParallelConfigError
 from moe_swarm.parallel.checkpoint import ShardedCheckpointError, export_consolidated
 
-CHILD = Path(__file__).with_name("parallel_child.py")
 TOL = 1e-5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = clean_env(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1", **extra})
-    return env
-
-
-def run_ranks(
-    world: int, args: list[str], tmp: Path, timeout: float = 90, expect_ok: bool = True
-) -> list[str]:
-    """Start ``world`` ranks of the child (one process each) and wait; each must exit 0 (or not, with
-    ``expect_ok=False``), within ``timeout`` (a hang fails the test), without an exit-time abort."""
-    port = str(_free_port())
-    procs = []
-    for rank in range(world):
-        log = tmp / f"rank{rank}-{time.monotonic_ns()}.log"
-        env = child_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_PORT=port)
-        with log.open("w") as f:
-            procs.append(
-                (
-                    subprocess.Popen(
-                        [sys.executable, str(CHILD), *args, "--world", str(world)],
-                        env=env,
-                        stdout=f,
-                        stderr=subprocess.STDOUT,
-                    ),
-                    log,
-                )
-            )
-    deadline = time.monotonic() + timeout
-    outs = []
-    for proc, log in procs:
-        try:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for p, _ in procs:
-                p.kill()
-                p.wait()
-            pytest.fail(f"ranks still running after {timeout} s:\n{log.read_text()[-3000:]}")
-        outs.append((proc.returncode, log.read_text()))
-    for rc, out in outs:
-        assert (rc == 0) == expect_ok, out[-4000:]
-        assert "terminate called" not in out, out[-2000:]
-    return [out for _, out in outs]
-
-
-def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys(), set(a) ^ set(b)
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-
-
-def load(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)
 
 
 # ---- expert-parallel layer ----------------------------------------------------------------------
@@ -135,24 +68,7 @@ def runs(tmp_path_factory) -> Path:
     """One-process references for the 2- and 4-shard data-parallel objectives (3 AdamW steps)."""
     tmp = tmp_path_factory.mktemp("parallel")
     for shards in (2, 4):
-        subprocess.run(
-            [
-                sys.executable,
-                str(CHILD),
-                "train",
-                "--world",
-                "1",
-                "--ref-shards",
-                str(shards),
-                "--steps",
-                "3",
-                "--state-out",
-                str(tmp / f"ref{shards}.pt"),
-            ],
-            env=child_env(),
-            check=True,
-            timeout=60,
-        )
+        run_reference(shards, steps=3, state_out=tmp / f"ref{shards}.pt")
     return tmp
 
 

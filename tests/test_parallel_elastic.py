@@ -7,58 +7,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import torch
-from test_parallel import CHILD, child_env, max_diff
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from parallel_helpers import CHILD, elastic_torchrun, load, max_diff, run_reference
 
 
 def test_a_rank_killed_mid_run_restarts_under_torchrun_and_ends_like_an_uninterrupted_run(tmp_path: Path):
     reference = tmp_path / "reference.pt"
-    subprocess.run(
-        [
-            sys.executable,
-            str(CHILD),
-            "train",
-            "--world",
-            "1",
-            "--ref-shards",
-            "2",
-            "--steps",
-            "4",
-            "--state-out",
-            str(reference),
-        ],
-        env=child_env(),
-        check=True,
-        timeout=60,
-    )
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "1",
-        "--nproc-per-node",
-        "2",
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        f"127.0.0.1:{_free_port()}",
-        "--max-restarts",
-        "1",
-    ]
+    run_reference(2, steps=4, state_out=reference)
+    torchrun, env = elastic_torchrun(nproc=2, max_restarts=1)
     result, final = tmp_path / "result.json", tmp_path / "final.pt"
     child = [
         str(CHILD),
@@ -76,17 +36,13 @@ def test_a_rank_killed_mid_run_restarts_under_torchrun_and_ends_like_an_uninterr
         "--result",
         str(result),
     ]
-    # Without this, the restarted group reuses a stale TCPStore address (connection refused or a hang).
-    env = child_env(TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
-    env.pop("MASTER_PORT", None)
-    env.pop("MASTER_ADDR", None)
     proc = subprocess.run([*torchrun, *child], env=env, capture_output=True, text=True, timeout=150)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "exitcode: -9" in out, "rank 1 was killed by SIGKILL in the first attempt"
     res = json.loads(result.read_text())
     assert res["restarts"] == 1 and res["start"] == 2, res  # the second attempt resumed at step 2
-    assert max_diff(torch.load(reference, weights_only=True), torch.load(final, weights_only=True)) < 1e-5
+    assert max_diff(load(reference), load(final)) < 1e-5
 
 
 def _children(pid: int) -> list[int]:
@@ -113,24 +69,7 @@ def test_moe_swarm_train_under_torchrun_restarts_a_killed_rank_from_the_sharded_
         "callbacks.last_checkpoint.every_n_steps=2",
         "run_id=elastic",
     ]
-    env = child_env(MOE_SWARM_RUNS_DIR=str(tmp_path), TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
-    for name in ("MASTER_PORT", "MASTER_ADDR", "RUN_ID", "NODE_RANK", "NUM_NODES", "DEVICES"):
-        env.pop(name, None)
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "1",
-        "--nproc-per-node",
-        "2",
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        f"127.0.0.1:{_free_port()}",
-        "--max-restarts",
-        "1",
-    ]
+    torchrun, env = elastic_torchrun(nproc=2, max_restarts=1, MOE_SWARM_RUNS_DIR=str(tmp_path))
     log = tmp_path / "torchrun.log"
     meta = tmp_path / "elastic" / "checkpoints" / "last.ckpt" / "meta.pt"
     with log.open("w") as f:
