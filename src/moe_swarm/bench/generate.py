@@ -17,21 +17,16 @@ from dataclasses import asdict, dataclass
 import torch
 
 from moe_swarm.bench.context import BenchContext
+from moe_swarm.bench.model_shape import ModelShape
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, paired_ratios, time_interleaved
-from moe_swarm.model import MoEConfig, MoETransformer, RouterConfig, RoutingControl, TransformerConfig
+from moe_swarm.model import MoETransformer, RoutingControl
 
 SUITE = "generate"
 
 
 @dataclass(frozen=True)
-class GenerateSetup:
-    d_model: int
-    n_layers: int
-    n_heads: int
-    d_ff: int
-    num_experts: int
-    top_k: int
+class GenerateSetup(ModelShape):
     prompt_len: int
     new_tokens: tuple[int, ...]  # lengths for KV cache vs recompute
     agents: int
@@ -60,13 +55,7 @@ def decode_modes(ctx: BenchContext) -> tuple[str, ...]:
 
 def build_model(ctx: BenchContext, setup: GenerateSetup) -> tuple[MoETransformer, torch.dtype]:
     longest = max(*setup.new_tokens, setup.agent_new_tokens)
-    cfg = TransformerConfig(
-        d_model=setup.d_model,
-        n_layers=setup.n_layers,
-        n_heads=setup.n_heads,
-        max_seq_len=setup.prompt_len + longest,
-        moe=MoEConfig(num_experts=setup.num_experts, d_ff=setup.d_ff, router=RouterConfig(top_k=setup.top_k)),
-    )
+    cfg = setup.model_config(max_seq_len=setup.prompt_len + longest)
     torch.manual_seed(ctx.seed)
     # bf16 on CUDA (what a GPU would serve), fp32 on CPU.
     dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,44 +229,36 @@ def format_table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from moe_swarm.bench.results import write_results_json
-    from moe_swarm.bench.runner import execute
+    from moe_swarm.bench.runner import add_run_arguments, execute_cli, print_problems
 
     parser = argparse.ArgumentParser(
         prog="python -m moe_swarm.bench.moe_layer",
         description="MoE layer forward+backward per dispatch implementation vs reference_loop and dense.",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats")
-    parser.add_argument(
-        "--repeats", type=int, default=None, help="timed repeats per case (default 7, quick 2)"
+    add_run_arguments(
+        parser,
+        quick="tiny shapes, 2 repeats",
+        repeats="timed repeats per case (default 7, quick 2)",
+        device="cpu or cuda",
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
         "--json", type=Path, default=None, help="also write the rows to this results.json path"
     )
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    report = execute(
-        {SUITE: run},
-        quick=args.quick,
-        repeats=args.repeats,
-        threads=args.threads,
-        device=args.device,
-        command="python -m moe_swarm.bench.moe_layer " + shlex.join(argv),
-    )
+    report = execute_cli({SUITE: run}, args, "moe_swarm.bench.moe_layer", argv)
     print(
         f"moe_layer fwd+bwd, median of repeats, {report.meta['threads']} thread(s), {report.meta['device_name']}"
     )
     print("cell = median ms (speedup over reference_loop; > 1 is faster)")
     print(format_table(report.rows))
     print(format_sized_table(report.rows))
-    for p in report.problems:
-        print(f"{p['status']}: {p['what']}: {p['reason']}", file=sys.stderr)
+    code = print_problems(report)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_results_json(args.json, report.rows, report.meta, report.problems)
         print(f"wrote {args.json}")
-    return 1 if any(p["status"] == "failed" for p in report.problems) else 0
+    return code
 
 
 if __name__ == "__main__":

@@ -301,20 +301,19 @@ def format_sized_table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``python -m moe_swarm.bench.moe_sizes``: only the model-sized cases, as a table."""
     import argparse
-    import shlex
     import sys
 
-    from moe_swarm.bench.runner import execute
+    from moe_swarm.bench.runner import add_run_arguments, execute_cli, print_problems
 
     parser = argparse.ArgumentParser(
         prog="python -m moe_swarm.bench.moe_sizes", description=__doc__.split("\n")[0]
     )
-    parser.add_argument(
-        "--device", default="cpu", help="cpu (peer shapes, fp32) or cuda (model shapes, bf16)"
+    add_run_arguments(
+        parser,
+        quick="a tiny CPU shape / fewer repeats",
+        repeats="timed repeats (default 7, quick 3)",
+        device="cpu (peer shapes, fp32) or cuda (model shapes, bf16)",
     )
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7, quick 3)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--quick", action="store_true", help="a tiny CPU shape / fewer repeats")
     parser.add_argument("--shape", action="append", default=None, metavar="E,K,D,FF",
                         help="a custom shape (repeatable) instead of the device's default shapes")  # fmt: skip
     parser.add_argument("--tokens", type=int, default=None, help="tokens per case with --shape")
@@ -334,21 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         def suite(ctx: BenchContext) -> list[Row]:
             return run_sized(ctx, shapes, args.tokens, precisions)
 
-    report = execute(
-        {SUITE: suite},
-        quick=args.quick,
-        repeats=args.repeats,
-        threads=args.threads,
-        device=args.device,
-        command="python -m moe_swarm.bench.moe_sizes " + shlex.join(argv),
-    )
+    report = execute_cli({SUITE: suite}, args, "moe_swarm.bench.moe_sizes", argv)
     print(
         f"{report.meta.get('device_name', '')}, {report.meta['threads']} thread(s), torch {torch.__version__}"
     )
     print(format_sized_table(report.rows))
-    for p in report.problems:
-        print(f"{p['status']}: {p['what']}: {p['reason']}", file=sys.stderr)
-    return 1 if report.failed else 0
+    return print_problems(report)
 
 
 if __name__ == "__main__":

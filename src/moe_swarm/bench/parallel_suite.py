@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from moe_swarm.bench.context import BenchContext, SuiteUnavailable
+from moe_swarm.bench.model_shape import ModelShape
 from moe_swarm.bench.results import Row
 
 SUITE = "parallel"
@@ -40,23 +41,14 @@ LAYOUTS = ("ddp", "fsdp2", "ep")
 
 
 @dataclass(frozen=True)
-class Setup:
-    d_model: int
-    n_layers: int
-    n_heads: int
-    d_ff: int
-    num_experts: int
-    top_k: int
+class Setup(ModelShape):
     batch_per_rank: int
     seq_len: int
     steps: int  # timed steps per repeat (after one warm-up step)
 
     @property
     def case(self) -> str:
-        return (
-            f"d{self.d_model}L{self.n_layers}E{self.num_experts}k{self.top_k}"
-            f"_b{self.batch_per_rank}t{self.seq_len}"
-        )
+        return f"{self.shape_name}_b{self.batch_per_rank}t{self.seq_len}"
 
 
 FULL = Setup(128, 4, 4, 256, 8, 2, batch_per_rank=4, seq_len=128, steps=4)
@@ -168,7 +160,7 @@ def _worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from moe_swarm.model import MoEConfig, MoETransformer, RouterConfig, TransformerConfig
+    from moe_swarm.model import MoETransformer
     from moe_swarm.parallel import ParallelConfig, clip_grad_norm_, parallelize
 
     setup = Setup(**json.loads(args.setup))
@@ -179,10 +171,7 @@ def _worker(args: argparse.Namespace) -> None:
     if cuda:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo")
-    cfg = TransformerConfig(
-        d_model=setup.d_model, n_layers=setup.n_layers, n_heads=setup.n_heads, max_seq_len=setup.seq_len,
-        moe=MoEConfig(num_experts=setup.num_experts, d_ff=setup.d_ff, router=RouterConfig(top_k=setup.top_k)),
-    )  # fmt: skip
+    cfg = setup.model_config(setup.seq_len)
     gen = torch.Generator().manual_seed(1000 + rank)
     data = torch.randint(0, 256, (setup.batch_per_rank, setup.seq_len + 1), generator=gen).to(device)
     idx, tgt = data[:, :-1], data[:, 1:]

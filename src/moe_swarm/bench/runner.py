@@ -6,9 +6,11 @@ module (``moe_layer``'s own CLI) may call :func:`execute` without an import circ
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import platform
+import shlex
 import sys
 import time
 import traceback
@@ -105,6 +107,37 @@ def execute(
         "suite_seconds": seconds,
     }
     return BenchReport(rows=rows, problems=ctx.problems, meta=meta)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, quick: str, repeats: str, device: str) -> None:
+    """The ``--quick/--repeats/--threads/--device`` flags of a suite module's own CLI (their help
+    texts say what they mean for that suite); :func:`execute_cli` reads them back."""
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--repeats", type=int, default=None, help=repeats)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--device", default="cpu", help=device)
+
+
+def execute_cli(
+    suites: Mapping[str, Suite], args: argparse.Namespace, prog: str, argv: list[str]
+) -> BenchReport:
+    """:func:`execute` with the flags of :func:`add_run_arguments`; the report records the command as
+    ``python -m <prog> <argv>`` so the numbers can be reproduced from it."""
+    return execute(
+        suites,
+        quick=args.quick,
+        repeats=args.repeats,
+        threads=args.threads,
+        device=args.device,
+        command=f"python -m {prog} " + shlex.join(argv),
+    )
+
+
+def print_problems(report: BenchReport) -> int:
+    """One line per skipped or failed case on stderr; the exit code: 1 if anything failed, else 0."""
+    for p in report.problems:
+        print(f"{p['status']}: {p['what']}: {p['reason']}", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def _check_suite_rows(name: str, rows: list[Row]) -> None:

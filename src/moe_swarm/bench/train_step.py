@@ -28,21 +28,16 @@ from types import SimpleNamespace
 import torch
 
 from moe_swarm.bench.context import BenchContext
+from moe_swarm.bench.model_shape import ModelShape
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, paired_ratios, time_call, time_interleaved
-from moe_swarm.model import MoEConfig, MoETransformer, RouterConfig, TransformerConfig
+from moe_swarm.model import MoETransformer, TransformerConfig
 
 SUITE = "train_step"
 
 
 @dataclass(frozen=True)
-class TrainSetup:
-    d_model: int
-    n_layers: int
-    n_heads: int
-    d_ff: int
-    num_experts: int
-    top_k: int
+class TrainSetup(ModelShape):
     batch_size: int
     seq_len: int
     steps: int  # counted steps per run (one warm-up step more is run)
@@ -50,18 +45,7 @@ class TrainSetup:
 
     @property
     def case(self) -> str:
-        return f"d{self.d_model}L{self.n_layers}E{self.num_experts}k{self.top_k}_b{self.batch_size}t{self.seq_len}"
-
-    def model_config(self) -> TransformerConfig:
-        return TransformerConfig(
-            d_model=self.d_model,
-            n_layers=self.n_layers,
-            n_heads=self.n_heads,
-            max_seq_len=self.seq_len,
-            moe=MoEConfig(
-                num_experts=self.num_experts, d_ff=self.d_ff, router=RouterConfig(top_k=self.top_k)
-            ),
-        )
+        return f"{self.shape_name}_b{self.batch_size}t{self.seq_len}"
 
 
 FULL = TrainSetup(128, 4, 4, 256, 8, 2, batch_size=8, seq_len=128, steps=8, peak_n=1024)
@@ -201,7 +185,7 @@ def eager_vs_compiled(ctx: BenchContext, setup: TrainSetup) -> list[Row]:
     fp32 on CPU), each with its MFU against a matmul peak measured in the same run."""
     from moe_swarm.lit import lm_module as lm
 
-    model_cfg = setup.model_config()
+    model_cfg = setup.model_config(setup.seq_len)
     batches = make_batches(setup, setup.steps + 1, ctx.seed)
     # The LightningModule's default loss coefficients and weight decay, without building its model.
     params = inspect.signature(lm.MoELanguageModel.__init__).parameters
@@ -256,7 +240,7 @@ def run(ctx: BenchContext) -> list[Row]:
 
     setup = QUICK if ctx.quick else FULL
     repeats = ctx.repeats_or(full=3, quick=1)
-    model_cfg = setup.model_config()
+    model_cfg = setup.model_config(setup.seq_len)
     batches = make_batches(setup, setup.steps + 1, ctx.seed)
 
     torch.manual_seed(ctx.seed)
