@@ -58,7 +58,18 @@ BENCHMARK_TIMEOUT_S = 1800.0
 JOB_POLL_S = 1.0
 STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 
-READ = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
+
+def _annotations(read_only: bool, destructive: bool, idempotent: bool) -> ToolAnnotations:
+    """The hints a client shows before a call; every tool acts on this sidecar only (closed world)."""
+    return ToolAnnotations(
+        readOnlyHint=read_only, destructiveHint=destructive, idempotentHint=idempotent, openWorldHint=False
+    )
+
+
+READ = _annotations(read_only=True, destructive=False, idempotent=True)  # looks, changes nothing
+STARTS = _annotations(read_only=False, destructive=False, idempotent=False)  # each call starts new work
+LOADS = _annotations(read_only=False, destructive=False, idempotent=True)  # the same call, the same state
+STOPS = _annotations(read_only=False, destructive=True, idempotent=True)  # ends a job (repeatable)
 INSTRUCTIONS = """\
 moe-swarm trains, benchmarks and serves sparse Mixture-of-Experts language models. Typical flow:
 list_experiments -> start_training(experiment, overrides such as trainer.max_steps=50) -> wait_for_job
@@ -168,9 +179,7 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
     @mcp.tool(
         description="Start a training job (experiment name + Hydra overrides such as trainer.max_steps=50); "
         "returns the job at once: follow it with wait_for_job.",
-        annotations=ToolAnnotations(
-            readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False
-        ),  # fmt: skip
+        annotations=STARTS,
     )
     async def start_training(
         experiment: str, overrides: list[str] | None = None, run_id: str = "", request_id: str = ""
@@ -247,9 +256,7 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
 
     @mcp.tool(
         description="Ask a job to checkpoint and stop (graceful; repeatable; a finished job is returned as is).",
-        annotations=ToolAnnotations(
-            readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False
-        ),  # fmt: skip
+        annotations=STOPS,
     )
     async def cancel_job(job_id: str) -> Job:
         return job_from_proto(await call("CancelJob", pb.CancelJobRequest(job_id=job_id)))
@@ -269,9 +276,7 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
     @mcp.tool(
         description="Run benchmark suites on the sidecar (one at a time) and return their rows; "
         "suites e.g. moe_layer, generate, serve; repeats = timed repeats (0 = server default).",
-        annotations=ToolAnnotations(
-            readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False
-        ),  # fmt: skip
+        annotations=STARTS,
     )
     async def run_benchmark(suites: list[str] | None = None, repeats: int = 0) -> BenchmarkResult:
         resp = await call(
@@ -284,9 +289,7 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
     @mcp.tool(
         description="Answer a prompt with a trained model and the swarm loop (see list_models: prompt_format); "
         "returns the answer, its vote share, every vote and the compute used.",
-        annotations=ToolAnnotations(
-            readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False
-        ),  # fmt: skip
+        annotations=READ,
     )
     async def run_inference(
         prompt: str,
@@ -322,9 +325,7 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
 
     @mcp.tool(
         description="Load a checkpoint (job id, run id or path under the server's roots) for inference.",
-        annotations=ToolAnnotations(
-            readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=False
-        ),  # fmt: skip
+        annotations=LOADS,
     )
     async def load_model(checkpoint: str, model_id: str = "", make_default: bool = False) -> Model:
         info = await call(
