@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,12 @@ def _dump(message: Any) -> None:
     print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=2))
 
 
+def _show(message: Any, as_json: bool, human: Callable[[Any], None]) -> int:
+    """A command's reply: as JSON with ``--json`` (proto field names), else as ``human`` prints it."""
+    _dump(message) if as_json else human(message)
+    return 0
+
+
 def follow_job(client: Client, job_id: str, as_json: bool) -> mcp_pb2.Job:
     """Print WatchJob events until the job is finished; returns its final state."""
     last = None
@@ -116,17 +123,17 @@ def cmd_train(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
     job = client.call("GetJob", mcp_pb2.GetJobRequest(job_id=args.job_id))
-    _dump(job) if args.json else print_job(job)
-    return 0
+    return _show(job, args.json, print_job)
 
 
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
     states = [mcp_pb2.JobState.Value(s.upper()) for s in args.state or []]
     kind = mcp_pb2.JobKind.Value(args.kind.upper()) if args.kind else 0
     resp = client.call("ListJobs", mcp_pb2.ListJobsRequest(states=states, kind=kind, limit=args.limit))
-    if args.json:
-        _dump(resp)
-        return 0
+    return _show(resp, args.json, _print_jobs)
+
+
+def _print_jobs(resp: mcp_pb2.ListJobsResponse) -> None:
     print(f"{'JOB':<32} {'KIND':<9} {'STATE':<10} {'CREATED':<19}  CONFIG / MESSAGE")
     for j in resp.jobs:
         what = f"{j.config_path} {' '.join(j.overrides)}".strip()
@@ -134,7 +141,6 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
             what += f"  -- {j.message[:100]}"
         print(f"{j.job_id:<32} {mcp_pb2.JobKind.Name(j.kind).lower():<9} {_state(j.state):<10} "
               f"{_fmt_time(j.created_unix):<19}  {what}")  # fmt: skip
-    return 0
 
 
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
@@ -167,15 +173,15 @@ def cmd_watch(client: Client, args: argparse.Namespace) -> int:
 def cmd_bench(client: Client, args: argparse.Namespace) -> int:
     resp = client.call("RunBenchmark", mcp_pb2.BenchmarkRequest(num_samples=args.num_samples, suites=args.suite or []),
                        timeout=args.timeout_bench)  # fmt: skip
-    if args.json:
-        _dump(resp)
-        return 0
+    return _show(resp, args.json, _print_benchmark)
+
+
+def _print_benchmark(resp: mcp_pb2.BenchmarkResponse) -> None:
     print(f"benchmark job {resp.job_id}: {len(resp.results)} results")
     width = max((len(r.metric) for r in resp.results), default=10)
     for r in resp.results:
         unit = r.labels.get("unit", "")
         print(f"  {r.metric:<{width}}  {r.value:>14.6g} {unit}")
-    return 0
 
 
 def cmd_infer(client: Client, args: argparse.Namespace) -> int:
@@ -188,9 +194,10 @@ def cmd_infer(client: Client, args: argparse.Namespace) -> int:
     if args.seed is not None:
         request.seed = args.seed
     resp = client.call("RunInference", request)
-    if args.json:
-        _dump(resp)
-        return 0
+    return _show(resp, args.json, _print_inference)
+
+
+def _print_inference(resp: mcp_pb2.InferResponse) -> None:
     for k, step in enumerate(resp.steps, 1):
         print(f"# step {k}: {step.text!r} (vote share {step.vote_share:.2f})", file=sys.stderr)
     print(resp.output)
@@ -198,14 +205,14 @@ def cmd_infer(client: Client, args: argparse.Namespace) -> int:
     print(f"# model {resp.model_id}; vote share {resp.vote_share:.2f} ({votes}); {resp.agents} agents, "
           f"{resp.rounds_used} round(s), {resp.forward_passes} agent-forward-passes, {resp.flops:.3g} FLOPs, "
           f"batch of {resp.batch_size}", file=sys.stderr)  # fmt: skip
-    return 0
 
 
 def cmd_models(client: Client, args: argparse.Namespace) -> int:
     resp = client.call("ListModels", mcp_pb2.ListModelsRequest())
-    if args.json:
-        _dump(resp)
-        return 0
+    return _show(resp, args.json, _print_models)
+
+
+def _print_models(resp: mcp_pb2.ListModelsResponse) -> None:
     print(f"default: {resp.default_model_id or '(none)'} {resp.default_checkpoint}".rstrip())
     for m in resp.models:
         print(f"  {m.model_id:<40} {m.params_total:>12,} params ({m.params_active:,} active)  step {m.global_step}  "
@@ -213,18 +220,17 @@ def cmd_models(client: Client, args: argparse.Namespace) -> int:
         print(
             f"      prompt: {m.prompt_format}" + (f"; e.g. {m.example_prompt!r}" if m.example_prompt else "")
         )
-    return 0
 
 
 def cmd_experiments(client: Client, args: argparse.Namespace) -> int:
     resp = client.call("ListExperiments", mcp_pb2.ListExperimentsRequest())
-    if args.json:
-        _dump(resp)
-        return 0
+    return _show(resp, args.json, _print_experiments)
+
+
+def _print_experiments(resp: mcp_pb2.ListExperimentsResponse) -> None:
     width = max((len(e.name) for e in resp.experiments), default=10)
     for e in resp.experiments:
         print(f"{e.name:<{width}}  {e.description}")
-    return 0
 
 
 def prompt_formats_help() -> str:
@@ -257,15 +263,15 @@ class _InferHelp(argparse.Action):
 def cmd_load(client: Client, args: argparse.Namespace) -> int:
     info = client.call("LoadModel", mcp_pb2.LoadModelRequest(checkpoint=args.checkpoint, model_id=args.id or "",
                                                              make_default=args.default), timeout=args.timeout * 4)  # fmt: skip
-    _dump(info) if args.json else print(f"loaded {info.model_id} from {info.checkpoint}")
-    return 0
+    return _show(info, args.json, lambda m: print(f"loaded {m.model_id} from {m.checkpoint}"))
 
 
 def cmd_info(client: Client, args: argparse.Namespace) -> int:
     info = client.call("GetServerInfo", mcp_pb2.GetServerInfoRequest())
-    if args.json:
-        _dump(info)
-        return 0
+    return _show(info, args.json, _print_server_info)
+
+
+def _print_server_info(info: mcp_pb2.ServerInfo) -> None:
     print(f"moe-swarm {info.version}  torch {info.torch_version}  grpc {info.grpc_version}")
     print(f"device {info.device} (cuda available: {info.cuda_available}, {info.cuda_device_count} GPU)  "
           f"uptime {info.uptime_s:.0f} s  auth {'on' if info.auth_enabled else 'off'}  "
@@ -277,7 +283,6 @@ def cmd_info(client: Client, args: argparse.Namespace) -> int:
     print(f"{'RPC':<40} {'REQS':>6} {'ERRS':>6} {'P50 ms':>9} {'P99 ms':>9}")
     for s in info.rpc_stats:
         print(f"{s.method:<40} {s.requests:>6} {s.errors:>6} {s.p50_ms:>9.2f} {s.p99_ms:>9.2f}")
-    return 0
 
 
 def cmd_health(client: Client, args: argparse.Namespace) -> int:
