@@ -19,7 +19,8 @@ import torch
 from moe_swarm.bench import SUITES, SuiteUnavailable, execute, run_benchmarks, select_suites
 from moe_swarm.bench.__main__ import main as bench_main
 from moe_swarm.bench.context import DTYPES
-from moe_swarm.bench.moe_layer import BASELINES, LayerShape, check_agreement, make_layer
+from moe_swarm.bench.model_shape import LayerShape
+from moe_swarm.bench.moe_layer import BASELINES, check_agreement
 from moe_swarm.bench.results import Row, load_results
 from moe_swarm.bench.timing import time_interleaved
 
@@ -251,7 +252,7 @@ def test_time_interleaved_rotates_the_order_and_counts_calls():
 
 
 def test_moe_layer_refuses_to_time_a_wrong_implementation(monkeypatch):
-    layer = make_layer(LayerShape(num_experts=4, top_k=2, d_model=32, d_ff=64))
+    layer = LayerShape(num_experts=4, top_k=2, d_model=32, d_ff=64).make_layer()
     x = torch.randn(16, 32)
     check_agreement(layer, x, ["grouped_mm", "sorted_split", "auto", "dense_all_experts"])
     monkeypatch.setitem(BASELINES, "dense_all_experts", lambda pool, x, *a: torch.zeros_like(x))

@@ -10,7 +10,7 @@ from moe_swarm.bench.moe_sizes import GPU_SHAPES, SizedShape, layer_flops, sized
 from moe_swarm.bench.results import EnvInfo
 from moe_swarm.model import MoEConfig, MoELayer, RouterConfig
 
-TINY = SizedShape("tiny", 4, 2, 32, 64)
+TINY = SizedShape(4, 2, 32, 64, name="tiny")
 
 
 def ctx() -> BenchContext:

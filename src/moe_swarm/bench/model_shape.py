@@ -1,12 +1,36 @@
-"""The MoE transformer shape a benchmark setup builds: one place for its fields, its case name and the
-``TransformerConfig`` it stands for, so the train-step, generate and parallel suites measure the same
-kind of model from the same numbers."""
+"""The shapes benchmarks build: one place for their fields, names and the configs they stand for, so the
+suites measure the same kind of model from the same numbers. :class:`LayerShape` is one MoE layer
+(moe_layer, moe_sizes); :class:`ModelShape` a whole MoE transformer (train_step, generate, parallel)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moe_swarm.model import MoEConfig, RouterConfig, TransformerConfig
+from moe_swarm.model import MoEConfig, MoELayer, RouterConfig, TransformerConfig
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One MoE layer: ``num_experts`` experts of width ``d_ff``, ``top_k`` of them per token."""
+
+    num_experts: int
+    top_k: int
+    d_model: int
+    d_ff: int
+
+    def make_layer(self) -> MoELayer:
+        """The layer on the current default device (wrap in ``with torch.device(...)`` for large ones)."""
+        cfg = MoEConfig(num_experts=self.num_experts, d_ff=self.d_ff, router=RouterConfig(top_k=self.top_k))
+        return MoELayer(self.d_model, cfg)
+
+    def config(self) -> dict[str, int]:
+        """The shape's part of a row's ``config``."""
+        return {
+            "num_experts": self.num_experts,
+            "top_k": self.top_k,
+            "d_model": self.d_model,
+            "d_ff": self.d_ff,
+        }
 
 
 @dataclass(frozen=True)

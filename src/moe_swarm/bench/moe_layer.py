@@ -13,17 +13,17 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from moe_swarm.bench.context import DTYPES, BenchContext
+from moe_swarm.bench.model_shape import LayerShape
 from moe_swarm.bench.moe_sizes import format_sized_table, run_sized
 from moe_swarm.bench.reference import dense_all_experts
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, paired_ratios, time_interleaved
-from moe_swarm.model import MoEConfig, MoELayer, RouterConfig, grouped_mm_supported
+from moe_swarm.model import MoELayer, grouped_mm_supported
 
 SUITE = "moe_layer"
 REFERENCE = "reference_loop"
@@ -34,23 +34,10 @@ BASELINES = {"dense_all_experts": dense_all_experts}
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
 
 
-@dataclass(frozen=True)
-class LayerShape:
-    num_experts: int
-    top_k: int
-    d_model: int
-    d_ff: int
-
-
 FULL_SHAPES = (LayerShape(8, 2, 256, 1024), LayerShape(64, 8, 256, 256))
 FULL_TOKENS = (512, 4096)
 QUICK_SHAPES = (LayerShape(8, 2, 64, 128), LayerShape(64, 8, 64, 64))
 QUICK_TOKENS = (256,)
-
-
-def make_layer(shape: LayerShape) -> MoELayer:
-    cfg = MoEConfig(num_experts=shape.num_experts, d_ff=shape.d_ff, router=RouterConfig(top_k=shape.top_k))
-    return MoELayer(shape.d_model, cfg)
 
 
 def case_name(shape: LayerShape, tokens: int, dtype_name: str) -> str:
@@ -120,7 +107,7 @@ def runnable_impls(layer: MoELayer, x: torch.Tensor) -> tuple[list[str], dict[st
 def bench_case(ctx: BenchContext, shape: LayerShape, tokens: int, dtype_name: str) -> list[Row]:
     dtype = DTYPES[dtype_name]
     torch.manual_seed(ctx.seed)
-    layer = make_layer(shape).to(ctx.device, dtype)
+    layer = shape.make_layer().to(ctx.device, dtype)
     x = torch.randn(tokens, shape.d_model, device=ctx.device, dtype=dtype, requires_grad=True)
     grad_out = torch.randn(tokens, shape.d_model, device=ctx.device, dtype=dtype)
     impls, skipped = runnable_impls(layer, x)
@@ -136,10 +123,7 @@ def bench_case(ctx: BenchContext, shape: LayerShape, tokens: int, dtype_name: st
         device=ctx.device,
     )
     config = {
-        "num_experts": shape.num_experts,
-        "top_k": shape.top_k,
-        "d_model": shape.d_model,
-        "d_ff": shape.d_ff,
+        **shape.config(),
         "tokens": tokens,
         "dtype": dtype_name,
         "pass": "forward+backward",

@@ -22,16 +22,17 @@ from __future__ import annotations
 import gc
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from moe_swarm.bench import peers
 from moe_swarm.bench.context import BenchContext
+from moe_swarm.bench.model_shape import LayerShape
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, paired_ratios, time_interleaved
-from moe_swarm.model import MoEConfig, MoELayer, RouterConfig
+from moe_swarm.model import MoELayer
 
 SUITE = "moe_layer"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16_mixed": torch.float32}
@@ -40,25 +41,23 @@ PEER_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 
 
 @dataclass(frozen=True)
-class SizedShape:
-    name: str
-    num_experts: int
-    top_k: int
-    d_model: int
-    d_ff: int
+class SizedShape(LayerShape):
+    """A layer shape with the name of the model it comes from (the first part of its case name)."""
+
+    name: str = field(kw_only=True)
 
 
 # The issue's three model shapes, for --device cuda.
 GPU_SHAPES = (
-    SizedShape("mixtral_8x7b", 8, 2, 4096, 14336),
-    SizedShape("olmoe_1b_7b", 64, 8, 2048, 1024),
-    SizedShape("qwen3_30b_a3b", 128, 8, 2048, 768),
+    SizedShape(8, 2, 4096, 14336, name="mixtral_8x7b"),
+    SizedShape(64, 8, 2048, 1024, name="olmoe_1b_7b"),
+    SizedShape(128, 8, 2048, 768, name="qwen3_30b_a3b"),
 )
 GPU_TOKENS = 8192
 # The CPU side-by-side with the peer (1 thread, fp32, T=2048).
-CPU_SHAPES = (SizedShape("fine_grained", 64, 8, 256, 256), SizedShape("coarse", 8, 2, 256, 1024))
+CPU_SHAPES = (SizedShape(64, 8, 256, 256, name="fine_grained"), SizedShape(8, 2, 256, 1024, name="coarse"))
 CPU_TOKENS = 2048
-QUICK_CPU_SHAPES = (SizedShape("tiny", 8, 2, 64, 128),)
+QUICK_CPU_SHAPES = (SizedShape(8, 2, 64, 128, name="tiny"),)
 QUICK_CPU_TOKENS = 256
 
 
@@ -130,9 +129,8 @@ def sized_case(
     dev = ctx.device
     name = case_name(shape, tokens)
     torch.manual_seed(ctx.seed)
-    cfg = MoEConfig(num_experts=shape.num_experts, d_ff=shape.d_ff, router=RouterConfig(top_k=shape.top_k))
     with torch.device(dev):  # model-sized weights: initialise on the device, not on the host
-        base = MoELayer(shape.d_model, cfg)
+        base = shape.make_layer()
     layers = {p: (base if PRECISIONS[p] == torch.float32 else _copy(base, PRECISIONS[p])) for p in precisions}
     compute = {p: torch.bfloat16 if p.startswith("bf16") else torch.float32 for p in precisions}
     x32 = torch.randn(1, tokens, shape.d_model, device=dev)
@@ -171,10 +169,7 @@ def sized_case(
     times = time_interleaved(candidates, repeats=ctx.repeats_or(full=7, quick=3), warmup=1, device=dev)
     flops = layer_flops(shape, tokens)
     config = {
-        "num_experts": shape.num_experts,
-        "top_k": shape.top_k,
-        "d_model": shape.d_model,
-        "d_ff": shape.d_ff,
+        **shape.config(),
         "tokens": tokens,
         "pass": "forward+backward",
         "flops": flops,
@@ -323,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     suite = run_sized
     if args.shape:
         shapes = tuple(
-            SizedShape(f"custom{i}", *(int(v) for v in spec.split(","))) for i, spec in enumerate(args.shape)
+            SizedShape(*(int(v) for v in spec.split(",")), name=f"custom{i}")
+            for i, spec in enumerate(args.shape)
         )
         precisions = tuple(args.precisions.split(",")) if args.precisions else None
         bad = [p for p in precisions or () if p not in PRECISIONS]
