@@ -87,6 +87,16 @@ class WindowDataset(Dataset):
         }
 
 
+def check_sizes(num_workers: int, **sizes: int) -> None:
+    """A DataModule's constructor check: every named size >= 1 and ``num_workers`` >= 0, with an error
+    that names the setting, before any data is read."""
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+
+
 class TextDataModule(L.LightningDataModule):
     """Byte-level LM windows from a named corpus (``pydoc``, ``stdlib``, ``files``) or a ``.bin``.
 
@@ -113,16 +123,13 @@ class TextDataModule(L.LightningDataModule):
         val_bin_path: str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in [
-            ("block_size", block_size),
-            ("batch_size", batch_size),
-            ("train_samples_per_epoch", train_samples_per_epoch),
-            ("val_windows", val_windows),
-        ]:
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        check_sizes(
+            num_workers,
+            block_size=block_size,
+            batch_size=batch_size,
+            train_samples_per_epoch=train_samples_per_epoch,
+            val_windows=val_windows,
+        )
         if train_samples_per_epoch < batch_size:
             raise ValueError(
                 f"train_samples_per_epoch ({train_samples_per_epoch}) is smaller than batch_size ({batch_size}): "
@@ -295,18 +302,14 @@ class TaskDataModule(L.LightningDataModule):
         eval_subset: int = 256,
     ) -> None:
         super().__init__()
-        for name, value in [
-            ("n_train", n_train),
-            ("n_val", n_val),
-            ("n_test", n_test),
-            ("batch_size", batch_size),
-        ]:
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if eval_subset < 1:
-            raise ValueError(f"eval_subset must be >= 1, got {eval_subset}")
+        check_sizes(
+            num_workers,
+            n_train=n_train,
+            n_val=n_val,
+            n_test=n_test,
+            batch_size=batch_size,
+            eval_subset=eval_subset,
+        )
         self.save_hyperparameters()
         self.task: Task = get_task(task, **dict(task_kwargs or {}))
         self.tokenizer = ByteTokenizer()
