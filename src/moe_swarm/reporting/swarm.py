@@ -202,6 +202,21 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save_accuracy_vs_compute(fig, ax, report: dict, bucket: str, xlabel: str, path: Path) -> None:
+    """The axes, title and file that both accuracy-vs-compute plots share."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("exact match (%)")
+    ax.set_title(f"{report['task']['name']} {bucket}: {report['n_test']} {report['split']} problems")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_answer_level(report: dict, path: Path) -> None:
     """Exact match vs forward passes per problem, first difficulty bucket: swarm and control per R."""
     import matplotlib
@@ -244,15 +259,7 @@ def plot_answer_level(report: dict, path: Path) -> None:
     ax.plot(
         [b["greedy"]["forward_passes"]], [100 * b["greedy"]["swarm"]], "k*", markersize=12, label="greedy"
     )
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("agent-forward-passes per problem")
-    ax.set_ylabel("exact match (%)")
-    ax.set_title(f"{report['task']['name']} {name}: {report['n_test']} {report['split']} problems")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_accuracy_vs_compute(fig, ax, report, name, "agent-forward-passes per problem", path)
 
 
 def output_dir(checkpoint: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -287,15 +294,7 @@ def plot_step_level(report: dict, path: Path) -> None:
     ax.plot([g["forward_passes"]], [100 * g["greedy"]], "k*", markersize=12, label="greedy")
     for r in rows:
         ax.annotate(f"N={r['agents']}", (r["forward_passes"], 100 * r["step_swarm"]), fontsize=7)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("forward passes per problem (generator + checker)")
-    ax.set_ylabel("exact match (%)")
-    ax.set_title(f"{report['task']['name']} {name}: {report['n_test']} {report['split']} problems")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_accuracy_vs_compute(fig, ax, report, name, "forward passes per problem (generator + checker)", path)
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> Path:

@@ -121,13 +121,19 @@ def encode_steps(
         seqs.append(row)
         starts.append(min(len(ctx), len(row) - 1))
         ends.append(len(row) - 1)
-    width = max(len(r) for r in seqs)
-    idx = torch.full((len(seqs), width), tokenizer.PAD, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.bool)
-    for i, r in enumerate(seqs):
-        idx[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = True
+    idx, mask = pad_rows(seqs, tokenizer.PAD)
     return idx, mask, torch.tensor(starts), torch.tensor(ends)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Right-pad token rows into one (B, T) batch and its validity mask."""
+    width = max(len(r) for r in rows)
+    idx = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        idx[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = True
+    return idx, mask
 
 
 def checker_loss(logits: Tensor, labels: Tensor, pos_weight: float | None = None) -> Tensor:
@@ -163,12 +169,7 @@ def score_completions(
     seqs = [
         (prompt_ids + tokenizer.encode(c.strip("\n"), eos=True))[: model.cfg.max_seq_len] for c in completions
     ]
-    width = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), width), tokenizer.PAD, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        idx[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = True
+    idx, mask = pad_rows(seqs, tokenizer.PAD)
     idx, mask = idx.to(dev), mask.to(dev)
     hidden = model(idx, pad_mask=mask, with_aux=False, last_only=True).hidden
     logits = model.lm_head(hidden)

@@ -37,6 +37,9 @@ class Bootstrap:
     def ci(self, a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
         return paired_bootstrap_ci(a, b, samples=self.samples, level=self.level, seed=self.seed)
 
+    def to_dict(self) -> dict[str, float]:
+        return {"samples": self.samples, "level": self.level, "seed": self.seed}
+
 
 @dataclass
 class GridSettings:
@@ -231,27 +234,21 @@ def answer_level_report(runs: AnswerLevelRuns, grid: GridSettings, boot: Bootstr
             )
         if "temperature" in diversity and "routing" in diversity:
             t, rt = diversity["temperature"], diversity["routing"]
-            at = {"agents": ref_n, "rounds": ref_r}
-            comparisons.append(
-                paired_comparison(
-                    "temperature - routing (independent_majority)",
-                    t["independent"]["majority"],
-                    rt["independent"]["majority"],
-                    index,
-                    boot,
-                    **at,
+            for label, run, outcome in (
+                ("independent_majority", "independent", "majority"),
+                ("swarm", "swarm", "swarm"),
+            ):
+                comparisons.append(
+                    paired_comparison(
+                        f"temperature - routing ({label})",
+                        t[run][outcome],
+                        rt[run][outcome],
+                        index,
+                        boot,
+                        agents=ref_n,
+                        rounds=ref_r,
+                    )
                 )
-            )
-            comparisons.append(
-                paired_comparison(
-                    "temperature - routing (swarm)",
-                    t["swarm"]["swarm"],
-                    rt["swarm"]["swarm"],
-                    index,
-                    boot,
-                    **at,
-                )
-            )
         g = summarise_outcomes(greedy, index)
         buckets[name] = {
             "problems": len(index),
@@ -262,7 +259,7 @@ def answer_level_report(runs: AnswerLevelRuns, grid: GridSettings, boot: Bootstr
         }
     return {
         "reference": {"agents": ref_n, "rounds": ref_r},
-        "bootstrap": {"samples": boot.samples, "level": boot.level, "seed": boot.seed},
+        "bootstrap": boot.to_dict(),
         "buckets": buckets,
     }
 

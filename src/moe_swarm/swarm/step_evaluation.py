@@ -283,7 +283,7 @@ def step_level_report(
         "steps_config": runs.steps.to_dict(),
         "checker": runs.checker is not None,
         "ranking": {str(c["agents"]): c["ranking"] for c in cells},
-        "bootstrap": {"samples": boot.samples, "level": boot.level, "seed": boot.seed},
+        "bootstrap": boot.to_dict(),
         "buckets": buckets,
     }
 
