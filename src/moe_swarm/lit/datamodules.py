@@ -87,7 +87,7 @@ class WindowDataset(Dataset):
         }
 
 
-def check_sizes(num_workers: int, **sizes: int) -> None:
+def check_sizes(*, num_workers: int = 0, **sizes: int) -> None:
     """A DataModule's constructor check: every named size >= 1 and ``num_workers`` >= 0, with an error
     that names the setting, before any data is read."""
     for name, value in sizes.items():
@@ -124,7 +124,7 @@ class TextDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         check_sizes(
-            num_workers,
+            num_workers=num_workers,
             block_size=block_size,
             batch_size=batch_size,
             train_samples_per_epoch=train_samples_per_epoch,
@@ -303,7 +303,7 @@ class TaskDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         check_sizes(
-            num_workers,
+            num_workers=num_workers,
             n_train=n_train,
             n_val=n_val,
             n_test=n_test,
