@@ -44,10 +44,7 @@ def run(ctx: BenchContext) -> list[Row]:
         "max_new_tokens": new_tokens,
         "seed": ctx.seed,
     }
-    solvers = {
-        n: SwarmSolver(model, SwarmConfig(num_agents=n, **swarm_kw), tokenizer)
-        for n in AGENT_COUNTS
-    }
+    solvers = {n: SwarmSolver(model, SwarmConfig(num_agents=n, **swarm_kw), tokenizer) for n in AGENT_COUNTS}
     results: dict[int, list] = {}
 
     def solve(n: int):
