@@ -160,7 +160,7 @@ def validate_run_config(cfg: DictConfig) -> None:
     block, seq = OmegaConf.select(cfg, "data.block_size"), OmegaConf.select(cfg, "model.max_seq_len")
     if _is_int(block) and _is_int(seq) and block > seq:
         problems.append(_problem("data.block_size", block, f"must be <= model.max_seq_len={seq}"))
-    if not problems and "model" in cfg:
+    if "model" in cfg:
         problems += _model_problems(cfg)  # unknown keys, routing modes, top_k range, ...
     if problems:
         raise ConfigError(problems)
