@@ -562,3 +562,27 @@ def test_reflection_lists_the_services(server):
     assert {"mcp.MCPControl", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
     fd = db.FindFileContainingSymbol("mcp.MCPControl")
     assert fd.package == "mcp" and "RunInference" in [m.name for m in fd.service[0].method]
+
+
+def test_a_sharded_last_ckpt_folder_is_served_by_run_id_and_path(server, tmp_path):
+    """trainer=model_parallel leaves last.ckpt as a DCP folder: the sidecar loads it like a file."""
+    import torch
+
+    from moe_swarm.model import MoETransformer, TransformerConfig
+    from moe_swarm.parallel.checkpoint import save_sharded
+
+    cfg = TransformerConfig.from_dict({"d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 64,
+                                       "moe": {"num_experts": 4, "d_ff": 32}})  # fmt: skip
+    torch.manual_seed(0)
+    model = MoETransformer(cfg)
+    folder = tmp_path / "state" / "runs" / "sharded-run" / "checkpoints" / "last.ckpt"
+    save_sharded(folder, model, meta={"hyper_parameters": {"model": cfg.to_dict()}, "global_step": 3})
+    assert folder.is_dir()
+    r = server.conn.stub.RunInference(
+        pb.InferRequest(prompt="ab", max_new_tokens=3, agents=2, model_id="sharded-run"), timeout=60
+    )
+    assert r.model_id == "sharded-run" and r.generated_tokens > 0
+    info = server.conn.stub.LoadModel(
+        pb.LoadModelRequest(checkpoint=str(folder), model_id="folder"), timeout=60
+    )
+    assert info.params_total == model.count_parameters().total and info.global_step == 3

@@ -99,7 +99,7 @@ class RunLayout:
     def existing_last_checkpoint(self) -> Path | None:
         """``last_checkpoint`` if it exists (a file, or a sharded folder under trainer=model_parallel), else None."""
         last = self.last_checkpoint
-        return last if last.is_file() or (last / ".metadata").is_file() else None
+        return last if is_checkpoint(last) else None
 
 
 def metrics_lines_enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -131,3 +131,12 @@ def parse_metrics_line(line: str) -> dict[str, float] | None:
     return {
         str(k): float(v) for k, v in data.items() if not isinstance(v, bool) and isinstance(v, (int, float))
     }
+
+
+SHARDED_MARKER = ".metadata"  # torch.distributed.checkpoint's index file inside a sharded checkpoint folder
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """A checkpoint is there to load: a ``.ckpt`` file, or a sharded folder (``trainer=model_parallel``)."""
+    path = Path(path)
+    return path.is_file() or (path.is_dir() and (path / SHARDED_MARKER).is_file())

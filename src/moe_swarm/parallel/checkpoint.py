@@ -33,6 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 from moe_swarm.atomic import atomic_torch_save
+from moe_swarm.layout import SHARDED_MARKER
 
 __all__ = [
     "META_FILENAME",
@@ -59,7 +60,7 @@ class ShardedCheckpointError(ValueError):
 
 def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
     """A DCP folder: holds the ``.metadata`` file that ``dcp.save`` writes."""
-    return Path(path, ".metadata").is_file()
+    return Path(path, SHARDED_MARKER).is_file()
 
 
 def _prefixed(state: dict[str, Any]) -> dict[str, Any]:

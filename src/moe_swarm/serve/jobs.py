@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moe_swarm.atomic import atomic_write_text
-from moe_swarm.layout import METRICS_LINES_ENV, RunLayout, parse_metrics_line
+from moe_swarm.layout import METRICS_LINES_ENV, RunLayout, is_checkpoint, parse_metrics_line
 from moe_swarm.serve.benchmarks import SUITES
 from moe_swarm.serve.errors import (
     failed_precondition,
@@ -571,7 +571,7 @@ class JobManager:
                 self._record_metrics(job_id, final)
             last = layout.existing_last_checkpoint()
             ckpt = summary.get("checkpoint") or (str(last) if last else "")
-            if ckpt and Path(ckpt).is_file():
+            if ckpt and is_checkpoint(ckpt):
                 updates["checkpoint"] = str(ckpt)
         ckpt_note = f"; last checkpoint: {updates['checkpoint']}" if updates.get("checkpoint") else ""
         if rec.cancel_requested:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moe_swarm.layout import RunLayout
+from moe_swarm.layout import RunLayout, is_checkpoint
 from moe_swarm.serve.errors import failed_precondition, invalid_argument, not_found
 from moe_swarm.serve.registry import JobRegistry, JobState
 from moe_swarm.serve.settings import InferenceSettings
@@ -293,9 +293,9 @@ class ModelStore:
         if job is not None:
             if job.kind != "training":
                 raise invalid_argument(f"job {ref} is a {job.kind} job; name a training job")
-            if not job.checkpoint or not Path(job.checkpoint).is_file():
+            if not job.checkpoint or not is_checkpoint(job.checkpoint):
                 last = RunLayout(job.run_dir).last_checkpoint if job.run_dir else None
-                if last is not None and last.is_file():
+                if last is not None and is_checkpoint(last):
                     return last, ref
                 raise failed_precondition(
                     f"training job {ref} ({job.state.value}) has no checkpoint yet; wait until it has "
@@ -303,7 +303,7 @@ class ModelStore:
                 )
             return Path(job.checkpoint), ref
         last = RunLayout.for_run(self.runs_dir, ref).last_checkpoint
-        if last.is_file():
+        if is_checkpoint(last):
             return last, ref
         raise not_found(
             f"no loaded model, training job or run named {ref!r}; see ListModels / ListJobs, "
@@ -328,7 +328,7 @@ class ModelStore:
         done = [
             j
             for j in self.registry.list(states={JobState.SUCCEEDED}, kind="training")
-            if j.checkpoint and Path(j.checkpoint).is_file()
+            if j.checkpoint and is_checkpoint(j.checkpoint)
         ]
         if done:
             newest = max(done, key=lambda j: (j.finished_unix, j.job_id))

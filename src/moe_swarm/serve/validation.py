@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from moe_swarm.layout import is_checkpoint
 from moe_swarm.serve.errors import (
     RequestError,
     invalid_argument,
@@ -340,7 +341,7 @@ def resolve_checkpoint_path(value: str, roots: Sequence[str | os.PathLike]) -> P
                 f"checkpoint {value[:200]!r} is outside the allowed checkpoint roots {[str(r) for r in root_paths]}"
             )
     for p in candidates:
-        if p.is_file():
+        if is_checkpoint(p):
             return Path(os.path.realpath(p))
     raise not_found(f"checkpoint {value[:200]!r} does not exist under {[str(r) for r in root_paths]}")
 
