@@ -16,6 +16,17 @@ from moe_swarm.layout import format_metrics_line
 from moe_swarm.summary import fmt_number
 
 
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The entries of a Lightning metrics dict that convert to float."""
+    out = {}
+    for k, v in metrics.items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
 class TokenThroughput(Callback):
     """Logs ``train/tokens_per_s``: real (non-pad) tokens per wall-clock second, per rank, per step."""
 
@@ -238,14 +249,11 @@ class MetricsLines(Callback):
     def _emit(self, trainer: L.Trainer, *, with_validation: bool) -> None:
         if not trainer.is_global_zero:
             return
-        metrics = {}
-        for k, v in trainer.callback_metrics.items():
-            if not with_validation and k.startswith("val/"):
-                continue
-            try:
-                metrics[k] = float(v)
-            except (TypeError, ValueError):
-                continue
+        metrics = {
+            k: v
+            for k, v in scalar_metrics(trainer.callback_metrics).items()
+            if with_validation or not k.startswith("val/")
+        }
         metrics["trainer/global_step"] = trainer.global_step
         print(format_metrics_line(metrics), flush=True)
 

@@ -31,7 +31,7 @@ from moe_swarm.checkpoint import CheckpointError, model_config_from_hparams, rea
 from moe_swarm.cli import UserError
 from moe_swarm.config import hydra_job
 from moe_swarm.layout import RunLayout, metrics_lines_enabled
-from moe_swarm.lit.callbacks import FinalStepValidation, MetricsLines
+from moe_swarm.lit.callbacks import FinalStepValidation, MetricsLines, scalar_metrics
 from moe_swarm.lit.fault import AtomicCheckpointIO, CheckpointOnSigterm, WorldSizeCheck
 from moe_swarm.run_lock import RunLock
 from moe_swarm.summary import already_complete_message, merge_with_previous, read_summary, write_summary
@@ -258,17 +258,6 @@ def resume_checkpoint(cfg: DictConfig, layout: RunLayout, module: L.LightningMod
 
 
 # ---- fit ------------------------------------------------------------------------------------------
-
-
-def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The entries of a Lightning metrics dict that convert to float."""
-    out = {}
-    for k, v in metrics.items():
-        try:
-            out[k] = float(v)
-        except (TypeError, ValueError):
-            continue
-    return out
 
 
 @dataclass
