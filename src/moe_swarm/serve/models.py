@@ -294,16 +294,16 @@ class ModelStore:
             if job.kind != "training":
                 raise invalid_argument(f"job {ref} is a {job.kind} job; name a training job")
             if not job.checkpoint or not is_checkpoint(job.checkpoint):
-                last = RunLayout(job.run_dir).last_checkpoint if job.run_dir else None
-                if last is not None and is_checkpoint(last):
+                last = RunLayout(job.run_dir).existing_last_checkpoint() if job.run_dir else None
+                if last is not None:
                     return last, ref
                 raise failed_precondition(
                     f"training job {ref} ({job.state.value}) has no checkpoint yet; wait until it has "
                     f"saved one (WatchJob) or name another job"
                 )
             return Path(job.checkpoint), ref
-        last = RunLayout.for_run(self.runs_dir, ref).last_checkpoint
-        if is_checkpoint(last):
+        last = RunLayout.for_run(self.runs_dir, ref).existing_last_checkpoint()
+        if last is not None:
             return last, ref
         raise not_found(
             f"no loaded model, training job or run named {ref!r}; see ListModels / ListJobs, "
