@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from moe_swarm.model.config import DISPATCH_IMPLS
 from moe_swarm.model.grouped_mm import grouped_mm, grouped_mm_supported
 
-__all__ = ["ExpertPool", "compute_dtype", "grouped_mm_supported"]
+__all__ = ["ExpertPool", "combine", "compute_dtype", "grouped_mm_supported", "sort_by_expert"]
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
@@ -27,6 +27,22 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return x.dtype
+
+
+def sort_by_expert(indices: Tensor, keep: Tensor | None, num_experts: int) -> tuple[Tensor, Tensor]:
+    """The N*k assignments grouped by expert: ``(order, counts)``, no host sync.
+
+    ``order``: a stable argsort of the flattened (token, slot) assignments by expert id, skipped
+    ones (``keep == False``, given id E) last; ``counts``: (E + 1,) assignments per id, the last
+    entry counting the skipped ones.
+    """
+    flat_expert = indices.reshape(-1)
+    if keep is not None:
+        flat_expert = torch.where(keep.reshape(-1), flat_expert, torch.full_like(flat_expert, num_experts))
+    order = torch.argsort(flat_expert, stable=True)
+    counts = torch.zeros(num_experts + 1, dtype=torch.int64, device=indices.device)
+    counts.scatter_add_(0, flat_expert, torch.ones_like(flat_expert))
+    return order, counts
 
 
 def _aligned_for_grouped_mm(dtype: torch.dtype, *dims: int) -> bool:
@@ -116,13 +132,7 @@ class ExpertPool(nn.Module):
         e = self.num_experts
         dt = compute_dtype(x)
         w1, w3, w2 = self.w1.to(dt), self.w3.to(dt), self.w2.to(dt)
-        flat_expert = indices.reshape(-1)
-        if keep is not None:
-            flat_expert = torch.where(keep.reshape(-1), flat_expert, torch.full_like(flat_expert, e))
-        # Stable sort groups assignments by expert; skipped ones (id E) go to the end.
-        order = torch.argsort(flat_expert, stable=True)
-        counts = torch.zeros(e + 1, dtype=torch.int64, device=x.device)
-        counts.scatter_add_(0, flat_expert, torch.ones_like(flat_expert))
+        order, counts = sort_by_expert(indices, keep, e)
         xs = x.to(dt)[order // k]  # cast the N tokens once, then gather N*k rows
         if grouped:
             offsets = counts[:e].cumsum(0).to(torch.int32)
@@ -154,7 +164,7 @@ class ExpertPool(nn.Module):
         # then combine in fp32.
         unsorted = torch.empty_like(ys)
         unsorted[order] = ys
-        return _combine(unsorted.view(n, k, -1), weights).to(x.dtype)
+        return combine(unsorted.view(n, k, -1), weights).to(x.dtype)
 
     def _gather_bmm(self, x: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
         """Decode-sized batches: gather each assignment's expert weights and run one bmm (no sort)."""
@@ -165,7 +175,7 @@ class ExpertPool(nn.Module):
         xs = x.to(dt).repeat_interleave(k, dim=0)[:, None, :]  # (N*k, 1, d)
         h = F.silu(torch.bmm(xs, self.w1[flat].to(dt))) * torch.bmm(xs, self.w3[flat].to(dt))
         ys = torch.bmm(h, self.w2[flat].to(dt)).view(n, k, self.d_model)
-        return _combine(ys, weights).to(x.dtype)
+        return combine(ys, weights).to(x.dtype)
 
     def _reference_loop(self, x: Tensor, indices: Tensor, weights: Tensor, keep: Tensor | None) -> Tensor:
         dt = compute_dtype(x)
@@ -184,6 +194,6 @@ class ExpertPool(nn.Module):
         return out.to(x.dtype)
 
 
-def _combine(ys: Tensor, weights: Tensor) -> Tensor:
+def combine(ys: Tensor, weights: Tensor) -> Tensor:
     """``sum_j weights[t, j] * ys[t, j]`` in fp32 for ys (N, k, d): autocast never lowers it."""
     return (ys.float() * weights.float()[:, :, None]).sum(dim=1)

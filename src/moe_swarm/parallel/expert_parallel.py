@@ -22,7 +22,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.func import functional_call
 
-from moe_swarm.model.experts import ExpertPool, compute_dtype
+from moe_swarm.model.experts import ExpertPool, combine, compute_dtype, sort_by_expert
 
 __all__ = ["ExpertParallelPool", "scale_grad"]
 
@@ -97,12 +97,8 @@ class ExpertParallelPool(nn.Module):
         n, k = indices.shape
         e, ep, el = self.num_experts, self.ep_size, self.local_experts
         group = self.ep_mesh.get_group()
-        flat_expert = indices.reshape(-1)
-        if keep is not None:  # skipped assignments (padding, capacity drops) sort last and are not sent
-            flat_expert = torch.where(keep.reshape(-1), flat_expert, torch.full_like(flat_expert, e))
-        order = torch.argsort(flat_expert, stable=True)
-        counts = torch.zeros(e + 1, dtype=torch.int64, device=x.device)
-        counts.scatter_add_(0, flat_expert, torch.ones_like(flat_expert))
+        # Skipped assignments (padding, capacity drops) sort last and are not sent.
+        order, counts = sort_by_expert(indices, keep, e)
         send_counts = counts[:e].contiguous()
         sent = order[: int(send_counts.sum())]  # assignments that go to an expert, grouped by expert
         # Rows travel in the experts' compute dtype (bf16 under bf16 autocast: half the bytes).
@@ -129,5 +125,4 @@ class ExpertParallelPool(nn.Module):
         back = all_to_all_single_autograd(ys, in_splits, out_splits, group)
 
         rows = x.new_zeros(n * k, self.d_model, dtype=back.dtype).index_copy(0, sent, back)
-        combined = (rows.view(n, k, -1).float() * weights.float()[:, :, None]).sum(dim=1)
-        return combined.to(x.dtype)
+        return combine(rows.view(n, k, -1), weights).to(x.dtype)
