@@ -102,14 +102,13 @@ def load_tokens(settings: AuthSettings, environ: Mapping[str, str] | None = None
     return parsed
 
 
-def token_matches(presented: str, tokens: Iterable[Token | str]) -> Token | None:
+def token_matches(presented: str, tokens: Iterable[Token]) -> Token | None:
     """The matching token, compared in constant time against every token (no early exit on a match)."""
     given = presented.encode("utf-8")
     found = None
     for t in tokens:
-        tok = t if isinstance(t, Token) else Token(t)
-        if hmac.compare_digest(given, tok.secret.encode("utf-8")):
-            found = tok
+        if hmac.compare_digest(given, t.secret.encode("utf-8")):
+            found = t
     return found
 
 
