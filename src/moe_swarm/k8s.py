@@ -44,7 +44,6 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 
 _DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_MANAGED_KEYS = ("cluster", "trainer.num_nodes", "trainer.devices", "run_id")
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -137,7 +136,7 @@ def _trainer_overrides(job: JobRequest) -> list[str]:
             if override.split("=", 1)[1].strip() != managed[key].split("=", 1)[1]:
                 raise LaunchError(
                     f"override {override!r} contradicts the job being rendered ({managed[key]}); the launcher "
-                    f"sets {', '.join(_MANAGED_KEYS)} itself, so drop it or change the matching option."
+                    f"sets {', '.join(managed)} itself, so drop it or change the matching option."
                 )
             continue
         kept.append(override)
