@@ -36,7 +36,7 @@ from moe_swarm.swarm.config import SwarmConfig
 from moe_swarm.swarm.evaluation import Bootstrap, difficulty_buckets, summarise_outcomes
 from moe_swarm.swarm.solver import SwarmSolver
 from moe_swarm.swarm.statistics import holm_adjust
-from moe_swarm.swarm.steps import StepSwarm, StepSwarmConfig
+from moe_swarm.swarm.steps import StepSwarm, StepSwarmConfig, label_step_rollouts
 from moe_swarm.swarm.voting import vote
 
 log = logging.getLogger("moe_swarm.swarm.step_evaluation")
@@ -87,28 +87,20 @@ class StepLevelRuns:
         res = StepSwarm(self.model, cfg, self.tok, self.task, checker).solve(self.prompts)
         keys = ("step_swarm", "forward_passes", "flops", "checker_evaluations", "backtracks")
         out: Outcomes = {k: [] for k in keys}
-        scores: dict[str, list] = {"checker": [], "logprob": [], "label": [], "group": [], "vote_wrong": []}
-        n_groups = 0
-        for i, (r, p) in enumerate(zip(res, self.problems)):
+        for i, r in enumerate(res):
             out["step_swarm"].append(self.em(r.completion, i))
             out["forward_passes"].append(float(r.forward_passes))
             out["flops"].append(r.flops)
             out["checker_evaluations"].append(float(r.checker_evaluations))
             out["backtracks"].append(float(r.backtracks))
-            groups: dict[tuple, list] = {}
-            for prop, prefix in zip(r.proposals, r.prefixes):
-                ok = self.task.step_is_correct(p, prefix, prop.step)
-                groups.setdefault((prop.position, prop.attempt, tuple(prefix)), []).append((prop, ok))
-            for members in groups.values():
-                winner = vote([prop.step for prop, _ in members]).answer
-                right = {prop.step for prop, ok in members if ok}
-                for prop, ok in members:
-                    scores["checker"].append(prop.checker)
-                    scores["logprob"].append(prop.logprob)
-                    scores["label"].append(ok)
-                    scores["group"].append(n_groups)
-                    scores["vote_wrong"].append(bool(right) and winner not in right)
-                n_groups += 1
+        rollouts = label_step_rollouts(self.problems, res, self.task)
+        scores = {
+            "checker": [p.checker for r in res for p in r.proposals],
+            "logprob": [p.logprob for r in res for p in r.proposals],
+            "label": rollouts.labels.gt(0.5).tolist(),
+            "group": rollouts.groups.tolist(),
+            "vote_wrong": rollouts.vote_wrong.tolist(),
+        }
         ranking = {}
         wrong = [k for k, w in enumerate(scores["vote_wrong"]) if w]
         for name in ("checker", "logprob"):

@@ -520,7 +520,14 @@ def collect_step_rollouts(swarm: StepSwarm, problems: Sequence, task, group_offs
     """Run ``swarm`` on ``problems`` (their ``prompt``) and label each proposal with the step oracle."""
     if not problems:
         raise ValueError("collect_step_rollouts needs at least one problem")
-    results = swarm.solve([p.prompt for p in problems])
+    return label_step_rollouts(problems, swarm.solve([p.prompt for p in problems]), task, group_offset)
+
+
+def label_step_rollouts(
+    problems: Sequence, results: Sequence[StepSwarmResult], task, group_offset: int = 0
+) -> StepRollouts:
+    """Every proposal of ``results`` (one per problem, in order) labelled with the step oracle; rows in
+    proposal order, groups numbered from ``group_offset`` in order of first appearance."""
     labels, groups, logprobs, keys, prefix_ok = [], [], [], {}, []
     contexts, steps, answer_lines = [], [], []
     group_rows: dict[int, list[int]] = {}
