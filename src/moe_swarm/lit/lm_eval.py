@@ -13,6 +13,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from moe_swarm.atomic import atomic_write_text
 from moe_swarm.checkpoint import CheckpointError, load_checkpoint
 from moe_swarm.cli import UserError
 
@@ -87,6 +88,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         report["em_problems"] = len(correct)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     out_path = Path(cfg.out) if cfg.out else Path(cfg.checkpoint).parent / f"eval-{cfg.split}.json"
-    out_path.write_text(json.dumps(report, indent=2))
+    atomic_write_text(out_path, json.dumps(report, indent=2))
     report["written_to"] = str(out_path)
     return report
