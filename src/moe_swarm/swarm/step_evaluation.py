@@ -33,7 +33,7 @@ from moe_swarm.swarm.baselines import greedy_config, independent_vote_at_budget
 from moe_swarm.swarm.checker import StepChecker, score_completions, within_group_auc
 from moe_swarm.swarm.compute import ModelCost
 from moe_swarm.swarm.config import SwarmConfig
-from moe_swarm.swarm.evaluation import Bootstrap, difficulty_buckets, summarise_outcomes
+from moe_swarm.swarm.evaluation import Bootstrap, difficulty_buckets, paired_comparison, summarise_outcomes
 from moe_swarm.swarm.solver import SwarmSolver
 from moe_swarm.swarm.statistics import holm_adjust
 from moe_swarm.swarm.steps import StepSwarm, StepSwarmConfig, label_step_rollouts
@@ -249,10 +249,7 @@ def step_level_report(
                 ]
             for v, abl in cell["ablations"].items():
                 pairs.append((f"step_swarm - step_swarm_{v}", s["step_swarm"], abl["step_swarm"]))
-            cmp = [
-                {"comparison": lbl, **at, **boot.ci([a[i] for i in index], [b[i] for i in index])}
-                for lbl, a, b in pairs
-            ]
+            cmp = [paired_comparison(lbl, a, b, index, boot, **at) for lbl, a, b in pairs]
             primary = [c_ for c_ in cmp if c_["comparison"] in PRIMARY]
             for c_, p in zip(primary, holm_adjust([c_["p_value"] for c_ in primary])):
                 c_["p_holm"] = p
