@@ -14,9 +14,8 @@ from typing import Any
 
 import grpc
 
+from moe_swarm.serve.client import DEFAULT_TARGET
 from moe_swarm.serve.proto import mcp_pb2_grpc
-
-DEFAULT_TARGET = "127.0.0.1:50051"
 
 
 class SidecarError(Exception):

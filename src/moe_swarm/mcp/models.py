@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from moe_swarm.serve.client import TERMINAL
 from moe_swarm.serve.proto import mcp_pb2
 
 
@@ -114,9 +115,6 @@ class ModelList(BaseModel):
     default_model_id: str = Field(description="the model a request without `model` gets ('' = none yet)")
 
 
-TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
-
-
 def job_from_proto(j: mcp_pb2.Job) -> Job:
     state = mcp_pb2.JobState.Name(j.state)
     return Job(
@@ -136,7 +134,7 @@ def job_from_proto(j: mcp_pb2.Job) -> Job:
         checkpoint=j.checkpoint,
         metrics=dict(j.metrics),
         cancel_requested=j.cancel_requested,
-        finished=state in TERMINAL,
+        finished=j.state in TERMINAL,
     )
 
 
