@@ -79,10 +79,15 @@ class CausalSelfAttention(nn.Module):
         nn.init.normal_(self.qkv.weight, std=0.02)
         nn.init.normal_(self.proj.weight, std=out_std)
 
+    def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys (both rotated) and values, each (B, H, T, head_dim)."""
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None) -> Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self._qkv(x, cos, sin)
         past = 0
         if cache is not None:
             past = cache.length
@@ -108,8 +113,7 @@ class CausalSelfAttention(nn.Module):
         (and be captured as a CUDA graph).
         """
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self._qkv(x, cos, sin)
         keys, values = cache.k[self.layer], cache.v[self.layer]
         keys.index_copy_(2, pos, k.to(keys.dtype))
         values.index_copy_(2, pos, v.to(values.dtype))
