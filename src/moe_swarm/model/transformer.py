@@ -366,12 +366,11 @@ class MoETransformer(nn.Module):
         """
         if decode not in DECODE_MODES:
             raise ValueError(f"unknown decode {decode!r}; choose one of {DECODE_MODES}")
-        step_fn = {
-            "eager": None,
-            "static": self.decode_step,
-            "compiled": self.compiled_decode_step() if decode == "compiled" else None,
-            "cudagraphs": self.compiled_decode_step("reduce-overhead") if decode == "cudagraphs" else None,
-        }[decode]
+        step_fn = None  # "eager": the plain forward
+        if decode == "static":
+            step_fn = self.decode_step
+        elif decode in ("compiled", "cudagraphs"):
+            step_fn = self.compiled_decode_step("reduce-overhead" if decode == "cudagraphs" else None)
         b, t0 = idx.shape
         dev = idx.device
         temp = torch.as_tensor(temperature, dtype=torch.float32, device=dev).expand(b)
