@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from moe_swarm.serve.client import TERMINAL
 from moe_swarm.serve.loadtest import ServerProcess
 from moe_swarm.serve.observability import percentile
 from moe_swarm.serve.proto import mcp_pb2, mcp_pb2_grpc
@@ -37,7 +38,7 @@ def _job(stub: mcp_pb2_grpc.MCPControlStub) -> str:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         job = stub.GetJob(mcp_pb2.GetJobRequest(job_id=resp.job_id), timeout=30)
-        if job.state in (mcp_pb2.SUCCEEDED, mcp_pb2.FAILED, mcp_pb2.CANCELLED):
+        if job.state in TERMINAL:
             return resp.job_id
         time.sleep(0.2)
     raise TimeoutError(f"job {resp.job_id} did not stop within 120 s")
