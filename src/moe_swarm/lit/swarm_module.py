@@ -53,10 +53,10 @@ from moe_swarm.swarm import (
     embedding_scale,
     encode_steps,
     normalise_thoughts,
+    ranking_quality,
     save_swarm_state,
     step_swarm_state,
     value_loss,
-    within_group_auc,
 )
 
 # Answer-level outcomes logged as val/<name> (names from moe_swarm.swarm.outcomes).
@@ -601,14 +601,11 @@ class StepCheckerModule(L.LightningModule):
         out = {"val/checker_loss": self.val_loss.compute()}
         self.val_loss.reset()
         for name, score in (("checker", prob), ("logprob", logprob)):
-            auc, n = within_group_auc(score.tolist(), right, groups.tolist())
-            auc_w, n_w = within_group_auc(
-                score[wrong].tolist(), labels[wrong].gt(0.5).tolist(), groups[wrong].tolist()
-            )
-            out[f"val/{name}_auc_within"] = torch.tensor(auc)
-            out[f"val/{name}_auc_vote_wrong"] = torch.tensor(auc_w)
-            out["val/groups_mixed"] = torch.tensor(float(n))
-            out["val/groups_vote_wrong"] = torch.tensor(float(n_w))
+            r = ranking_quality(score.tolist(), right, groups.tolist(), wrong.tolist())
+            out[f"val/{name}_auc_within"] = torch.tensor(r["auc_within"])
+            out[f"val/{name}_auc_vote_wrong"] = torch.tensor(r["auc_vote_wrong"])
+            out["val/groups_mixed"] = torch.tensor(float(r["groups"]))
+            out["val/groups_vote_wrong"] = torch.tensor(float(r["groups_vote_wrong"]))
         self.log_dict(out, prog_bar=False)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -19,7 +19,7 @@ from moe_swarm.swarm.baselines import (
     summarise_results,
 )
 from moe_swarm.swarm.buffer import ThoughtBuffer, ThoughtRecord
-from moe_swarm.swarm.checker import StepChecker, checker_loss, encode_steps, within_group_auc
+from moe_swarm.swarm.checker import StepChecker, checker_loss, encode_steps, ranking_quality, within_group_auc
 from moe_swarm.swarm.compute import ModelCost
 from moe_swarm.swarm.config import SwarmConfig
 from moe_swarm.swarm.outcomes import ANSWER_OUTCOMES, answer_outcomes, outcome_table
@@ -105,6 +105,7 @@ __all__ = [
     "StepChecker",
     "checker_loss",
     "encode_steps",
+    "ranking_quality",
     "within_group_auc",
     "load_step_checker",
     "step_swarm_state",

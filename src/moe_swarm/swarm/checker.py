@@ -154,6 +154,20 @@ def within_group_auc(scores: Sequence[float], labels: Sequence[bool], groups: Se
     return mean_of_defined(aucs), sum(not math.isnan(a) for a in aucs)
 
 
+def ranking_quality(
+    scores: Sequence[float], labels: Sequence[bool], groups: Sequence, vote_wrong: Sequence[bool]
+) -> dict[str, float | int]:
+    """``within_group_auc`` of ``scores`` over all groups (``auc_within``, ``groups``) and over the rows
+    whose group's plurality winner is wrong while a right item is in it (``auc_vote_wrong``,
+    ``groups_vote_wrong``): where a better scorer could change a vote's outcome."""
+    wrong = [k for k, w in enumerate(vote_wrong) if w]
+    auc, n = within_group_auc(scores, labels, groups)
+    auc_w, n_w = within_group_auc(
+        [scores[k] for k in wrong], [labels[k] for k in wrong], [groups[k] for k in wrong]
+    )
+    return {"auc_within": auc, "groups": n, "auc_vote_wrong": auc_w, "groups_vote_wrong": n_w}
+
+
 @torch.no_grad()
 def score_completions(
     checker: StepChecker, tokenizer, prompt: str, completions: Sequence[str]

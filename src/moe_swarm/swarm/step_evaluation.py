@@ -30,7 +30,7 @@ import torch
 
 from moe_swarm.model import MoETransformer
 from moe_swarm.swarm.baselines import greedy_config, independent_vote_at_budget
-from moe_swarm.swarm.checker import StepChecker, score_completions, within_group_auc
+from moe_swarm.swarm.checker import StepChecker, ranking_quality, score_completions
 from moe_swarm.swarm.compute import ModelCost
 from moe_swarm.swarm.config import SwarmConfig
 from moe_swarm.swarm.evaluation import Bootstrap, difficulty_buckets, paired_comparison, summarise_outcomes
@@ -102,23 +102,11 @@ class StepLevelRuns:
             "vote_wrong": rollouts.vote_wrong.tolist(),
         }
         ranking = {}
-        wrong = [k for k, w in enumerate(scores["vote_wrong"]) if w]
         for name in ("checker", "logprob"):
             x = scores[name]
             if not x or all(math.isnan(v) for v in x):
                 continue
-            auc, n = within_group_auc(x, scores["label"], scores["group"])
-            auc_w, n_w = within_group_auc(
-                [x[k] for k in wrong],
-                [scores["label"][k] for k in wrong],
-                [scores["group"][k] for k in wrong],
-            )
-            ranking[name] = {
-                "auc_within": auc,
-                "groups": n,
-                "auc_vote_wrong": auc_w,
-                "groups_vote_wrong": n_w,
-            }
+            ranking[name] = ranking_quality(x, scores["label"], scores["group"], scores["vote_wrong"])
         return out, ranking
 
     def independent(self, cfg: StepSwarmConfig, budgets: list[float]) -> Outcomes:
