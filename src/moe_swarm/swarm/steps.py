@@ -170,6 +170,20 @@ class _Trajectory:
     all_prefixes: list[list[str]] = field(default_factory=list)
 
 
+def _prefix_cache(
+    model_cfg, prefixes: list[tuple[Tensor, Tensor]], owner: Tensor, length: int, room: int
+) -> KVCache:
+    """A cache of ``len(owner)`` rows, row r starting from the first ``length`` cached positions of
+    ``prefixes[owner[r]]`` (keys, values), with ``room`` free positions after them."""
+    k0 = prefixes[0][0]
+    cache = KVCache(model_cfg, len(owner), length + room, k0.device, k0.dtype)
+    idx = owner.to(k0.device)
+    cache.k[:, :, :, :length] = torch.stack([k[:, :, :length] for k, _ in prefixes], 1)[:, idx]
+    cache.v[:, :, :, :length] = torch.stack([v[:, :, :length] for _, v in prefixes], 1)[:, idx]
+    cache.length = length
+    return cache
+
+
 class StepSwarm:
     """Runs the step-level swarm for a model, a task (canonical steps and answers) and an optional checker."""
 
@@ -236,10 +250,7 @@ class StepSwarm:
         length = group[0].length
         rows = len(group) * per
         owner = torch.arange(len(group)).repeat_interleave(per)
-        cache = KVCache(model.cfg, rows, length + cfg.max_step_tokens, dev, group[0].k.dtype)
-        cache.k[:, :, :, :length] = torch.stack([t.k[:, :, :length] for t in group], 1)[:, owner.to(dev)]
-        cache.v[:, :, :, :length] = torch.stack([t.v[:, :, :length] for t in group], 1)[:, owner.to(dev)]
-        cache.length = length
+        cache = _prefix_cache(model.cfg, [(t.k, t.v) for t in group], owner, length, cfg.max_step_tokens)
         logits = torch.stack([t.boundaries[-1][1] for t in group])[owner.to(dev)]
         temps, seeds = [], []
         for t in group:
@@ -279,12 +290,9 @@ class StepSwarm:
         ccache = None
         if self.checker is not None:  # one chunk forward over each proposal, from the checker's own cache
             width = int(lengths.max())
-            ccache = KVCache(self.checker.model.cfg, rows, length + width, dev, group[0].k.dtype)
-            ck = torch.stack([t.ck[:, :, :length] for t in group], 1)
-            cv = torch.stack([t.cv[:, :, :length] for t in group], 1)
-            ccache.k[:, :, :, :length] = ck[:, owner.to(dev)]
-            ccache.v[:, :, :, :length] = cv[:, owner.to(dev)]
-            ccache.length = length
+            ccache = _prefix_cache(
+                self.checker.model.cfg, [(t.ck, t.cv) for t in group], owner, length, width
+            )
             probs = self.checker.score_chunk(ccache, tokens[:, :width].to(dev), lengths).cpu()
         thoughts = normalise_thoughts(end_hidden, embedding_scale(model)).cpu()
         lp_mean = (lp_sum / lengths.clamp_min(1)).cpu().tolist()
