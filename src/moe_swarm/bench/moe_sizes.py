@@ -260,22 +260,17 @@ def run_sized(
 ) -> list[Row]:
     """The sized cases for this device: the three model shapes on CUDA, the CPU peer shapes on CPU
     (or the given shapes, tokens and precisions)."""
-    if shapes is not None:
-        default_precisions = ("bf16", "bf16_mixed") if ctx.device.type == "cuda" else ("fp32",)
-        rows = []
-        for shape in shapes:
-            rows += sized_case(ctx, shape, tokens or CPU_TOKENS, precisions or default_precisions)
-        return rows
-    if ctx.device.type == "cuda":
-        rows: list[Row] = []
-        for shape in GPU_SHAPES:
-            rows += sized_case(ctx, shape, GPU_TOKENS, ("bf16", "bf16_mixed"))
-        return rows
-    shapes, tokens = (QUICK_CPU_SHAPES, QUICK_CPU_TOKENS) if ctx.quick else (CPU_SHAPES, CPU_TOKENS)
-    rows = []
-    for shape in shapes:
-        rows += sized_case(ctx, shape, tokens, ("fp32",))
-    return rows
+    cuda = ctx.device.type == "cuda"
+    if shapes is None:  # the device's own cases (tokens and precisions are for given shapes only)
+        if cuda:
+            shapes, tokens = GPU_SHAPES, GPU_TOKENS
+        elif ctx.quick:
+            shapes, tokens = QUICK_CPU_SHAPES, QUICK_CPU_TOKENS
+        else:
+            shapes, tokens = CPU_SHAPES, CPU_TOKENS
+        precisions = None
+    precisions = precisions or (("bf16", "bf16_mixed") if cuda else ("fp32",))
+    return [row for shape in shapes for row in sized_case(ctx, shape, tokens or CPU_TOKENS, precisions)]
 
 
 def format_sized_table(rows: list[Row]) -> str:
