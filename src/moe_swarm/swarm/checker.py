@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moe_swarm.data.tasks import STEP_SEPARATOR
 from moe_swarm.model import MoETransformer, TransformerConfig
 from moe_swarm.model.transformer import KVCache
 from moe_swarm.swarm.statistics import mean_of_defined, ranking_auc
@@ -113,7 +114,7 @@ def encode_steps(
 ):
     """Rows ``[BOS] + context + step + separator`` (EOS after an answer line) padded with PAD, their mask,
     and where each step starts and ends (inclusive, separator included)."""
-    sep = tokenizer.encode("\n")[0]
+    sep = tokenizer.encode(STEP_SEPARATOR)[0]
     seqs, starts, ends = [], [], []
     for c, s, ans in zip(contexts, steps, answer_lines, strict=True):
         ctx = tokenizer.encode(c, bos=True)
@@ -178,7 +179,7 @@ def score_completions(
         return []
     model = checker.model
     dev = next(model.parameters()).device
-    sep = tokenizer.encode("\n")[0]
+    sep = tokenizer.encode(STEP_SEPARATOR)[0]
     prompt_ids = tokenizer.encode(prompt, bos=True)
     seqs = [
         (prompt_ids + tokenizer.encode(c.strip("\n"), eos=True))[: model.cfg.max_seq_len] for c in completions

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from moe_swarm.data.tasks import ANSWER_MARK, STEP_SEPARATOR
 from moe_swarm.model import MoETransformer
 from moe_swarm.model.transformer import KVCache, sample_next
 from moe_swarm.swarm.agents import SEED_LIMIT, mix_seed
@@ -207,7 +208,7 @@ class StepSwarm:
         self.model, self.cfg, self.tok, self.task, self.checker = model, cfg, tokenizer, task, checker
         self.buffer = buffer if buffer is not None else ThoughtBuffer()
         self.cost = ModelCost.from_model(model)
-        self.sep = tokenizer.encode("\n")[0]
+        self.sep = tokenizer.encode(STEP_SEPARATOR)[0]
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
@@ -397,7 +398,7 @@ class StepSwarm:
         t.shares.append(share)
         t.confident.append(confident)
         t.pool, t.banned, t.attempt = [], set(), 0
-        answer_line = p.ended_answer or p.step.startswith("=")
+        answer_line = p.ended_answer or p.step.startswith(ANSWER_MARK)
         if (
             answer_line
             or len(t.steps) >= self.cfg.max_steps
