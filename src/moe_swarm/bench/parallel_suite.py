@@ -35,6 +35,7 @@ import torch
 from moe_swarm.bench.context import BenchContext, SuiteUnavailable
 from moe_swarm.bench.model_shape import ModelShape
 from moe_swarm.bench.results import Row
+from moe_swarm.cluster import clean_env
 
 SUITE = "parallel"
 LAYOUTS = ("ddp", "fsdp2", "ep")
@@ -81,9 +82,7 @@ def _launch(world: int, setup: Setup, repeats: int, ctx: BenchContext) -> dict:
         out = Path(tmp) / "result.json"
         procs = []
         for rank in range(world):
-            env = dict(os.environ)
-            for name in ("TORCHELASTIC_RUN_ID", "GROUP_RANK", "LOCAL_WORLD_SIZE"):
-                env.pop(name, None)
+            env = clean_env(os.environ)  # no rank variables of an outer launcher leak into the workers
             env.update(
                 RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                 MASTER_PORT=port, OMP_NUM_THREADS=str(ctx.threads),
