@@ -68,10 +68,6 @@ def make_batches(setup: TrainSetup, n: int, seed: int) -> list[dict[str, torch.T
     return out
 
 
-def train_flops_per_token(model: MoETransformer, seq_len: int) -> float:
-    return model.train_flops_per_token(seq_len)
-
-
 def matmul_peak_gflops(
     ctx: BenchContext, n: int, dtype: torch.dtype, repeats: int
 ) -> tuple[float, list[float]]:
@@ -196,7 +192,7 @@ def eager_vs_compiled(ctx: BenchContext, setup: TrainSetup) -> list[Row]:
     for name, compiled in (("eager", False), ("compiled", True)):
         loop = PlainLoop(coefs, model_cfg, ctx, batches, compile=compiled)
         secs[name] = loop.run(ctx, setup.steps)  # the warm-up step (and compilation) is not counted
-        flops_tok = train_flops_per_token(loop.model, setup.seq_len)
+        flops_tok = loop.model.train_flops_per_token(setup.seq_len)
         del loop
         gc.collect()
         if ctx.device.type == "cuda":
@@ -281,7 +277,7 @@ def run(ctx: BenchContext) -> list[Row]:
     peak_n = max(setup.peak_n, 8192) if ctx.device.type == "cuda" else setup.peak_n
     peak, peak_samples = matmul_peak_gflops(ctx, peak_n, peak_dtype, ctx.repeats_or(full=5, quick=3))
     tokens = setup.batch_size * setup.seq_len
-    flops_tok = train_flops_per_token(plain.model, setup.seq_len)
+    flops_tok = plain.model.train_flops_per_token(setup.seq_len)
     plain_ms, lit_ms = median(plain_s) * 1e3, median(lit_s) * 1e3
 
     case = setup.case
