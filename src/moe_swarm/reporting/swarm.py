@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from moe_swarm.layout import RunLayout
 from moe_swarm.swarm.evaluation import find_comparison
 
 
@@ -266,8 +267,7 @@ def output_dir(checkpoint: str | Path, out_dir: str | Path | None = None) -> Pat
     """``out_dir``, else ``<run dir of the checkpoint>/swarm_eval`` (the folder above ``checkpoints/``)."""
     if out_dir:
         return Path(out_dir)
-    ckpt = Path(checkpoint).resolve()
-    return (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / "swarm_eval"
+    return RunLayout.of_checkpoint(Path(checkpoint).resolve()).root / "swarm_eval"
 
 
 def plot_step_level(report: dict, path: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from moe_swarm.atomic import atomic_torch_save
 from moe_swarm.swarm.checker import StepChecker
 from moe_swarm.swarm.config import SwarmConfig
 from moe_swarm.swarm.steps import StepSwarmConfig
@@ -76,11 +77,7 @@ def save_swarm_state(
     if isinstance(path_or_dict, dict):
         path_or_dict[key] = state
         return state
-    path = Path(path_or_dict)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(state, path_or_dict)
     return state
 
 
