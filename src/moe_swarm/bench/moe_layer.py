@@ -44,6 +44,16 @@ def case_name(shape: LayerShape, tokens: int, dtype_name: str) -> str:
     return f"E{shape.num_experts}k{shape.top_k}_t{tokens}_{dtype_name}"
 
 
+def _layer_out(layer: MoELayer, x: torch.Tensor, impl: str) -> torch.Tensor:
+    """The layer's output (router included) with the experts run by ``impl``."""
+    routed = layer.router(x)
+    if impl in BASELINES:
+        return BASELINES[impl](layer.experts, x, routed.indices, routed.weights, routed.keep)
+    return layer.experts(
+        x, routed.indices, routed.weights, routed.keep, impl=None if impl == "auto" else impl
+    )
+
+
 def layer_step(layer: MoELayer, x: torch.Tensor, grad_out: torch.Tensor, impl: str):
     """One forward+backward of the layer (router included) with the experts run by ``impl``."""
     params = list(layer.parameters())
@@ -52,26 +62,14 @@ def layer_step(layer: MoELayer, x: torch.Tensor, grad_out: torch.Tensor, impl: s
         for p in params:
             p.grad = None
         x.grad = None
-        routed = layer.router(x)
-        if impl in BASELINES:
-            y = BASELINES[impl](layer.experts, x, routed.indices, routed.weights, routed.keep)
-        else:
-            y = layer.experts(
-                x, routed.indices, routed.weights, routed.keep, impl=None if impl == "auto" else impl
-            )
-        y.backward(grad_out)
+        _layer_out(layer, x, impl).backward(grad_out)
 
     return step
 
 
 def _forward(layer: MoELayer, x: torch.Tensor, impl: str) -> torch.Tensor:
     with torch.no_grad():
-        routed = layer.router(x)
-        if impl in BASELINES:
-            return BASELINES[impl](layer.experts, x, routed.indices, routed.weights, routed.keep)
-        return layer.experts(
-            x, routed.indices, routed.weights, routed.keep, impl=None if impl == "auto" else impl
-        )
+        return _layer_out(layer, x, impl)
 
 
 def check_agreement(layer: MoELayer, x: torch.Tensor, impls: list[str]) -> None:
