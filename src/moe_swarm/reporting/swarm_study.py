@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from moe_swarm.atomic import atomic_write_text
 from moe_swarm.reporting.swarm import _ci
 from moe_swarm.swarm.statistics import holm_adjust, two_level_bootstrap_ci
 
@@ -88,10 +89,10 @@ def main() -> None:
         reports.append(json.loads(path.read_text()))
     result = study(reports, args.samples)
     out = args.out or args.runs[0].parent.parent
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps(result, indent=2))
-    (out / "study.md").write_text(markdown(result))
-    print(markdown(result), f"written to {out}", sep="\n")
+    text = markdown(result)
+    atomic_write_text(out / "study.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "study.md", text)
+    print(text, f"written to {out}", sep="\n")
 
 
 if __name__ == "__main__":
