@@ -24,6 +24,7 @@ from moe_swarm.bench.reference import dense_all_experts
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, paired_ratios, time_interleaved
 from moe_swarm.model import MoELayer, grouped_mm_supported
+from moe_swarm.model.experts import aligned_for_grouped_mm
 
 SUITE = "moe_layer"
 REFERENCE = "reference_loop"
@@ -90,9 +91,7 @@ def runnable_impls(layer: MoELayer, x: torch.Tensor) -> tuple[list[str], dict[st
     impls, skipped = [], {}
     for impl in IMPLS:
         if impl == "grouped_mm":
-            # grouped_mm needs row strides that are multiples of 16 bytes.
-            size = x.element_size()
-            aligned = all(d * size % 16 == 0 for d in (layer.experts.d_model, layer.experts.d_ff))
+            aligned = aligned_for_grouped_mm(x.dtype, layer.experts.d_model, layer.experts.d_ff)
             if not aligned or not grouped_mm_supported(x.device.type, x.dtype):
                 skipped[impl] = (
                     f"torch.nn.functional.grouped_mm does not run for {x.device.type}/{x.dtype} here"

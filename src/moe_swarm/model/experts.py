@@ -13,7 +13,14 @@ from torch import Tensor, nn
 from moe_swarm.model.config import DISPATCH_IMPLS
 from moe_swarm.model.grouped_mm import grouped_mm, grouped_mm_supported
 
-__all__ = ["ExpertPool", "combine", "compute_dtype", "grouped_mm_supported", "sort_by_expert"]
+__all__ = [
+    "ExpertPool",
+    "aligned_for_grouped_mm",
+    "combine",
+    "compute_dtype",
+    "grouped_mm_supported",
+    "sort_by_expert",
+]
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
@@ -45,7 +52,7 @@ def sort_by_expert(indices: Tensor, keep: Tensor | None, num_experts: int) -> tu
     return order, counts
 
 
-def _aligned_for_grouped_mm(dtype: torch.dtype, *dims: int) -> bool:
+def aligned_for_grouped_mm(dtype: torch.dtype, *dims: int) -> bool:
     """grouped_mm needs row strides that are multiples of 16 bytes."""
     return all((d * dtype.itemsize) % 16 == 0 for d in dims)
 
@@ -100,7 +107,7 @@ class ExpertPool(nn.Module):
         if top_k is not None and not torch.is_grad_enabled() and x.shape[0] * top_k <= self.num_experts:
             return "gather_bmm"
         dtype = compute_dtype(x)
-        if _aligned_for_grouped_mm(dtype, self.d_model, self.d_ff) and grouped_mm_supported(
+        if aligned_for_grouped_mm(dtype, self.d_model, self.d_ff) and grouped_mm_supported(
             x.device.type, dtype
         ):
             return "grouped_mm"
