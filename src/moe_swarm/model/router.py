@@ -157,22 +157,20 @@ class Router(nn.Module):
             gate_scores = scores
             balance_probs = scores / scores.sum(dim=-1, keepdim=True).clamp_min(1e-9)
 
+        override = control is not None and control.top_k is not None
         k = self.cfg.top_k
-        if control is not None and control.top_k is not None:
+        if override:
             # Host sync, but only on the swarm path with an explicit override.
             k = int(control.top_k.max().clamp(1, e))
-            k = max(k, 1)
         indices = self._select(select_scores, k, control)
         weights = gate_scores.gather(1, indices)
-        slot_ok = torch.ones_like(indices, dtype=torch.bool)
-        if control is not None and control.top_k is not None:
+        if override:
             slot_ok = torch.arange(k, device=x.device)[None, :] < control.top_k[:, None].clamp(1, e)
             weights = weights * slot_ok
         if self.cfg.renormalize or self.cfg.mode == "sigmoid_bias":
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-9)
         weights = weights * self.cfg.route_scale
 
-        override = control is not None and control.top_k is not None
         if pad_mask is None and self.cfg.capacity_factor is None and not override:
             # Every assignment is processed: keep=None lets dispatch skip all masking work.
             keep = None
@@ -182,6 +180,8 @@ class Router(nn.Module):
             routed = kept = torch.ones_like(indices, dtype=torch.bool)
         else:
             valid = torch.ones(n, dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask.bool()
+            if not override:  # every slot counts
+                slot_ok = torch.ones_like(indices, dtype=torch.bool)
             routed = slot_ok & valid[:, None]
             kept = routed
             if self.cfg.capacity_factor is not None:
