@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from moe_swarm.atomic import atomic_torch_save
-from moe_swarm.layout import SHARDED_MARKER
+from moe_swarm.layout import is_sharded_checkpoint
 from moe_swarm.model.config import TransformerConfig
 from moe_swarm.model.transformer import MoETransformer
 
@@ -91,7 +91,7 @@ def read_checkpoint(
             f"checkpoint {path} does not exist; pass the path of a .ckpt written by training "
             "(runs/<run_id>/checkpoints/last.ckpt)"
         )
-    if path.is_dir() and (path / SHARDED_MARKER).is_file():  # sharded (trainer=model_parallel): consolidate
+    if is_sharded_checkpoint(path):  # sharded (trainer=model_parallel): consolidate
         from moe_swarm.parallel.checkpoint import consolidated_checkpoint
 
         return consolidated_checkpoint(path, weights=not mmap)  # mmap: metadata only, empty state_dict

@@ -136,7 +136,12 @@ def parse_metrics_line(line: str) -> dict[str, float] | None:
 SHARDED_MARKER = ".metadata"  # torch.distributed.checkpoint's index file inside a sharded checkpoint folder
 
 
+def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
+    """A sharded checkpoint folder (``trainer=model_parallel``): it holds the ``.metadata`` that ``dcp.save``
+    writes."""
+    return Path(path, SHARDED_MARKER).is_file()
+
+
 def is_checkpoint(path: str | os.PathLike) -> bool:
-    """A checkpoint is there to load: a ``.ckpt`` file, or a sharded folder (``trainer=model_parallel``)."""
-    path = Path(path)
-    return path.is_file() or (path.is_dir() and (path / SHARDED_MARKER).is_file())
+    """A checkpoint is there to load: a ``.ckpt`` file, or a sharded folder."""
+    return Path(path).is_file() or is_sharded_checkpoint(path)

@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 from moe_swarm.atomic import atomic_torch_save
-from moe_swarm.layout import SHARDED_MARKER
+from moe_swarm.layout import is_sharded_checkpoint
 
 __all__ = [
     "META_FILENAME",
@@ -56,11 +56,6 @@ _KEPT_META = ("epoch", "global_step", "pytorch-lightning_version", "hyper_parame
 
 class ShardedCheckpointError(ValueError):
     """A path is not a readable sharded checkpoint; the message says what was found."""
-
-
-def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
-    """A DCP folder: holds the ``.metadata`` file that ``dcp.save`` writes."""
-    return Path(path, SHARDED_MARKER).is_file()
 
 
 def _prefixed(state: dict[str, Any]) -> dict[str, Any]:
