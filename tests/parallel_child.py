@@ -205,6 +205,12 @@ def main() -> None:
         if world > 1:
             dist.barrier()  # nobody tears gloo down while a peer still talks to it (exit-time aborts)
             dist.destroy_process_group()
+    # Work done and the group destroyed: leave without interpreter finalization. About 1 run in 10 of
+    # the EP tests under pytest ended in "terminate called without an active exception" from a C++
+    # thread destroyed during Python's shutdown (root cause not found). An error above still raises.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
