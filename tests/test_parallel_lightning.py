@@ -59,6 +59,8 @@ def test_model_parallel_trainer_trains_resumes_and_its_sharded_checkpoint_loads_
     run = tmp_path / "mp"
     last = run / "checkpoints" / "last.ckpt"
     assert is_sharded_checkpoint(last), "last.ckpt is a torch.distributed.checkpoint folder"
+    leftovers = [p.name for p in last.parent.iterdir() if p.name.endswith((".partial", ".previous"))]
+    assert not leftovers, f"every sharded save is published (renamed into place): {leftovers}"
     digests = [json.loads((run / f"param_digest_rank{r}.json").read_text()) for r in (0, 1)]
     assert digests[0]["sha256"] == digests[1]["sha256"] and digests[0]["world_size"] == 2
     assert any(k.endswith("experts.w1") for k in digests[0]["tensors"])

@@ -5,7 +5,8 @@ run directory (:func:`hold_run`: an exclusive lock, and a finished run is report
 re-run), build the Trainer with callbacks composed from config (:func:`build_trainer`), pick and
 check the checkpoint to resume from (:func:`resume_checkpoint`), then :func:`fit_and_summarise`:
 validate at the start, fit, turn SIGTERM into a saved checkpoint and exit code 143, validate at
-the final step, write ``summary.json``.
+the final step, write ``summary.json``, and take the process group down while the interpreter is
+still whole (:func:`release_process_group`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from moe_swarm.config import hydra_job
 from moe_swarm.layout import RunLayout, metrics_lines_enabled
 from moe_swarm.lit.callbacks import FinalStepValidation, MetricsLines, scalar_metrics
 from moe_swarm.lit.fault import AtomicCheckpointIO, CheckpointOnSigterm, WorldSizeCheck
+from moe_swarm.parallel.checkpoint import recover_sharded
 from moe_swarm.run_lock import RunLock
 from moe_swarm.summary import already_complete_message, merge_with_previous, read_summary, write_summary
 
@@ -50,6 +52,7 @@ __all__ = [
     "lm_summary",
     "prepare_run",
     "quiet_lightning",
+    "release_process_group",
     "resume_checkpoint",
     "scalar_metrics",
     "setup_process",
@@ -224,6 +227,10 @@ def resume_checkpoint(cfg: DictConfig, layout: RunLayout, module: L.LightningMod
     """The checkpoint this run resumes from: ``last.ckpt`` if readable and built for the same model;
     else the newest readable ``*.ckpt`` of the run (saying so); None when there is none or
     ``resume=false``. Raises :class:`ResumeError` (one paragraph) when nothing can be resumed."""
+    if cfg.get("resume", True) and recover_sharded(layout.last_checkpoint):
+        log.warning(
+            "run %s: the last sharded save was cut off mid-swap; restored the previous last.ckpt", cfg.run_id
+        )
     last = layout.existing_last_checkpoint()
     if not cfg.get("resume", True) or last is None:
         return None
@@ -323,9 +330,26 @@ def fit_and_summarise(
     if trainer.is_global_zero:
         write_summary(layout.summary, summary)
         show(summary)
+    release_process_group()
     if status == "stopped":
         raise SystemExit(SIGTERM_EXIT_CODE)
     return summary
+
+
+def release_process_group() -> None:
+    """After a run that ended normally (or stopped on SIGTERM, all ranks together): wait for every
+    rank, then destroy the process group.
+
+    Lightning destroys it at exit for NCCL only. A gloo group left to interpreter shutdown has its
+    worker threads torn down during finalisation, and the process aborts now and then with
+    "terminate called without an active exception" after a successful run (pytorch/pytorch#190489).
+    Every rank calls this at the same point; a run that fails with an exception never gets here (a
+    barrier could wait for a dead rank), and its exit code already says it failed.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def _base_summary(cfg: DictConfig, layout: RunLayout, o: FitOutcome) -> dict[str, Any]:

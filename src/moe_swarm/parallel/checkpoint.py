@@ -8,6 +8,14 @@ into another (2 ranks, FSDP only). :func:`export_consolidated` turns the folder 
 ``.ckpt`` file that :func:`moe_swarm.checkpoint.load_checkpoint` (moe-swarm-eval, the swarm tools,
 the sidecar) reads like any training checkpoint; it needs no process group.
 
+A sharded save is published atomically: every rank writes into ``<path>.partial``, then rank 0
+swaps that folder in (:func:`publish_sharded`). A rank killed mid-save (OOM, SIGKILL, a lost
+node) leaves the previous ``<path>`` whole; writing the shards in place, as DCP and Lightning do,
+would leave a folder whose ``.metadata`` describes shards that were half overwritten. The swap is
+two renames (``<path>`` -> ``<path>.previous``, ``<path>.partial`` -> ``<path>``);
+:func:`recover_sharded` undoes a kill between them. It needs a filesystem that every rank writes
+to (as DCP itself does).
+
     python -m moe_swarm.parallel.checkpoint runs/<id>/checkpoints/last.ckpt runs/<id>/consolidated.ckpt
 """
 
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -32,7 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
-from moe_swarm.atomic import atomic_torch_save
+from moe_swarm.atomic import atomic_torch_save, fsync_dir
 from moe_swarm.layout import is_sharded_checkpoint
 
 __all__ = [
@@ -43,6 +52,10 @@ __all__ = [
     "export_consolidated",
     "is_sharded_checkpoint",
     "load_sharded",
+    "prepare_sharded_save",
+    "publish_sharded",
+    "staging_path",
+    "recover_sharded",
     "save_sharded",
 ]
 
@@ -62,6 +75,70 @@ def _prefixed(state: dict[str, Any]) -> dict[str, Any]:
     return {MODEL_PREFIX + k: v for k, v in state.items()}
 
 
+def staging_path(path: str | os.PathLike) -> Path:
+    """The folder every rank writes a sharded save of ``path`` into before it is published."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(path.name + ".previous")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def recover_sharded(path: str | os.PathLike) -> bool:
+    """If a save was killed between its two renames, put ``<path>.previous`` back as ``<path>``.
+
+    Safe to call from every rank at once (a lost rename race is not an error). True when it
+    restored something.
+    """
+    path = Path(path)
+    previous = _previous(path)
+    if path.exists() or not (previous.is_file() or is_sharded_checkpoint(previous)):
+        return False
+    try:
+        os.rename(previous, path)
+    except FileNotFoundError:  # another rank restored it first
+        return False
+    fsync_dir(path.parent)
+    return True
+
+
+def prepare_sharded_save(path: str | os.PathLike) -> Path:
+    """Rank 0, before a sharded save of ``path``: recover an interrupted swap, remove what a killed save
+    left behind, and return the (empty, not yet created) staging folder every rank writes into."""
+    path = Path(path)
+    recover_sharded(path)
+    staging = staging_path(path)
+    if staging.exists():
+        _remove(staging)
+    return staging
+
+
+def publish_sharded(path: str | os.PathLike) -> Path:
+    """Rank 0, after every rank's shards and ``meta.pt`` are in the staging folder: make it ``path``."""
+    path = Path(path)
+    staging, previous = staging_path(path), _previous(path)
+    if not is_sharded_checkpoint(staging):
+        raise ShardedCheckpointError(f"{staging} holds no finished sharded save to publish")
+    fsync_dir(staging)
+    if previous.exists():
+        _remove(previous)
+    if path.exists():
+        os.rename(path, previous)
+    os.rename(staging, path)
+    fsync_dir(path.parent)
+    if previous.exists():
+        _remove(previous)
+    return path
+
+
 def save_sharded(
     path: str | os.PathLike,
     model: nn.Module,
@@ -72,16 +149,23 @@ def save_sharded(
 
     Same layout as Lightning's sharded ``last.ckpt``, so :func:`export_consolidated` reads both.
     Rank 0 writes ``meta`` (plain data: ``hyper_parameters``, ``global_step``, ...) to ``meta.pt``.
+    Published atomically (module docstring).
     """
     import torch.distributed as dist
 
     path = Path(path)
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
     state: dict[str, Any] = {MODEL_KEY: _prefixed(get_model_state_dict(model))}
     if optimizer is not None:
         state[OPTIMIZER_KEY] = get_optimizer_state_dict(model, optimizer)
-    dcp.save(state, checkpoint_id=path)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        atomic_torch_save(dict(meta or {}), path / META_FILENAME)
+    staging = prepare_sharded_save(path) if rank0 else staging_path(path)
+    if dist.is_initialized():
+        dist.barrier()
+    staging.mkdir(parents=True, exist_ok=True)
+    dcp.save(state, checkpoint_id=staging)  # returns on rank 0 after every rank's shards are written
+    if rank0:
+        atomic_torch_save(dict(meta or {}), staging / META_FILENAME)
+        publish_sharded(path)
     if dist.is_initialized():
         dist.barrier()
     return path
