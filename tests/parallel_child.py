@@ -206,8 +206,10 @@ def main() -> None:
             dist.barrier()  # nobody tears gloo down while a peer still talks to it (exit-time aborts)
             dist.destroy_process_group()
     # Work done and the group destroyed: leave without interpreter finalization. About 1 run in 10 of
-    # the EP tests under pytest ended in "terminate called without an active exception" from a C++
-    # thread destroyed during Python's shutdown (root cause not found). An error above still raises.
+    # the EP tests under pytest ended in "terminate called without an active exception": a gloo worker
+    # thread of a sub-group the mesh still references destroys a finished all-gather (whose tensors
+    # hold Python references) while Python finalizes; its GIL acquire then exits the thread through
+    # a noexcept destructor (core dump backtrace; pytorch/pytorch#179291). An error above still raises.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
