@@ -61,7 +61,7 @@ class StepSwarmConfig:
     commit_share: float = 0.75
     confident_share: float = 0.5
     checker_threshold: float = 0.5
-    max_backtracks: int = 2
+    max_backtracks: int = 0
     max_step_tokens: int = 16
     max_steps: int = 24
     max_batch_rows: int = 2048
