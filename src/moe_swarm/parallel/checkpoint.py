@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ __all__ = [
     "staging_path",
     "recover_sharded",
     "save_sharded",
+    "write_sharded",
 ]
 
 MODEL_KEY = "state_dict"  # Lightning's name for the module's state
@@ -115,21 +117,20 @@ def prepare_sharded_save(path: str | os.PathLike) -> Path:
     left behind, and return the (empty, not yet created) staging folder every rank writes into."""
     path = Path(path)
     recover_sharded(path)
-    staging = staging_path(path)
-    if staging.exists():
-        _remove(staging)
-    return staging
+    for leftover in (staging_path(path), _previous(path)):  # after recovery, a .previous is stale
+        if leftover.exists():
+            _remove(leftover)
+    return staging_path(path)
 
 
 def publish_sharded(path: str | os.PathLike) -> Path:
-    """Rank 0, after every rank's shards and ``meta.pt`` are in the staging folder: make it ``path``."""
+    """Rank 0, after :func:`prepare_sharded_save` and once every rank's shards and ``meta.pt`` are in the
+    staging folder: make it ``path``."""
     path = Path(path)
     staging, previous = staging_path(path), _previous(path)
     if not is_sharded_checkpoint(staging):
         raise ShardedCheckpointError(f"{staging} holds no finished sharded save to publish")
     fsync_dir(staging)
-    if previous.exists():
-        _remove(previous)
     if path.exists():
         os.rename(path, previous)
     os.rename(staging, path)
@@ -151,23 +152,38 @@ def save_sharded(
     Rank 0 writes ``meta`` (plain data: ``hyper_parameters``, ``global_step``, ...) to ``meta.pt``.
     Published atomically (module docstring).
     """
+    state: dict[str, Any] = {MODEL_KEY: _prefixed(get_model_state_dict(model))}
+    if optimizer is not None:
+        state[OPTIMIZER_KEY] = get_optimizer_state_dict(model, optimizer)
+    return write_sharded(path, state, dict(meta or {}), _barrier)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def write_sharded(
+    path: str | os.PathLike, state: dict[str, Any], meta: dict, barrier: Callable[[], None]
+) -> Path:
+    """Collective: every rank writes its shards of ``state`` (DCP), rank 0 writes ``meta`` as ``meta.pt``,
+    and the folder is published atomically as ``path`` (module docstring). ``barrier`` waits for every
+    rank (Lightning's ``strategy.barrier`` under Lightning; a no-op in one process).
+    """
     import torch.distributed as dist
 
     path = Path(path)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
-    state: dict[str, Any] = {MODEL_KEY: _prefixed(get_model_state_dict(model))}
-    if optimizer is not None:
-        state[OPTIMIZER_KEY] = get_optimizer_state_dict(model, optimizer)
     staging = prepare_sharded_save(path) if rank0 else staging_path(path)
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()  # leftovers of a killed save are gone before anyone writes
     staging.mkdir(parents=True, exist_ok=True)
     dcp.save(state, checkpoint_id=staging)  # returns on rank 0 after every rank's shards are written
     if rank0:
-        atomic_torch_save(dict(meta or {}), staging / META_FILENAME)
+        atomic_torch_save(meta, staging / META_FILENAME)
         publish_sharded(path)
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()  # nobody reads path before it is published
     return path
 
 
