@@ -58,14 +58,14 @@ test: $(STAMP) ## run the whole test suite
 test-fast: $(STAMP) ## run the tests not marked slow (skips multi-process, sweep and wheel-build tests)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
-bench: $(STAMP) ## run the full benchmark suite (writes bench-results/<timestamp>/)
+bench: $(STAMP) ## run every benchmark suite (bench-results/<timestamp>/; ARGS="--max-minutes 20" caps it)
 	$(BIN)/moe-swarm-bench run $(ARGS)
 
-bench-quick: $(STAMP) ## a small version of every benchmark suite (< 1 min)
+bench-quick: $(STAMP) ## a small version of every benchmark suite (< 3 min on 2 cores)
 	$(BIN)/moe-swarm-bench run --quick $(ARGS)
 
 bench-serve: $(STAMP) ## RunInference throughput and latency with/without dynamic batching
-	$(BIN)/python -m moe_swarm.serve.loadtest $(ARGS)
+	$(BIN)/python -m moe_swarm.bench.loadtest $(ARGS)
 
 serve: $(STAMP) ## start the gRPC control sidecar (Hydra overrides via ARGS)
 	$(BIN)/moe-swarm-serve $(ARGS)

@@ -74,10 +74,12 @@ def main() -> int:
         target = args.target
         if args.local:
             from moe_swarm.serve.server import BackgroundServer
-            from moe_swarm.serve.testing import local_settings
+            from moe_swarm.serve.settings import ServeSettings
 
             state = stack.enter_context(tempfile.TemporaryDirectory(prefix="mcp-session-"))
-            srv = stack.enter_context(BackgroundServer(local_settings(state, log_rpcs=False)))
+            settings = ServeSettings(host="127.0.0.1", port=0, state_dir=state, log_rpcs=False)
+            settings.auth.enabled = False
+            srv = stack.enter_context(BackgroundServer(settings))
             target = srv.address
         anyio.run(session, target, args.token, args.overrides, args.prompt)
     return 0

@@ -28,7 +28,7 @@ if args.get("fake.ignore_sigterm") == "true":
 else:
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
 
-from moe_swarm.serve.testing import tiny_checkpoint  # noqa: E402  (after the handler: imports take a while)
+from serve_helpers import tiny_checkpoint  # noqa: E402  (after the handler: imports take a while)
 
 print(f"fake training {args.get('experiment')} run {args['run_id']} for {steps} steps", flush=True)
 for step in range(1, steps + 1):

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "parallel": 1,
     "swarm": 2,
     "checkpoint": 2,
+    "hf": 3,
     "reporting": 3,
     "cli": 3,
     "run_lock": 4,
@@ -38,17 +39,20 @@ LAYERS: dict[str, int] = {
     "k8s": 5,
     # the only Lightning-aware code
     "lit": 6,
-    # entry points and the benchmark suite
-    "bench": 7,
+    # entry points
     "train": 7,
     "eval": 7,
     "prepare": 7,
     "launch": 7,
     "swarm_train": 7,
     "swarm_eval": 7,
-    # control plane
-    "serve": 8,
-    "mcp": 9,
+    "convert": 7,
+    # control plane: the transport-free core, then its gRPC servicer, then the MCP server
+    "control": 8,
+    "serve": 9,
+    "mcp": 10,
+    # benchmarks: a client of every layer (the model, the trainer, the sidecar)
+    "bench": 11,
 }
 
 
@@ -140,6 +144,19 @@ def test_no_import_cycles_between_modules():
     assert not cycles, f"import cycles: {cycles}"
 
 
+def _imports_from(path: Path, roots: tuple[str, ...]) -> list[str]:
+    """``path: name`` for every absolute import in ``path`` of a package in ``roots``."""
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        bad += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in roots]
+    return bad
+
+
 def test_model_and_swarm_import_no_framework():
     frameworks = ("lightning", "hydra", "omegaconf", "grpc", "pytorch_lightning", "mcp")
     bad = []
@@ -148,14 +165,18 @@ def test_model_and_swarm_import_no_framework():
         *(SRC / "swarm").rglob("*.py"),
         *(SRC / "data").rglob("*.py"),
     ]:
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            bad += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in frameworks]
+        bad += _imports_from(path, frameworks)
     assert not bad, "framework imports in plain-PyTorch packages:\n" + "\n".join(bad)
+
+
+def test_control_core_imports_no_transport():
+    """control/ is the transport-free core: the gRPC servicer (serve/) and the MCP server translate."""
+    bad = [
+        b
+        for path in (SRC / "control").rglob("*.py")
+        for b in _imports_from(path, ("grpc", "grpc_health", "mcp"))
+    ]
+    assert not bad, "transport imports in the control core:\n" + "\n".join(bad)
 
 
 def test_console_script_modules_are_thin():

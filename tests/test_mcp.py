@@ -18,12 +18,12 @@ import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from serve_helpers import local_settings
 
 from moe_swarm.mcp.backend import Sidecar, SidecarConfig
 from moe_swarm.mcp.http_transport import READY_PREFIX
 from moe_swarm.mcp.server import build_server
 from moe_swarm.serve.server import BackgroundServer
-from moe_swarm.serve.testing import local_settings
 
 FULL = "mcp-full-token-0123456789abcdef"
 READER = "mcp-read-token-0123456789abcdef"

@@ -56,7 +56,10 @@ def test_legacy_checkpoint_written_by_the_old_code_loads_and_reproduces_its_logi
     assert loaded.model.cfg.moe.num_experts == 4
     ref = torch.load(LEGACY_LOGITS, weights_only=True)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.model(ref["idx"]).logits, ref["logits"], rtol=0, atol=0)
+        logits = loaded.model(ref["idx"]).logits
+    # Computed by fp32 kernels, which differ in the last bits between CPUs of one machine kind (AVX2 vs
+    # AVX-512: up to 1.5e-8 seen); a wrong load (weights, router mode, config) moves them far more.
+    torch.testing.assert_close(logits, ref["logits"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from conftest import TINY_MODEL, compose_cfg, run_entry_point
 from moe_swarm.cluster import clean_env
 from moe_swarm.config import ConfigError
 from moe_swarm.layout import RunLayout, parse_metrics_line
-from moe_swarm.lit.run import ResumeError
+from moe_swarm.lit.resume import ResumeError
 from moe_swarm.run_lock import RunLock, RunLockError
 from moe_swarm.train import train
 

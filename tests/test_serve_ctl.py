@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from serve_helpers import local_settings, tiny_checkpoint
 
 from moe_swarm.serve.server import BackgroundServer
-from moe_swarm.serve.testing import local_settings, tiny_checkpoint
 
 CHILD = Path(__file__).with_name("serve_child_train.py")
 TOKEN = "ctl-test-token-0123456789abcdef"

@@ -6,11 +6,11 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serve_helpers import local_settings, wait_until
 
 from moe_swarm.serve.proto import mcp_pb2 as pb
 from moe_swarm.serve.proto import mcp_pb2_grpc
 from moe_swarm.serve.server import BackgroundServer
-from moe_swarm.serve.testing import local_settings, wait_until
 
 CHILD = Path(__file__).with_name("serve_child_train.py")
 
@@ -233,7 +233,7 @@ def test_seed_flow_train_then_infer_with_the_default_model(server):
 
 
 def test_failure_reason_skips_hydras_trailer_and_log_records():
-    from moe_swarm.serve.jobs import failure_reason
+    from moe_swarm.control.exits import failure_reason
 
     hydra = ["INFO: Seed set to 1234", "[2026-11-28 23:18:01,289][lightning][INFO] - Seed set to 1234",
              "Error executing job with overrides: ['experiment=quickstart']",

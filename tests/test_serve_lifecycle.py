@@ -12,11 +12,11 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serve_helpers import wait_until
 
 from moe_swarm.serve.proto import mcp_pb2 as pb
 from moe_swarm.serve.proto import mcp_pb2_grpc
 from moe_swarm.serve.server import READY_PREFIX
-from moe_swarm.serve.testing import wait_until
 
 CHILD = Path(__file__).with_name("serve_child_train.py")
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from moe_swarm.serve.registry import (
+from moe_swarm.control.registry import (
     ALLOWED_TRANSITIONS,
     InvalidTransition,
     JobRecord,

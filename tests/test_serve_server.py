@@ -12,11 +12,11 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serve_helpers import local_settings, tiny_checkpoint
 
 from moe_swarm.serve.proto import mcp_pb2 as pb
 from moe_swarm.serve.proto import mcp_pb2_grpc
 from moe_swarm.serve.server import BackgroundServer
-from moe_swarm.serve.testing import local_settings, tiny_checkpoint
 
 CHILD = Path(__file__).with_name("serve_child_train.py")
 
@@ -452,7 +452,7 @@ def test_auth_on_requires_a_valid_bearer_token(tmp_path, monkeypatch):
             finally:
                 conn.channel.close()
         # the server never hands its tokens to a child
-        env = srv.running.jobs._child_env({})
+        env = srv.running.jobs.child_env({})
         assert "MOE_SWARM_TOKENS" not in env
 
 

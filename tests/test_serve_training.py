@@ -4,11 +4,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from serve_helpers import local_settings, wait_until
 
 from moe_swarm.serve.proto import mcp_pb2 as pb
 from moe_swarm.serve.proto import mcp_pb2_grpc
 from moe_swarm.serve.server import BackgroundServer
-from moe_swarm.serve.testing import local_settings, wait_until
 
 TINY = ["model.d_model=32", "data.batch_size=4", "data.block_size=32", "trainer.limit_val_batches=1",
         "validate_before_fit=false"]  # fmt: skip

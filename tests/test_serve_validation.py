@@ -2,11 +2,10 @@
 
 import os
 
-import grpc
 import pytest
 
-from moe_swarm.serve.errors import RequestError
-from moe_swarm.serve.validation import (
+from moe_swarm.control.errors import ControlError, InvalidArgument, NotFound, PermissionDenied
+from moe_swarm.control.validation import (
     OverridePolicy,
     check_id,
     resolve_checkpoint_path,
@@ -14,9 +13,9 @@ from moe_swarm.serve.validation import (
     validate_overrides,
 )
 
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
-DENIED = grpc.StatusCode.PERMISSION_DENIED
-NOT_FOUND = grpc.StatusCode.NOT_FOUND
+INVALID = InvalidArgument
+DENIED = PermissionDenied
+NOT_FOUND = NotFound
 
 
 @pytest.fixture
@@ -92,9 +91,9 @@ def test_accepted_overrides(override, policy):
 
 @pytest.mark.parametrize(("override", "code", "hint"), REJECTED)
 def test_rejected_overrides(override, code, hint, policy):
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(ControlError) as info:
         validate_overrides([override], policy)
-    assert info.value.code == code, info.value.message
+    assert type(info.value) is code, info.value.message
     assert hint.lower() in info.value.message.lower(), info.value.message
 
 
@@ -107,15 +106,15 @@ def test_path_values_inside_the_data_roots_are_accepted(policy, tmp_path):
 def test_symlink_out_of_a_data_root_is_denied(policy, tmp_path):
     link = tmp_path / "data" / "escape"
     os.symlink("/etc", link)
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(ControlError) as info:
         validate_overrides([f"data.bin_path={link}/passwd"], policy)
-    assert info.value.code == DENIED
+    assert type(info.value) is DENIED
 
 
 def test_too_many_overrides(policy):
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(ControlError) as info:
         validate_overrides([f"seed={i}" for i in range(9)], policy)
-    assert info.value.code == INVALID and "limit is 8" in info.value.message
+    assert type(info.value) is INVALID and "limit is 8" in info.value.message
 
 
 # ----------------------------------------------------------------------------- config_path
@@ -177,22 +176,22 @@ CONFIG_REJECTED = [
 
 @pytest.mark.parametrize(("value", "code", "hint"), CONFIG_REJECTED)
 def test_rejected_config_paths(value, code, hint, confs):
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(ControlError) as info:
         _resolve(value, confs)
-    assert info.value.code == code, info.value.message
+    assert type(info.value) is code, info.value.message
     assert hint.lower() in info.value.message.lower(), info.value.message
 
 
 def test_config_files_need_a_configured_root(confs):
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(ControlError) as info:
         _resolve("mine.yaml", confs, roots=False)
-    assert info.value.code == DENIED and "config_roots is empty" in info.value.message
+    assert type(info.value) is DENIED and "config_roots is empty" in info.value.message
 
 
 def test_empty_config_path_without_default(confs):
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(ControlError) as info:
         _resolve("", confs, default=None)
-    assert info.value.code == INVALID and "quickstart" in info.value.message
+    assert type(info.value) is INVALID and "quickstart" in info.value.message
 
 
 # ----------------------------------------------------------------------------- ids and checkpoints
@@ -203,9 +202,9 @@ def test_valid_ids(value):
 
 @pytest.mark.parametrize("value", ["../x", "a/b", "..", ".hidden", "x" * 65, "a b", "a..b", "-x", "é"])
 def test_invalid_ids(value):
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(ControlError) as info:
         check_id(value, "run_id")
-    assert info.value.code == INVALID and "run_id" in info.value.message
+    assert type(info.value) is INVALID and "run_id" in info.value.message
 
 
 def test_checkpoint_paths(tmp_path):
@@ -222,14 +221,14 @@ def test_checkpoint_paths(tmp_path):
         ("r1/checkpoints/none.ckpt", NOT_FOUND),
     ]
     for value, code in cases:
-        with pytest.raises(RequestError) as info:
+        with pytest.raises(ControlError) as info:
             resolve_checkpoint_path(value, [root])
-        assert info.value.code == code, (value, info.value.message)
+        assert type(info.value) is code, (value, info.value.message)
 
 
 def test_served_task_comes_from_the_checkpoint_task_spec_and_checks_prompts():
     from moe_swarm.checkpoint import task_spec
-    from moe_swarm.serve.models import _task_of
+    from moe_swarm.control.models import _task_of
 
     spec = task_spec({"eval_task": {"name": "mul", "kwargs": {"digits_a": 2, "digits_b": 1}}})
     name, task, canonical = _task_of(spec)

@@ -10,7 +10,14 @@ from conftest import compose_cfg, run_entry_point
 
 from moe_swarm.config import config_dir
 from moe_swarm.data import ByteTokenizer, get_task
-from moe_swarm.swarm import greedy, holm_adjust, paired_bootstrap_ci, ranking_auc, two_level_bootstrap_ci
+from moe_swarm.swarm import (
+    ANSWER_OUTCOMES,
+    greedy,
+    holm_adjust,
+    paired_bootstrap_ci,
+    ranking_auc,
+    two_level_bootstrap_ci,
+)
 from moe_swarm.swarm_eval import run_eval
 from moe_swarm.swarm_train import swarm_train
 
@@ -154,19 +161,7 @@ def test_eval_writes_json_markdown_and_plot_with_consistent_numbers(checkpoints,
     cells = {(r["agents"], r["rounds"]): r for r in bucket["grid"]}
     assert set(cells) == {(1, 0), (4, 0), (1, 1), (4, 1)}
     for row in cells.values():
-        for key in (
-            "single_agent",
-            "majority",
-            "score_weighted",
-            "value_weighted",
-            "best_of_n_value",
-            "best_of_n_logprob",
-            "pass_at_n",
-            "coverage",
-            "swarm",
-            "independent_majority",
-            "independent_rescored",
-        ):
+        for key in (*ANSWER_OUTCOMES, "independent_majority", "independent_rescored"):
             assert 0.0 <= row[key] <= 1.0, key
         assert row["coverage"] >= max(
             row["majority"], row["score_weighted"], row["swarm"], row["best_of_n_value"]

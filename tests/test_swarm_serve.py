@@ -6,12 +6,12 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import TINY_MUL_BASE, compose_cfg
+from serve_helpers import local_settings, tiny_checkpoint
 
 from moe_swarm.data import ByteTokenizer, get_task
 from moe_swarm.serve.proto import mcp_pb2 as pb
 from moe_swarm.serve.proto import mcp_pb2_grpc
 from moe_swarm.serve.server import BackgroundServer
-from moe_swarm.serve.testing import local_settings, tiny_checkpoint
 from moe_swarm.swarm import StepSwarm, load_step_checker
 
 

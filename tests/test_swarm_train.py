@@ -1,4 +1,4 @@
-"""Swarm value-head training: SwarmValueModule, moe-swarm-swarm-train, swarm state in checkpoints.
+"""Swarm value-head training: ValueHeadTraining + ScorerModule, moe-swarm-swarm-train, swarm state in checkpoints.
 
 Everything runs for real: a tiny base model is trained on 1x1 multiplication (so some agents are
 right and some wrong), the value head is trained from that model's own rollouts by a Lightning
@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 from moe_swarm.checkpoint import CheckpointError, load_model, save_model_checkpoint
 from moe_swarm.checkpoint import load_checkpoint as load_model_checkpoint
 from moe_swarm.config import config_dir
-from moe_swarm.lit.swarm_module import SwarmValueModule, recompute_thoughts
+from moe_swarm.lit.answer_labels import recompute_thoughts
+from moe_swarm.lit.scorer_recipes import ValueHeadTraining
 from moe_swarm.swarm import (
     SwarmConfig,
     SwarmSolver,
@@ -150,9 +151,9 @@ def test_swarm_state_round_trips_through_every_written_file(trained, base_ckpt):
     last_model, last_hp = load_model(last)  # the resumable Lightning checkpoint is a model checkpoint too
     assert isinstance(last_hp["swarm_state"], dict) and last_model.cfg == model.cfg
 
-    from moe_swarm.serve.models import load_checkpoint
+    from moe_swarm.control.models import read_model
 
-    loaded = load_checkpoint(swarm_ckpt, "swarm", "cpu")  # what the gRPC sidecar does
+    loaded = read_model(swarm_ckpt, "swarm", "cpu")  # what the gRPC sidecar does
     assert loaded.value_head is not None and loaded.base_swarm == cfg
     for a, b in zip(loaded.value_head.state_dict().values(), head.state_dict().values()):
         assert torch.equal(a, b)
@@ -189,9 +190,10 @@ def test_recomputed_thoughts_equal_decoded_ones_under_each_agents_routing(base_c
         max_new_tokens=4,
         score="logprob",
     )
-    module = SwarmValueModule(str(base_ckpt), swarm.to_dict(), freeze_backbone=False)
-    problems = module.task.generate("train", 10, seed=0)
-    ro, solver = module.rollouts(problems)
+    labels, module = ValueHeadTraining(str(base_ckpt), swarm.to_dict(), freeze_backbone=False).build()
+    assert labels is module.labels and labels.model is module.model
+    problems = labels.task.generate("train", 10, seed=0)
+    ro, solver = labels.rollouts(problems)
     ids = solver.encode([p.prompt for p in problems])
     records = [r for res in ro.results for r in res.records]
     generated = [solver.tokens[(r.problem, r.round, r.agent)] for r in records]
@@ -249,17 +251,17 @@ def test_checkpoint_without_a_task_is_a_clear_error(tmp_path):
         ),
     )
     with pytest.raises(ValueError, match="names no reasoning task"):
-        SwarmValueModule(str(path), SwarmConfig().to_dict())
-    module = SwarmValueModule(
+        ValueHeadTraining(str(path), SwarmConfig().to_dict()).build()
+    labels, _ = ValueHeadTraining(
         str(path), SwarmConfig().to_dict(), task={"name": "mul", "kwargs": {"digits_a": 1, "digits_b": 1}}
-    )
-    assert module.task.digits_a == 1
+    ).build()
+    assert labels.task.digits_a == 1
     with pytest.raises(CheckpointError, match="does not exist"):
-        SwarmValueModule(str(tmp_path / "missing.ckpt"), SwarmConfig().to_dict())
+        ValueHeadTraining(str(tmp_path / "missing.ckpt"), SwarmConfig().to_dict()).build()
     with pytest.raises(ValueError, match="unknown SwarmConfig keys"):
-        SwarmValueModule(str(path), {"num_agent": 4}, task={"name": "mul"})
+        ValueHeadTraining(str(path), {"num_agent": 4}, task={"name": "mul"})
     with pytest.raises(ValueError, match="inject_top_k"):
-        SwarmValueModule(
+        ValueHeadTraining(
             str(path), SwarmConfig(inject_top_k=2).to_dict(), task={"name": "mul"}, freeze_backbone=False
         )
 

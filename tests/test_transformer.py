@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from moe_swarm.model import MoEConfig, MoETransformer, RoutingControl, TransformerConfig
+from moe_swarm.model import KVCache, MoEConfig, MoETransformer, RoutingControl, TransformerConfig
 
 
 def tiny(moe: dict | None = None, **kw) -> MoETransformer:
@@ -198,3 +198,74 @@ def test_compiled_decode_traces_once_for_every_prompt_and_output_length():
         )
     assert counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------- architecture coverage (HF families)
+FEATURES = {
+    "gqa": {"n_kv_heads": 2},
+    "gqa_head_qk_norm_head_dim": {"n_kv_heads": 1, "qk_norm": "head", "head_dim": 16},
+    "full_qk_norm_bias_gated_shared": {
+        "n_kv_heads": 2,
+        "qk_norm": "full",
+        "qkv_bias": True,
+        "tie_weights": False,
+        "moe": {"shared_expert_d_ff": 16, "shared_expert_gate": True, "router": {"renormalize": False}},
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(FEATURES))
+def test_architecture_features_decode_the_same_cached_static_and_recomputed(name):
+    kw = dict(FEATURES[name])
+    model = tiny(moe=kw.pop("moe", None), **kw)
+    with torch.no_grad():  # non-trivial norm weights and biases
+        for pname, p in model.named_parameters():
+            if pname.endswith(("q_norm.weight", "k_norm.weight", "qkv.bias")):
+                p.add_(0.3 * torch.randn_like(p))
+    prompt = torch.randint(0, 256, (3, 7))
+    full = model.generate(prompt, 12, use_cache=False)
+    for decode in ("eager", "static"):
+        out = model.generate(prompt, 12, decode=decode)
+        assert torch.equal(out.tokens, full.tokens), decode
+        torch.testing.assert_close(out.token_logprobs, full.token_logprobs, atol=1e-4, rtol=1e-4)
+
+
+def test_gqa_cache_holds_only_kv_heads_and_equals_mha_with_repeated_kv_weights():
+    """Query head i reads key/value head i // group: an MHA model whose k/v projections repeat each
+    kv head for its group computes the same logits."""
+    gqa = tiny(n_kv_heads=2)
+    cache = KVCache(gqa.cfg, batch_size=2, max_len=16, device="cpu", dtype=torch.float32)
+    assert cache.k.shape == (2, 2, 2, 16, 8)  # (layers, B, n_kv_heads, positions, head_dim)
+    mha = tiny()
+    state = gqa.state_dict()
+    for key, w in list(state.items()):
+        if key.endswith("attn.qkv.weight"):
+            q, k, v = w.split([32, 16, 16])
+            repeat = lambda t: t.view(2, 8, 32).repeat_interleave(2, dim=0).reshape(32, 32)  # noqa: E731
+            state[key] = torch.cat([q, repeat(k), repeat(v)])
+    mha.load_state_dict(state)
+    idx = torch.randint(0, 256, (2, 9))
+    torch.testing.assert_close(gqa(idx).logits, mha(idx).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_default_config_keeps_the_parameter_layout_of_old_checkpoints():
+    names = set(tiny().state_dict())
+    assert not any(
+        n.endswith(("q_norm.weight", "k_norm.weight", "qkv.bias", "shared_expert_gate.weight")) for n in names
+    )
+    assert tiny().blocks[0].attn.qkv.weight.shape == (96, 32)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"n_kv_heads": 3}, "multiple of n_kv_heads"),
+        ({"qk_norm": "layer"}, "qk_norm"),
+        ({"head_dim": 7}, "head_dim"),
+    ],
+)
+def test_bad_attention_settings_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TransformerConfig(**kw)
+    with pytest.raises(ValueError, match="shared_expert_gate"):
+        MoEConfig(shared_expert_gate=True)

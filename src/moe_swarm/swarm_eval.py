@@ -20,8 +20,8 @@ from moe_swarm.checkpoint import load_checkpoint
 from moe_swarm.config import config_dir, register_resolvers
 from moe_swarm.data import get_task
 from moe_swarm.reporting.swarm import markdown, output_dir, write_report
-from moe_swarm.swarm.evaluation import Bootstrap, check_targets, evaluate_answers
-from moe_swarm.swarm.step_evaluation import evaluate_steps
+from moe_swarm.swarm.eval_grids import evaluate
+from moe_swarm.swarm.evaluation import Bootstrap, check_targets
 
 
 def run_eval(cfg: DictConfig) -> dict:
@@ -50,13 +50,10 @@ def run_eval(cfg: DictConfig) -> dict:
         "n_test": int(cfg.n_test), "problem_seed": int(cfg.problem_seed), "mode": cfg.mode,
         "threads": torch.get_num_threads(), "device": str(cfg.device),
     }  # fmt: skip
-    if cfg.mode == "steps":
-        level = report["step_level"] = evaluate_steps(ckpt.model, task, problems, plain["steps"], state,
-                                                      plain["step_level"], boot)  # fmt: skip
-    else:
-        head_state = state if cfg.value_head else None
-        level = report["answer_level"] = evaluate_answers(ckpt.model, task, problems, plain["swarm"], head_state,
-                                                          plain, boot)  # fmt: skip
+    key = "step_level" if cfg.mode == "steps" else "answer_level"
+    scorer_state = state if cfg.mode == "steps" or cfg.value_head else None
+    level = report[key] = evaluate(ckpt.model, task, problems, cfg.mode, plain, scorer_state, boot)
+    if cfg.mode == "answers":
         report.update(swarm_config=level.pop("swarm_config"), value_head=level.pop("value_head"))
     report["targets"] = check_targets(level, plain["targets"])
     report["seconds"] = round(time.perf_counter() - t0, 1)

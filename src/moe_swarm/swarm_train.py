@@ -14,38 +14,18 @@ from __future__ import annotations
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from moe_swarm.cli import user_errors
-from moe_swarm.config import config_dir, register_resolvers, validate_run_config
+from moe_swarm.config import config_dir, register_resolvers
 
 
 def swarm_train(cfg: DictConfig) -> dict[str, Any]:
     """Run one scorer-training job; returns the summary also written to <run_dir>/summary.json."""
-    from moe_swarm.lit import run
-    from moe_swarm.lit.swarm_module import print_summary, swarm_fields
+    from moe_swarm.lit.run import Run
+    from moe_swarm.lit.scorer_objective import ScorerObjective
 
-    layout = run.prepare_run(cfg)
-    validate_run_config(cfg)
-    with run.hold_run(cfg, layout, owner=run.is_launching_rank_zero()) as previous:
-        if (done := run.completed(cfg, previous)) is not None:
-            return done
-        run.setup_process(cfg)
-        task = OmegaConf.to_container(cfg.task, resolve=True) if cfg.task is not None else None
-        module = hydra.utils.instantiate(
-            cfg.module, checkpoint=str(cfg.checkpoint), task=task, _convert_="all"
-        )
-        datamodule = hydra.utils.instantiate(cfg.data, module=module, _convert_="all")
-        trainer = run.build_trainer(cfg, layout)
-        resume = run.resume_checkpoint(cfg, layout, module)
-
-        def describe(o: run.FitOutcome) -> dict[str, Any]:
-            return swarm_fields(cfg, layout, o)
-
-        return run.fit_and_summarise(
-            cfg, module, datamodule, trainer, layout, resume=resume, previous=previous,
-            describe=describe, show=print_summary,
-        )  # fmt: skip
+    return Run(cfg).execute(ScorerObjective())
 
 
 register_resolvers()

@@ -1,108 +1,12 @@
-"""``python -m moe_swarm.bench``: run benchmark suites, or compare two runs.
-
-The ``moe-swarm-bench`` console script is :func:`moe_swarm.serve.benchmarks.main`: this same CLI with
-the sidecar's ``serve`` suite added (``bench`` does not import ``serve``; suites are passed in).
-"""
+"""``python -m moe_swarm.bench``: the ``moe-swarm-bench`` CLI over the in-process suites of
+:mod:`moe_swarm.bench.registry` (no ``serve`` suite: that one starts sidecars)."""
 
 from __future__ import annotations
 
-import argparse
-import logging
-import shlex
 import sys
-from collections.abc import Mapping
-from pathlib import Path
 
-from moe_swarm.bench.registry import SUITES, select_suites
-from moe_swarm.bench.runner import Suite
-
-
-def build_parser(available: Mapping[str, Suite] = SUITES) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moe-swarm-bench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run suites; writes <out>/<timestamp>/results.json, results.md, *.png")
-    run.add_argument("--quick", action="store_true", help="a small version of every suite (under a minute)")
-    run.add_argument(
-        "--suites", default="all", help=f"comma-separated subset of: {', '.join(available)} (default: all)"
-    )
-    run.add_argument(
-        "--repeats", type=int, default=None, help="timed repeats per measurement (default: per suite)"
-    )
-    run.add_argument(
-        "--threads", type=int, default=1, help="torch intra-op threads, fixed for the run (default 1)"
-    )
-    run.add_argument("--device", default="cpu", help="cpu or cuda (cuda: CUDA-event timing, bf16 models)")
-    run.add_argument(
-        "--out", type=Path, default=Path("bench-results"), help="parent folder (default bench-results)"
-    )
-    cmp = sub.add_parser("compare", help="change per (suite, metric, config) between two results.json files")
-    cmp.add_argument("old", type=Path, help="baseline results.json (or its run folder)")
-    cmp.add_argument("new", type=Path, help="new results.json (or its run folder)")
-    cmp.add_argument(
-        "--threshold", type=float, default=5.0, help="percent change counted as noise (default 5)"
-    )
-    cmp.add_argument(
-        "--fail-on-worse",
-        action="store_true",
-        help="exit 1 when any metric got worse by more than the threshold",
-    )
-    return parser
-
-
-def cmd_run(args: argparse.Namespace, command: str, available: Mapping[str, Suite]) -> int:
-    from moe_swarm.bench.goals import check_goals
-    from moe_swarm.bench.report import fmt
-    from moe_swarm.bench.runner import execute, write_run
-
-    report = execute(
-        select_suites(args.suites, available),
-        quick=args.quick,
-        repeats=args.repeats,
-        threads=args.threads,
-        device=args.device,
-        command=command,
-    )
-    run_dir = write_run(report, args.out)
-    m = report.meta
-    print(f"torch {m['torch_version']} | {m['device']} ({m['device_name']}) | {m['threads']} thread(s)")
-    for suite in m["suites"]:
-        n = sum(r.suite == suite for r in report.rows)
-        status = f"{n} rows in {m['suite_seconds'].get(suite, 0):.1f} s"
-        for p in report.problems:
-            if p["suite"] == suite and p["what"] == suite:
-                status = f"{p['status']}: {p['reason'].splitlines()[0]}"
-        print(f"  {suite:<11} {status}")
-    for g in check_goals(report.rows):
-        if g.status != "not measured":
-            values = ", ".join(f"{case} {fmt(v)}" for case, v in g.measured)
-            print(f"  goal {g.status:<8} {g.goal.description}: {values}")
-    for p in report.failed:
-        print(f"\nsuite {p['suite']} FAILED:\n{p['reason']}", file=sys.stderr)
-    print(f"results: {run_dir}")
-    return 1 if report.failed else 0
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from moe_swarm.bench.compare import compare_files, format_comparison
-
-    cmp = compare_files(args.old, args.new)
-    print(format_comparison(cmp, args.threshold))
-    return 1 if args.fail_on_worse and cmp.worse(args.threshold) else 0
-
-
-def main(argv: list[str] | None = None, available: Mapping[str, Suite] = SUITES) -> int:
-    """The CLI over ``available`` suites (default: this package's own)."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(available).parse_args(argv)
-    try:
-        if args.command == "run":
-            return cmd_run(args, command="moe-swarm-bench " + shlex.join(argv), available=available)
-        return cmd_compare(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"moe-swarm-bench: error: {e}", file=sys.stderr)
-        return 2
-
+from moe_swarm.bench.cli import main
+from moe_swarm.bench.registry import SUITES
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(available=SUITES))

@@ -63,6 +63,10 @@ def compare_files(old_path: str | Path, new_path: str | Path) -> Comparison:
         for k in META_KEYS
         if old_meta.get(k) != new_meta.get(k)
     ]
+    old_cap = old_meta.get("cpu", {}).get("capability")  # runs written before issue 24 have no cpu
+    new_cap = new_meta.get("cpu", {}).get("capability")
+    if old_cap != new_cap:
+        meta_diff.append(f"CPU capability: {old_cap!r} -> {new_cap!r}")
     return Comparison(
         changes=changes,
         only_old=[old[k].metric for k in old if k not in new],

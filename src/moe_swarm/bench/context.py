@@ -1,7 +1,13 @@
-"""What every suite receives: run options (quick, repeats, threads, device) and a row factory."""
+"""What every suite receives (run options and a row factory) and what it gives back: its cases.
+
+A suite is ``plan(ctx) -> list[Case]``: planning is cheap (no model is built), so the runner knows
+every case before it starts one, can show "case i of n" with an ETA, and can stop starting cases when
+a time budget is spent; a case's ``run()`` does the work and returns its rows.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -9,6 +15,23 @@ import torch
 from moe_swarm.bench.results import EnvInfo, Row, make_row
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Precisions that compute in bf16 (``bf16_mixed``: fp32 parameters under bf16 autocast).
+BF16_PRECISIONS = ("bf16", "bf16_mixed")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed comparison of a suite; ``precisions`` are those it computes in (``fp32``, ``bf16``,
+    ``bf16_mixed``)."""
+
+    suite: str
+    name: str
+    run: Callable[[], list[Row]]
+    precisions: tuple[str, ...] = ("fp32",)
+
+    @property
+    def label(self) -> str:
+        return f"{self.suite}/{self.name}"
 
 
 class SuiteUnavailable(RuntimeError):
@@ -39,6 +62,19 @@ class BenchContext:
     def report_problem(self, suite: str, what: str, reason: str, status: str = "skipped") -> None:
         """Record a part of a suite that did not run (``skipped``) or broke (``failed``)."""
         self.problems.append({"suite": suite, "what": what, "status": status, "reason": reason})
+
+    def precisions(self, suite: str, wanted: tuple[str, ...]) -> tuple[str, ...]:
+        """``wanted`` less the bf16 ones on a CPU without native bf16 (noted once per suite as skipped)."""
+        if self.device.type != "cpu" or self.env.cpu.native_bf16:
+            return wanted
+        kept = tuple(p for p in wanted if p not in BF16_PRECISIONS)
+        left_out = [p for p in wanted if p in BF16_PRECISIONS]
+        what = f"{suite}/bf16 cases"
+        if left_out and not any(p["what"] == what for p in self.problems):
+            self.report_problem(
+                suite, what, f"{', '.join(left_out)} left out: {self.env.cpu.bf16_skip_reason()}"
+            )
+        return kept
 
     def row(self, suite: str, metric: str, value: float, unit: str, **kw) -> Row:
         """A row for this run; see :func:`moe_swarm.bench.results.make_row` for the keywords."""

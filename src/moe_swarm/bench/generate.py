@@ -13,10 +13,11 @@ On CUDA the model is GPU-sized (the ``moe_large`` shape) in bf16.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cache
 
 import torch
 
-from moe_swarm.bench.context import BenchContext
+from moe_swarm.bench.context import BenchContext, Case
 from moe_swarm.bench.model_shape import ModelShape
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, paired_ratios, time_interleaved
@@ -90,56 +91,66 @@ def _greedy_decoder(
     return call
 
 
-def bench_kv_cache(ctx: BenchContext, model: MoETransformer, setup: GenerateSetup, dtype) -> list[Row]:
+def _prompt(ctx: BenchContext, setup: GenerateSetup) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(ctx.seed)
+    return torch.randint(0, 256, (1, setup.prompt_len), generator=gen).to(ctx.device)
+
+
+def bench_kv_cache(
+    ctx: BenchContext, model: MoETransformer, dtype: torch.dtype, setup: GenerateSetup, n: int
+) -> list[Row]:
+    """KV cache (each decode mode) vs recompute for one sequence decoding ``n`` greedy tokens."""
     rows: list[Row] = []
-    prompt = torch.randint(0, 256, (1, setup.prompt_len), device=ctx.device)
-    for n in setup.new_tokens:
-        outputs: dict[str, torch.Tensor] = {}
-        candidates = {"recompute": _greedy_decoder(model, prompt, n, False, outputs, "recompute")}
-        for mode in decode_modes(ctx):
-            name = "kv_cache" if mode == "eager" else f"kv_{mode}"
-            candidates[name] = _greedy_decoder(model, prompt, n, True, outputs, name, decode=mode)
-        try:
-            times = time_interleaved(
-                candidates, repeats=ctx.repeats_or(full=3, quick=2), warmup=1, device=ctx.device
-            )
-        except Exception as exc:  # a compile backend that does not work here: keep the eager rows
-            broken = [k for k in candidates if k.startswith("kv_") and k not in ("kv_cache", "kv_static")]
-            ctx.report_problem(SUITE, f"new{n}/{','.join(broken)}", f"{type(exc).__name__}: {exc}", "failed")
-            for k in broken:
-                candidates.pop(k)
-            times = time_interleaved(
-                candidates, repeats=ctx.repeats_or(full=3, quick=2), warmup=1, device=ctx.device
-            )
-        agree = {k: float((v == outputs["recompute"]).float().mean()) for k, v in outputs.items()}
-        note = "greedy tokens equal to recompute: " + ", ".join(f"{k} {v:.0%}" for k, v in agree.items())
-        note += f"; {dispatch_note(model)} at 1 row"
-        config = {**_base_config(setup, dtype), "new_tokens": n, "batch": 1}
-        case = f"new{n}"
-        tok_s = {k: [n / t for t in v] for k, v in times.items()}
-        ref_metric = f"{SUITE}/{case}/recompute_tok_s"
-        ref = median(tok_s["recompute"])
-        common = {"higher_is_better": True, "config": config, "note": note}
-        rows.append(ctx.row(SUITE, f"{case}/recompute_tok_s", ref, "tok/s", reference=ref_metric,
-                            reference_value=ref, samples=tok_s["recompute"], **common))  # fmt: skip
-        for name in times:
-            if name == "recompute":
-                continue
-            speedups = paired_ratios(times["recompute"], times[name])
-            suffix = "" if name == "kv_cache" else name.removeprefix("kv")
-            rows += [
-                ctx.row(SUITE, f"{case}/{name}_tok_s", median(tok_s[name]), "tok/s", reference=ref_metric,
-                        reference_value=ref, samples=tok_s[name], **common),
-                ctx.row(SUITE, f"{case}/kv{suffix}_speedup", median(speedups), "x", reference=ref_metric,
-                        reference_value=1.0, samples=speedups, **common),
-            ]  # fmt: skip
+    prompt = _prompt(ctx, setup)
+    outputs: dict[str, torch.Tensor] = {}
+    candidates = {"recompute": _greedy_decoder(model, prompt, n, False, outputs, "recompute")}
+    for mode in decode_modes(ctx):
+        name = "kv_cache" if mode == "eager" else f"kv_{mode}"
+        candidates[name] = _greedy_decoder(model, prompt, n, True, outputs, name, decode=mode)
+    try:
+        times = time_interleaved(
+            candidates, repeats=ctx.repeats_or(full=3, quick=2), warmup=1, device=ctx.device
+        )
+    except Exception as exc:  # a compile backend that does not work here: keep the eager rows
+        broken = [k for k in candidates if k.startswith("kv_") and k not in ("kv_cache", "kv_static")]
+        ctx.report_problem(SUITE, f"new{n}/{','.join(broken)}", f"{type(exc).__name__}: {exc}", "failed")
+        for k in broken:
+            candidates.pop(k)
+        times = time_interleaved(
+            candidates, repeats=ctx.repeats_or(full=3, quick=2), warmup=1, device=ctx.device
+        )
+    agree = {k: float((v == outputs["recompute"]).float().mean()) for k, v in outputs.items()}
+    note = "greedy tokens equal to recompute: " + ", ".join(f"{k} {v:.0%}" for k, v in agree.items())
+    note += f"; {dispatch_note(model)} at 1 row"
+    config = {**_base_config(setup, dtype), "new_tokens": n, "batch": 1}
+    case = f"new{n}"
+    tok_s = {k: [n / t for t in v] for k, v in times.items()}
+    ref_metric = f"{SUITE}/{case}/recompute_tok_s"
+    ref = median(tok_s["recompute"])
+    common = {"higher_is_better": True, "config": config, "note": note}
+    rows.append(ctx.row(SUITE, f"{case}/recompute_tok_s", ref, "tok/s", reference=ref_metric,
+                        reference_value=ref, samples=tok_s["recompute"], **common))  # fmt: skip
+    for name in times:
+        if name == "recompute":
+            continue
+        speedups = paired_ratios(times["recompute"], times[name])
+        suffix = "" if name == "kv_cache" else name.removeprefix("kv")
+        rows += [
+            ctx.row(SUITE, f"{case}/{name}_tok_s", median(tok_s[name]), "tok/s", reference=ref_metric,
+                    reference_value=ref, samples=tok_s[name], **common),
+            ctx.row(SUITE, f"{case}/kv{suffix}_speedup", median(speedups), "x", reference=ref_metric,
+                    reference_value=1.0, samples=speedups, **common),
+        ]  # fmt: skip
     return rows
 
 
-def bench_agents(ctx: BenchContext, model: MoETransformer, setup: GenerateSetup, dtype) -> list[Row]:
+def bench_agents(
+    ctx: BenchContext, model: MoETransformer, dtype: torch.dtype, setup: GenerateSetup
+) -> list[Row]:
+    """N agents in one batched generate vs one after another vs one alone."""
     n_agents, n = setup.agents, setup.agent_new_tokens
     dev = ctx.device
-    prompt = torch.randint(0, 256, (1, setup.prompt_len), device=dev)
+    prompt = _prompt(ctx, setup)
     temperature = torch.full((n_agents,), 0.8, device=dev)
     seeds = torch.arange(n_agents, device=dev) + 1000 * ctx.seed
     routing = RoutingControl(noise_scale=torch.full((n_agents,), 0.5, device=dev), seed=seeds.clone())
@@ -199,10 +210,18 @@ def bench_agents(ctx: BenchContext, model: MoETransformer, setup: GenerateSetup,
     ]  # fmt: skip
 
 
-def run(ctx: BenchContext) -> list[Row]:
-    if ctx.device.type == "cuda":
+def cases(ctx: BenchContext) -> list[Case]:
+    """One case per KV-cache length, then the agents case; the model is built once, by the first."""
+    cuda = ctx.device.type == "cuda"
+    if cuda:
         setup = GPU_QUICK if ctx.quick else GPU
     else:
         setup = QUICK if ctx.quick else FULL
-    model, dtype = build_model(ctx, setup)
-    return bench_kv_cache(ctx, model, setup, dtype) + bench_agents(ctx, model, setup, dtype)
+    model = cache(lambda: build_model(ctx, setup))
+    precisions = ("bf16",) if cuda else ("fp32",)
+    kv = [
+        Case(SUITE, f"new{n}", lambda n=n: bench_kv_cache(ctx, *model(), setup, n), precisions)
+        for n in setup.new_tokens
+    ]
+    agents = f"agents{setup.agents}_new{setup.agent_new_tokens}"
+    return [*kv, Case(SUITE, agents, lambda: bench_agents(ctx, *model(), setup), precisions)]

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from moe_swarm.bench.context import DTYPES, BenchContext
+from moe_swarm.bench.context import DTYPES, BenchContext, Case
 from moe_swarm.bench.model_shape import LayerShape
-from moe_swarm.bench.moe_sizes import format_sized_table, run_sized
+from moe_swarm.bench.moe_sizes import format_sized_table, sized_cases
 from moe_swarm.bench.reference import dense_all_experts
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, paired_ratios, time_interleaved
@@ -169,19 +170,22 @@ def bench_case(ctx: BenchContext, shape: LayerShape, tokens: int, dtype_name: st
     return rows
 
 
-def run(ctx: BenchContext) -> list[Row]:
+def cases(ctx: BenchContext) -> list[Case]:
     """On CUDA the model-sized cases only (the dispatch cases are too small to say anything on a
-    GPU); on CPU the dispatch cases, then the CPU side-by-side with the peer (bench/moe_sizes.py)."""
+    GPU); on CPU the CPU side-by-side with the peer (bench/moe_sizes.py), then the dispatch cases in
+    fp32 and, where the CPU has native bf16, bf16."""
     if ctx.device.type == "cuda":
-        return run_sized(ctx)
+        return sized_cases(ctx)
     shapes = QUICK_SHAPES if ctx.quick else FULL_SHAPES
     token_counts = QUICK_TOKENS if ctx.quick else FULL_TOKENS
-    rows: list[Row] = run_sized(ctx)
-    for shape in shapes:
-        for tokens in token_counts:
-            for dtype_name in DTYPES:
-                rows += bench_case(ctx, shape, tokens, dtype_name)
-    return rows
+    dtypes = ctx.precisions(SUITE, tuple(DTYPES))
+    dispatch = [
+        Case(SUITE, case_name(shape, tokens, d), partial(bench_case, ctx, shape, tokens, d), (d,))
+        for shape in shapes
+        for tokens in token_counts
+        for d in dtypes
+    ]
+    return sized_cases(ctx) + dispatch
 
 
 def format_table(rows: list[Row]) -> str:
@@ -227,10 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    report = execute_cli({SUITE: run}, args, "moe_swarm.bench.moe_layer", argv)
-    print(
-        f"moe_layer fwd+bwd, median of repeats, {report.meta['threads']} thread(s), {report.meta['device_name']}"
-    )
+    report = execute_cli({SUITE: cases}, args, "moe_swarm.bench.moe_layer", argv)
+    cpu = report.meta["cpu"]
+    print(f"moe_layer fwd+bwd, median of repeats, {report.meta['threads']} thread(s), "
+          f"{report.meta['device_name']}, CPU capability {cpu['capability']}")  # fmt: skip
     print("cell = median ms (speedup over reference_loop; > 1 is faster)")
     print(format_table(report.rows))
     print(format_sized_table(report.rows))

@@ -23,12 +23,13 @@ import gc
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from moe_swarm.bench import peers
-from moe_swarm.bench.context import BenchContext
+from moe_swarm.bench.context import BenchContext, Case
 from moe_swarm.bench.model_shape import LayerShape
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, paired_ratios, time_interleaved
@@ -252,14 +253,14 @@ def peer_disagreement(ours: MoELayer, block, x: torch.Tensor) -> str | None:
     return None
 
 
-def run_sized(
+def sized_cases(
     ctx: BenchContext,
     shapes: tuple[SizedShape, ...] | None = None,
     tokens: int | None = None,
     precisions: tuple[str, ...] | None = None,
-) -> list[Row]:
-    """The sized cases for this device: the three model shapes on CUDA, the CPU peer shapes on CPU
-    (or the given shapes, tokens and precisions)."""
+) -> list[Case]:
+    """One case per shape: the three model shapes on CUDA, the CPU peer shapes on CPU (or the given
+    shapes, tokens and precisions, run as asked)."""
     cuda = ctx.device.type == "cuda"
     if shapes is None:  # the device's own cases (tokens and precisions are for given shapes only)
         if cuda:
@@ -268,9 +269,13 @@ def run_sized(
             shapes, tokens = QUICK_CPU_SHAPES, QUICK_CPU_TOKENS
         else:
             shapes, tokens = CPU_SHAPES, CPU_TOKENS
-        precisions = None
+        precisions = ctx.precisions(SUITE, ("bf16", "bf16_mixed") if cuda else ("fp32",))
     precisions = precisions or (("bf16", "bf16_mixed") if cuda else ("fp32",))
-    return [row for shape in shapes for row in sized_case(ctx, shape, tokens or CPU_TOKENS, precisions)]
+    t = tokens or CPU_TOKENS
+    return [
+        Case(SUITE, case_name(shape, t), partial(sized_case, ctx, shape, t, precisions), precisions)
+        for shape in shapes
+    ]
 
 
 def format_sized_table(rows: list[Row]) -> str:
@@ -310,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default=None, help="with --shape: comma list of fp32,bf16,bf16_mixed")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    suite = run_sized
+    suite = sized_cases
     if args.shape:
         shapes = tuple(
             SizedShape(*(int(v) for v in spec.split(",")), name=f"custom{i}")
@@ -321,13 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             parser.error(f"unknown precision(s) {bad}; choose from {list(PRECISIONS)}")
 
-        def suite(ctx: BenchContext) -> list[Row]:
-            return run_sized(ctx, shapes, args.tokens, precisions)
+        def suite(ctx: BenchContext) -> list[Case]:
+            return sized_cases(ctx, shapes, args.tokens, precisions)
 
     report = execute_cli({SUITE: suite}, args, "moe_swarm.bench.moe_sizes", argv)
-    print(
-        f"{report.meta.get('device_name', '')}, {report.meta['threads']} thread(s), torch {torch.__version__}"
-    )
+    print(f"{report.meta['device_name']}, CPU capability {report.meta['cpu']['capability']}, "
+          f"{report.meta['threads']} thread(s), torch {torch.__version__}")  # fmt: skip
     print(format_sized_table(report.rows))
     return print_problems(report)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from moe_swarm.bench.context import BenchContext, SuiteUnavailable
+from moe_swarm.bench.context import BenchContext, Case, SuiteUnavailable
 from moe_swarm.bench.model_shape import ModelShape
 from moe_swarm.bench.results import Row
 from moe_swarm.cluster import clean_env
@@ -62,17 +62,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(ctx: BenchContext) -> list[Row]:
+def cases(ctx: BenchContext) -> list[Case]:
+    """One case per world size (2 and 4 processes), each timing the three layouts side by side."""
     setup = QUICK if ctx.quick else FULL
     repeats = ctx.repeats_or(full=3, quick=1)
     worlds = (2, 4)
     if ctx.device.type == "cuda" and torch.cuda.device_count() < max(worlds):
         raise SuiteUnavailable(f"needs {max(worlds)} GPUs (one per rank), found {torch.cuda.device_count()}")
-    rows: list[Row] = []
-    for world in worlds:
-        result = _launch(world, setup, repeats, ctx)
-        rows += _rows(ctx, setup, world, repeats, result)
-    return rows
+
+    def world_case(world: int) -> list[Row]:
+        return _rows(ctx, setup, world, repeats, _launch(world, setup, repeats, ctx))
+
+    return [Case(SUITE, f"W{world}", functools.partial(world_case, world)) for world in worlds]
 
 
 def _launch(world: int, setup: Setup, repeats: int, ctx: BenchContext) -> dict:

@@ -1,9 +1,9 @@
-"""The benchmark suites of this package by name, and :func:`run_benchmarks`, the library entry point.
+"""The in-process benchmark suites by name, and :func:`run_benchmarks`, the library entry point.
 
-``SUITES = {name: run(ctx) -> list[Row]}``. Each entry imports its module when it runs (a plain import,
-deferred so that listing the suites does not pull in Lightning or matplotlib). Packages above ``bench``
-add their own suites by passing them in: the gRPC sidecar's ``serve`` suite lives in
-:mod:`moe_swarm.serve.benchmarks`, because ``bench`` never imports ``serve``.
+``SUITES = {name: plan(ctx) -> list[Case]}``. Each entry imports its module when it plans (a plain
+import, deferred so that listing the suites does not pull in Lightning or matplotlib). The ``serve``
+suite (real sidecars in child processes) is not here: :mod:`moe_swarm.bench.cli` adds it for the
+``moe-swarm-bench`` console script and the sidecar's benchmark child.
 """
 
 from __future__ import annotations
@@ -11,44 +11,44 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from moe_swarm.bench.context import BenchContext
+from moe_swarm.bench.context import BenchContext, Case
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.runner import Suite, execute, write_run
 
 
-def moe_layer(ctx: BenchContext) -> list[Row]:
+def moe_layer(ctx: BenchContext) -> list[Case]:
     """MoE layer forward+backward per dispatch implementation."""
     from moe_swarm.bench import moe_layer
 
-    return moe_layer.run(ctx)
+    return moe_layer.cases(ctx)
 
 
-def generate(ctx: BenchContext) -> list[Row]:
+def generate(ctx: BenchContext) -> list[Case]:
     """Decoding: KV cache vs recompute, N agents batched vs sequential."""
     from moe_swarm.bench import generate
 
-    return generate.run(ctx)
+    return generate.cases(ctx)
 
 
-def train_step(ctx: BenchContext) -> list[Row]:
+def train_step(ctx: BenchContext) -> list[Case]:
     """A Lightning training step vs a plain PyTorch loop."""
     from moe_swarm.bench import train_step
 
-    return train_step.run(ctx)
+    return train_step.cases(ctx)
 
 
-def swarm(ctx: BenchContext) -> list[Row]:
+def swarm(ctx: BenchContext) -> list[Case]:
     """The swarm loop's cost as the number of agents grows."""
     from moe_swarm.bench import swarm_suite
 
-    return swarm_suite.run(ctx)
+    return swarm_suite.cases(ctx)
 
 
-def parallel(ctx: BenchContext) -> list[Row]:
+def parallel(ctx: BenchContext) -> list[Case]:
     """DDP vs FSDP2 vs expert parallelism at 2 and 4 processes: tokens/s, memory per rank, all-to-all share."""
     from moe_swarm.bench import parallel_suite
 
-    return parallel_suite.run(ctx)
+    return parallel_suite.cases(ctx)
 
 
 SUITES: dict[str, Suite] = {
@@ -86,16 +86,17 @@ def run_benchmarks(
     device: str = "cpu",
     out_dir: str | Path | None = None,
     available: Mapping[str, Suite] | None = None,
+    max_minutes: float | None = None,
 ) -> list[Row]:
-    """Run suites by name and return every measured row (the sidecar's RunBenchmark maps num_samples to
-    ``repeats`` and passes its own suites as ``available``).
+    """Run suites by name and return every measured row (the sidecar's benchmark child maps num_samples
+    to ``repeats`` and passes :data:`moe_swarm.bench.cli.SUITES`, ``serve`` included, as ``available``).
 
     Metric names look like ``moe_layer/E64k8_t4096_fp32/auto_speedup``. With ``out_dir`` the run is also
-    written to ``<out_dir>/<timestamp>/``. Suites that cannot run here are skipped (logged); if a suite
+    written to ``<out_dir>/<timestamp>/``. Suites that cannot run here are skipped (logged); if a case
     fails, raises RuntimeError after writing the results.
     """
     chosen = select_suites(suites, available)
-    report = execute(chosen, quick=quick, repeats=repeats, threads=threads, device=device,
+    report = execute(chosen, quick=quick, repeats=repeats, threads=threads, device=device, max_minutes=max_minutes,
                      command=f"run_benchmarks(suites={suites!r}, quick={quick}, repeats={repeats}, "
                              f"threads={threads}, device={device!r})")  # fmt: skip
     where = ""

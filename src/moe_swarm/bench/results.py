@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+
+from moe_swarm.bench.machine import CpuInfo
 
 RESULTS_SCHEMA_VERSION = 1
 
@@ -27,19 +28,18 @@ class EnvInfo:
     device_name: str  # CPU model or GPU name
     threads: int  # torch intra-op threads (torch.get_num_threads() during the run)
     git_commit: str
+    cpu: CpuInfo  # the host CPU, also on a CUDA run (it runs the Python side)
 
     @classmethod
     def collect(cls, device: torch.device, threads: int) -> EnvInfo:
-        if device.type == "cuda":
-            name = torch.cuda.get_device_name(device)
-        else:
-            name = _cpu_name()
+        cpu = CpuInfo.collect(threads)
         return cls(
             torch_version=torch.__version__,
             device=device.type,
-            device_name=name,
+            device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu.model_name,
             threads=threads,
             git_commit=git_commit(),
+            cpu=cpu,
         )
 
 
@@ -160,13 +160,3 @@ def git_commit() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"

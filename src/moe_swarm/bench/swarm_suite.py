@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_swarm.bench.context import BenchContext
+from moe_swarm.bench.context import BenchContext, Case
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, time_interleaved
 from moe_swarm.data.tokenizer import ByteTokenizer
@@ -22,6 +22,11 @@ from moe_swarm.swarm.solver import SwarmSolver
 SUITE = "swarm"
 AGENT_COUNTS = (1, 4, 8, 16)
 PROMPTS = ("123*45=", "678*90=", "314*15=", "271*82=")  # equal length: one generate bucket per round
+
+
+def cases(ctx: BenchContext) -> list[Case]:
+    """One case: every agent count is timed interleaved with the others."""
+    return [Case(SUITE, "agents" + "_".join(map(str, AGENT_COUNTS)), lambda: run(ctx))]
 
 
 def run(ctx: BenchContext) -> list[Row]:

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import torch
 
-from moe_swarm.bench.context import BenchContext
+from moe_swarm.bench.context import BenchContext, Case
 from moe_swarm.bench.model_shape import ModelShape
 from moe_swarm.bench.results import Row
 from moe_swarm.bench.timing import median, paired_ratios, time_call, time_interleaved
@@ -229,9 +229,16 @@ def eager_vs_compiled(ctx: BenchContext, setup: TrainSetup) -> list[Row]:
     return rows
 
 
-def run(ctx: BenchContext) -> list[Row]:
+def cases(ctx: BenchContext) -> list[Case]:
+    """One case: on CUDA eager vs compiled (bf16-mixed), on CPU the plain loop vs Lightning (fp32)."""
     if ctx.device.type == "cuda":
-        return eager_vs_compiled(ctx, GPU_QUICK if ctx.quick else GPU)
+        setup = GPU_QUICK if ctx.quick else GPU
+        return [Case(SUITE, "eager_vs_compiled", lambda: eager_vs_compiled(ctx, setup), ("bf16_mixed",))]
+    return [Case(SUITE, "plain_vs_lightning", lambda: plain_vs_lightning(ctx))]
+
+
+def plain_vs_lightning(ctx: BenchContext) -> list[Row]:
+    """The same model, data, loss and optimizer stepped by a plain loop and by the Lightning Trainer."""
     from moe_swarm.lit import lm_module as lm  # Lightning: imported only when this suite runs
 
     setup = QUICK if ctx.quick else FULL

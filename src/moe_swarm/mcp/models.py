@@ -1,13 +1,18 @@
 """Typed tool results (pydantic): each tool returns one of these, so its outputSchema is published and
-its result arrives as structured content. Converters from the sidecar's protobuf messages live here."""
+its result arrives as structured content. A job is the control core's
+:class:`~moe_swarm.control.job_view.JobView` (read off the wire by :func:`moe_swarm.serve.convert.job_from_proto`);
+converters from the sidecar's other protobuf messages live here."""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, get_type_hints
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
-from moe_swarm.serve.client import TERMINAL
+from moe_swarm.control.inference import InferenceResult as CoreInferenceResult
+from moe_swarm.control.inference import Step, Vote
+from moe_swarm.control.job_view import JobView
 from moe_swarm.serve.proto import mcp_pb2
 
 
@@ -20,32 +25,29 @@ class ExperimentList(BaseModel):
     experiments: list[Experiment]
 
 
-class Job(BaseModel):
-    job_id: str
-    kind: str = Field(description="training or benchmark")
-    state: str = Field(description="PENDING, RUNNING, SUCCEEDED, FAILED or CANCELLED")
-    config_path: str
-    overrides: list[str]
-    run_id: str
-    created_unix: float
-    started_unix: float
-    finished_unix: float
-    exit_code: int | None = Field(description="exit status of the child; negative = killed by that signal")
-    message: str = Field(description="why the job is in its state (the failure reason for FAILED)")
-    log_tail: list[str] = Field(description="last log lines, for failed jobs")
-    run_dir: str
-    checkpoint: str = Field(description="newest checkpoint of the run, '' until one exists")
-    metrics: dict[str, float] = Field(description="latest value of every metric the job reported")
-    cancel_requested: bool
-    finished: bool = Field(description="True once the state is SUCCEEDED, FAILED or CANCELLED")
+def _model_of(view: type) -> type[BaseModel]:
+    """A pydantic model with a dataclass's fields, each field's ``doc`` metadata as its description
+    (so the tool's output schema documents it): the MCP side of the core's one view, not a copy."""
+    hints = get_type_hints(view)
+    spec: dict[str, Any] = {
+        f.name: (hints[f.name], Field(description=f.metadata.get("doc"))) for f in dataclasses.fields(view)
+    }
+    return create_model(view.__name__.removesuffix("View"), __doc__=view.__doc__, **spec)
+
+
+Job = _model_of(JobView)
+
+
+def job_model(view: JobView) -> Job:  # type: ignore[valid-type]
+    return Job(**dataclasses.asdict(view))
 
 
 class JobList(BaseModel):
-    jobs: list[Job]
+    jobs: list[Job]  # type: ignore[valid-type]
 
 
 class WaitResult(BaseModel):
-    job: Job
+    job: Job  # type: ignore[valid-type]
     finished: bool = Field(description="False when the wait timed out first (the job keeps running)")
     waited_s: float
 
@@ -70,30 +72,7 @@ class BenchmarkResult(BaseModel):
     rows: list[BenchmarkRow]
 
 
-class Vote(BaseModel):
-    answer: str
-    weight: float
-
-
-class Step(BaseModel):
-    text: str
-    vote_share: float
-
-
-class InferenceResult(BaseModel):
-    answer: str
-    vote_share: float = Field(description="share of the vote the answer got (0..1)")
-    votes: list[Vote]
-    forward_passes: int
-    generated_tokens: int
-    flops: float
-    rounds_used: int
-    agents: int
-    model_id: str
-    batch_size: int
-    steps: list[Step] = Field(
-        description="mode 'steps': the committed reasoning steps with their vote shares"
-    )
+InferenceResult = _model_of(CoreInferenceResult)
 
 
 class Model(BaseModel):
@@ -115,43 +94,9 @@ class ModelList(BaseModel):
     default_model_id: str = Field(description="the model a request without `model` gets ('' = none yet)")
 
 
-def job_from_proto(j: mcp_pb2.Job) -> Job:
-    state = mcp_pb2.JobState.Name(j.state)
-    return Job(
-        job_id=j.job_id,
-        kind=mcp_pb2.JobKind.Name(j.kind).lower(),
-        state=state,
-        config_path=j.config_path,
-        overrides=list(j.overrides),
-        run_id=j.run_id,
-        created_unix=j.created_unix,
-        started_unix=j.started_unix,
-        finished_unix=j.finished_unix,
-        exit_code=j.exit_code if j.HasField("exit_code") else None,
-        message=j.message,
-        log_tail=list(j.log_tail),
-        run_dir=j.run_dir,
-        checkpoint=j.checkpoint,
-        metrics=dict(j.metrics),
-        cancel_requested=j.cancel_requested,
-        finished=j.state in TERMINAL,
-    )
-
-
 def model_from_proto(m: mcp_pb2.ModelInfo) -> Model:
-    return Model(
-        model_id=m.model_id,
-        checkpoint=m.checkpoint,
-        params_total=m.params_total,
-        params_active=m.params_active,
-        task=m.task,
-        prompt_format=m.prompt_format,
-        example_prompt=m.example_prompt,
-        global_step=m.global_step,
-        is_default=m.is_default,
-        device=m.device,
-        max_seq_len=m.max_seq_len,
-    )
+    """The fields of ModelInfo a tool shows (the same names on the wire)."""
+    return Model(**{name: getattr(m, name) for name in Model.model_fields})
 
 
 def benchmark_from_proto(r: mcp_pb2.BenchmarkResponse) -> BenchmarkResult:
@@ -161,20 +106,15 @@ def benchmark_from_proto(r: mcp_pb2.BenchmarkResponse) -> BenchmarkResult:
     )
 
 
-def inference_from_proto(r: mcp_pb2.InferResponse) -> InferenceResult:
-    return InferenceResult(
-        answer=r.output,
-        vote_share=r.vote_share,
-        votes=[Vote(answer=v.answer, weight=v.weight) for v in r.votes],
-        forward_passes=r.forward_passes,
-        generated_tokens=r.generated_tokens,
-        flops=r.flops,
-        rounds_used=r.rounds_used,
-        agents=r.agents,
-        model_id=r.model_id,
-        batch_size=r.batch_size,
-        steps=[Step(text=x.text, vote_share=x.vote_share) for x in r.steps],
-    )
+def inference_from_proto(r: mcp_pb2.InferResponse) -> InferenceResult:  # type: ignore[valid-type]
+    """The sidecar's InferResponse as the core's result (the wire calls the answer ``output``)."""
+    nested = ("answer", "votes", "steps")
+    same = {
+        f.name: getattr(r, f.name) for f in dataclasses.fields(CoreInferenceResult) if f.name not in nested
+    }
+    same.update(answer=r.output, votes=[Vote(v.answer, v.weight) for v in r.votes],
+                steps=[Step(s.text, s.vote_share) for s in r.steps])  # fmt: skip
+    return InferenceResult(**same)
 
 
 def as_json(model: BaseModel | dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""The MCP tools, resources and prompts, each a thin mapping onto one or two sidecar RPCs.
+"""The MCP server and its tools, each a thin mapping onto one or two sidecar RPCs (resources and
+prompts: :mod:`moe_swarm.mcp.resources`).
 
 Every bad input comes back as a tool error whose text is the sidecar's own message (what was wrong and
 what to do); nothing here re-validates what the sidecar validates. Long jobs follow MCP's "return a
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -20,15 +19,15 @@ from typing import Any
 
 import anyio
 import yaml
-from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ResourceUpdated
 from mcp.types import ToolAnnotations
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from moe_swarm.mcp.backend import Sidecar, SidecarError
+from moe_swarm.mcp.calls import caller_token, job_result, log_page, tool_error
 from moe_swarm.mcp.models import (
     BenchmarkResult,
     Experiment,
@@ -40,12 +39,11 @@ from moe_swarm.mcp.models import (
     Model,
     ModelList,
     WaitResult,
-    as_json,
     benchmark_from_proto,
     inference_from_proto,
-    job_from_proto,
     model_from_proto,
 )
+from moe_swarm.mcp.resources import register_prompts, register_resources
 from moe_swarm.serve.proto import mcp_pb2 as pb
 
 log = logging.getLogger("moe_swarm.mcp")
@@ -53,7 +51,6 @@ log = logging.getLogger("moe_swarm.mcp")
 MAX_WAIT_S = 600.0
 PROGRESS_INTERVAL_S = 1.0
 MAX_LOG_LINES = 1000
-LOG_PAGE_BYTES = 256 * 1024
 BENCHMARK_TIMEOUT_S = 1800.0
 JOB_POLL_S = 1.0
 STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
@@ -76,16 +73,6 @@ list_experiments -> start_training(experiment, overrides such as trainer.max_ste
 (progress notifications) -> list_models / run_inference with the trained model (its prompt_format says
 what a prompt must look like). Jobs run in the sidecar and outlive this session; read run configs and
 metrics as resources (moe://runs/{run_id}/config, moe://jobs/{job_id}/metrics)."""
-
-
-def _token() -> str | None:
-    """The bearer token of the HTTP caller (its scopes are the sidecar's to enforce), else None."""
-    access = get_access_token()
-    return access.token if access is not None else None
-
-
-def _tool_error(e: SidecarError) -> ToolError:
-    return ToolError(f"{e.code}: {e.message}")
 
 
 def _max_steps(config_yaml: str) -> int | None:
@@ -159,9 +146,9 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
 
     async def call(method: str, request: Any, timeout: float | None = None) -> Any:
         try:
-            return await sidecar.call(method, request, token=_token(), timeout=timeout)
+            return await sidecar.call(method, request, token=caller_token(), timeout=timeout)
         except SidecarError as e:
-            raise _tool_error(e) from None
+            raise tool_error(e) from None
 
     async def get_job_proto(job_id: str) -> pb.Job:
         return await call("GetJob", pb.GetJobRequest(job_id=job_id))
@@ -192,11 +179,11 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
             ),
             timeout=120,
         )
-        return job_from_proto(resp.job)
+        return job_result(resp.job)
 
     @mcp.tool(description="Get one job: state, failure reason, latest metrics, checkpoint.", annotations=READ)
     async def get_job(job_id: str) -> Job:
-        return job_from_proto(await get_job_proto(job_id))
+        return job_result(await get_job_proto(job_id))
 
     @mcp.tool(description="List jobs, newest first, optionally filtered by state and kind.", annotations=READ)
     async def list_jobs(state: str = "", kind: str = "", limit: int = 20) -> JobList:
@@ -214,7 +201,7 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
         if kind:
             request.kind = pb.JobKind.Value(kind.upper())
         resp = await call("ListJobs", request)
-        return JobList(jobs=[job_from_proto(j) for j in resp.jobs])
+        return JobList(jobs=[job_result(j) for j in resp.jobs])
 
     @mcp.tool(
         description="Wait until a job finishes (or timeout_s, at most 600), sending progress notifications "
@@ -225,16 +212,16 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
         if not 0 < timeout_s <= MAX_WAIT_S:
             raise ToolError(f"timeout_s={timeout_s} is out of range; use 0 < timeout_s <= {MAX_WAIT_S:.0f}")
         start = time.monotonic()
-        job = job_from_proto(await get_job_proto(job_id))
+        job = job_result(await get_job_proto(job_id))
         state = job.state
         max_steps: int | None = None
         last_sent = 0.0
         try:
             with anyio.move_on_after(timeout_s):
                 async for event in sidecar.stream(
-                    "WatchJob", pb.WatchJobRequest(job_id=job_id), token=_token()
+                    "WatchJob", pb.WatchJobRequest(job_id=job_id), token=caller_token()
                 ):
-                    job = job_from_proto(event.job)
+                    job = job_result(event.job)
                     if job.state != state:
                         state = job.state
                         await _notify_updated(ctx, f"moe://jobs/{job_id}")
@@ -251,7 +238,7 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
                     if job.finished:
                         break
         except SidecarError as e:
-            raise _tool_error(e) from None
+            raise tool_error(e) from None
         return WaitResult(job=job, finished=job.finished, waited_s=round(time.monotonic() - start, 3))
 
     @mcp.tool(
@@ -259,7 +246,7 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
         annotations=STOPS,
     )
     async def cancel_job(job_id: str) -> Job:
-        return job_from_proto(await call("CancelJob", pb.CancelJobRequest(job_id=job_id)))
+        return job_result(await call("CancelJob", pb.CancelJobRequest(job_id=job_id)))
 
     @mcp.tool(
         description="Read a job's log: the last max_lines lines (offset -1), or max_lines from a byte offset "
@@ -271,7 +258,7 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
             raise ToolError(f"max_lines={max_lines} is out of range; use 1..{MAX_LOG_LINES}")
         if offset < -1:
             raise ToolError(f"offset={offset} is invalid; use -1 (the end of the log) or a byte offset >= 0")
-        return await _log_page(sidecar, job_id, max_lines, offset)
+        return await log_page(sidecar, job_id, max_lines, offset)
 
     @mcp.tool(
         description="Run benchmark suites on the sidecar (one at a time) and return their rows; "
@@ -335,115 +322,8 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
         )
         return model_from_proto(info)
 
-    # -------------------------------------------------------------------------------------- resources
-    async def read(method: str, request: Any) -> Any:
-        try:
-            return await sidecar.call(method, request, token=_token())
-        except SidecarError as e:
-            raise ResourceError(f"{e.code}: {e.message}") from None
-
-    async def run_file(run_id: str, field: str, missing: str) -> str:
-        """One file of a run (GetRun's ``field``), or a resource error saying it does not exist yet."""
-        text = getattr(await read("GetRun", pb.GetRunRequest(run_id=run_id)), field)
-        if not text:
-            raise ResourceError(f"run {run_id!r} has no {missing}")
-        return text
-
-    @mcp.resource("moe://jobs/{job_id}", mime_type="application/json", description="A job (JSON).")
-    async def job_resource(job_id: str) -> str:
-        return as_json(job_from_proto(await read("GetJob", pb.GetJobRequest(job_id=job_id))))
-
-    @mcp.resource(
-        "moe://jobs/{job_id}/logs", mime_type="text/plain", description="The last 200 lines of a job's log."
-    )
-    async def job_logs_resource(job_id: str) -> str:
-        try:
-            return (await _log_page(sidecar, job_id, 200, -1)).text
-        except ToolError as e:
-            raise ResourceError(str(e)) from None
-
-    @mcp.resource(
-        "moe://jobs/{job_id}/metrics",
-        mime_type="application/json",
-        description="A job's latest metrics (JSON).",
-    )
-    async def job_metrics_resource(job_id: str) -> str:
-        job = await read("GetJob", pb.GetJobRequest(job_id=job_id))
-        return as_json(dict(job.metrics))
-
-    @mcp.resource(
-        "moe://runs/{run_id}/config",
-        mime_type="application/yaml",
-        description="A run's composed Hydra config.",
-    )
-    async def run_config_resource(run_id: str) -> str:
-        return await run_file(run_id, "config_yaml", "composed config yet (its job has not started)")
-
-    @mcp.resource(
-        "moe://runs/{run_id}/summary", mime_type="application/json", description="A run's summary.json."
-    )
-    async def run_summary_resource(run_id: str) -> str:
-        return await run_file(run_id, "summary_json", "summary.json yet (it is written when training ends)")
-
-    @mcp.resource(
-        "moe://bench/{job_id}/results", mime_type="application/json", description="A benchmark job's rows."
-    )
-    async def bench_results_resource(job_id: str) -> str:
-        return as_json(
-            benchmark_from_proto(await read("GetBenchmarkResults", pb.GetJobRequest(job_id=job_id)))
-        )
-
-    @mcp.resource(
-        "moe://experiments/{name}", mime_type="application/yaml", description="An experiment's YAML."
-    )
-    async def experiment_resource(name: str) -> str:
-        resp = await read("ListExperiments", pb.ListExperimentsRequest())
-        for e in resp.experiments:
-            if e.name == name:
-                return e.yaml
-        names = ", ".join(e.name for e in resp.experiments)
-        raise ResourceError(f"no experiment {name!r}; choose from {names}")
-
-    # ---------------------------------------------------------------------------------------- prompts
-    @mcp.prompt(description="Diagnose a training run from its summary, config and job state.")
-    async def diagnose_run(run_id: str) -> str:
-        run = await _run_or_error(sidecar, run_id)
-        parts = [
-            f"Diagnose the moe-swarm training run {run_id!r}. Say whether it trained well (loss going down, "
-            "validation metric at the end), what went wrong if it failed (quote the error), and what to change "
-            "next (overrides for start_training). Use tail_logs and the moe://jobs/{job_id}/metrics resource "
-            "for more detail.",
-        ]
-        parts.append(run if isinstance(run, str) else _describe_run(run))
-        for job_id in [] if isinstance(run, str) else list(run.job_ids)[:1]:
-            try:
-                job = job_from_proto(
-                    await sidecar.call("GetJob", pb.GetJobRequest(job_id=job_id), token=_token())
-                )
-                parts.append(f"Newest job {job_id}: {job.state}; message: {job.message or '-'}\n"
-                             f"latest metrics: {json.dumps(job.metrics, sort_keys=True)}")  # fmt: skip
-            except SidecarError as e:
-                parts.append(f"(job {job_id}: {e.message})")
-        return "\n\n".join(parts)
-
-    @mcp.prompt(description="Compare two training runs: config differences and final metrics side by side.")
-    async def compare_runs(run_a: str, run_b: str) -> str:
-        a, b = await _run_or_error(sidecar, run_a), await _run_or_error(sidecar, run_b)
-        parts = [
-            f"Compare the moe-swarm runs {run_a!r} and {run_b!r}: which is better on the final validation "
-            "metric, by how much, and which config difference most likely explains it. Be careful with "
-            "differences smaller than run-to-run noise (one seed each).",
-        ]
-        for name, run in ((run_a, a), (run_b, b)):
-            parts.append(
-                run if isinstance(run, str) else f"Run {name} summary:\n{run.summary_json or '(none yet)'}"
-            )
-        if not isinstance(a, str) and not isinstance(b, str):
-            diff = difflib.unified_diff(a.config_yaml.splitlines(), b.config_yaml.splitlines(), run_a, run_b,
-                                        lineterm="", n=0)  # fmt: skip
-            parts.append("Config diff:\n" + ("\n".join(diff) or "(identical configs)"))
-        return "\n\n".join(parts)
-
+    register_resources(mcp, sidecar)
+    register_prompts(mcp, sidecar)
     return mcp
 
 
@@ -463,49 +343,7 @@ async def _notify_updated(ctx: Context, uri: str) -> None:
 
 async def _run_max_steps(sidecar: Sidecar, run_id: str) -> int | None:
     try:
-        run = await sidecar.call("GetRun", pb.GetRunRequest(run_id=run_id), token=_token())
+        run = await sidecar.call("GetRun", pb.GetRunRequest(run_id=run_id), token=caller_token())
     except SidecarError:
         return None
     return _max_steps(run.config_yaml)
-
-
-async def _log_page(sidecar: Sidecar, job_id: str, max_lines: int, offset: int) -> LogPage:
-    """Up to ``max_lines`` lines of the log from ``offset`` (-1: the last ``max_lines`` lines)."""
-    request = pb.TailLogsRequest(job_id=job_id, follow=False)
-    if offset < 0:
-        request.tail_lines = max_lines
-    else:
-        request.offset = offset
-    text, start, size = "", None, 0
-    try:
-        async for chunk in sidecar.stream("TailLogs", request, token=_token()):
-            if start is None:
-                start = chunk.offset
-            text += chunk.text
-            size = chunk.offset + len(chunk.text.encode("utf-8", errors="replace")) - start
-            if text.count("\n") >= max_lines or size >= LOG_PAGE_BYTES:
-                break
-    except SidecarError as e:
-        raise _tool_error(e) from None
-    start = start if start is not None else max(offset, 0)
-    lines = text.splitlines(keepends=True)
-    more = len(lines) > max_lines or size >= LOG_PAGE_BYTES
-    page = "".join(lines[:max_lines])
-    next_offset = start + len(page.encode("utf-8", errors="replace"))
-    return LogPage(job_id=job_id, text=page, offset=start, next_offset=next_offset,
-                   lines=min(len(lines), max_lines), more=more)  # fmt: skip
-
-
-async def _run_or_error(sidecar: Sidecar, run_id: str) -> pb.RunInfo | str:
-    try:
-        return await sidecar.call("GetRun", pb.GetRunRequest(run_id=run_id), token=_token())
-    except SidecarError as e:
-        return f"(run {run_id}: {e.code}: {e.message})"
-
-
-def _describe_run(run: pb.RunInfo) -> str:
-    return (
-        f"Run {run.run_id} ({run.run_dir}), checkpoint: {run.checkpoint or '(none)'}\n"
-        f"summary.json:\n{run.summary_json or '(none yet: written when training ends)'}\n"
-        f"composed config:\n{run.config_yaml or '(none yet)'}"
-    )

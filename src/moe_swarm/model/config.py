@@ -18,6 +18,8 @@ from typing import Any, TypeVar, get_type_hints
 
 ROUTING_MODES = ("softmax_topk", "sigmoid_bias")
 DISPATCH_IMPLS = ("auto", "grouped_mm", "gather_bmm", "sorted_split", "reference_loop")
+# q/k RMSNorm before RoPE: none, per head over head_dim (Qwen3), or over the whole projection (OLMoE).
+QK_NORMS = ("none", "head", "full")
 # Byte-level vocabulary: 256 bytes + specials (PAD 256, BOS 257, EOS 258), padded to 264.
 DEFAULT_VOCAB_SIZE = 264
 
@@ -66,13 +68,15 @@ class RouterConfig:
 @dataclass
 class MoEConfig:
     """Sparse FFN: ``num_experts`` SwiGLU experts of hidden size ``d_ff``, the router, an optional
-    always-on shared expert (``shared_expert_d_ff`` > 0). Layer i is MoE when ``(i + 1) % every == 0``.
+    always-on shared expert (``shared_expert_d_ff`` > 0), scaled per token by ``sigmoid(x . g)`` when
+    ``shared_expert_gate`` (Qwen2-MoE). Layer i is MoE when ``(i + 1) % every == 0``.
     ``dispatch`` picks the expert implementation (see ``ExpertPool``)."""
 
     num_experts: int = 8
     d_ff: int = 256
     every: int = 1
     shared_expert_d_ff: int = 0
+    shared_expert_gate: bool = False
     dispatch: str = "auto"
     router: RouterConfig = field(default_factory=RouterConfig)
 
@@ -87,16 +91,27 @@ class MoEConfig:
             )
         if self.every < 1:
             raise ValueError(f"moe every must be >= 1, got {self.every}")
+        if self.shared_expert_gate and self.shared_expert_d_ff <= 0:
+            raise ValueError("moe shared_expert_gate needs a shared expert (shared_expert_d_ff > 0)")
 
 
 @dataclass
 class TransformerConfig:
-    """Model hyper-parameters. ``ffn="dense"`` gives the dense baseline (see ``dense_equivalent``)."""
+    """Model hyper-parameters. ``ffn="dense"`` gives the dense baseline (see ``dense_equivalent``).
+
+    Attention: ``n_kv_heads`` key/value heads shared by groups of query heads (None = ``n_heads``,
+    multi-head); ``head_dim`` None = ``d_model // n_heads``; ``qk_norm`` one of ``QK_NORMS``;
+    ``qkv_bias`` adds biases to the q/k/v projections (Qwen2).
+    """
 
     vocab_size: int = DEFAULT_VOCAB_SIZE
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    qk_norm: str = "none"
+    qkv_bias: bool = False
     max_seq_len: int = 256
     ffn: str = "moe"  # "moe" | "dense"
     # Dense FFN hidden size; None = top_k * moe.d_ff + moe.shared_expert_d_ff (equal active params).
@@ -112,10 +127,25 @@ class TransformerConfig:
             self.moe = _build(MoEConfig, self.moe, "model.moe")
         if self.ffn not in ("moe", "dense"):
             raise ValueError(f"ffn must be 'moe' or 'dense', got {self.ffn!r}")
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+        if self.head_dim is None and (self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2):
             raise ValueError(
                 f"d_model={self.d_model} must be divisible by n_heads={self.n_heads} with an even head size (RoPE)"
             )
+        if self.head_dim is not None and (self.head_dim < 2 or self.head_dim % 2):
+            raise ValueError(f"head_dim must be a positive even number (RoPE), got {self.head_dim}")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.qk_norm not in QK_NORMS:
+            raise ValueError(f"unknown qk_norm {self.qk_norm!r}; choose one of {QK_NORMS}")
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads (``n_kv_heads``, or ``n_heads`` when unset)."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
 
     @property
     def resolved_dense_d_ff(self) -> int:
@@ -221,6 +251,7 @@ __all__ = [
     "DEFAULT_VOCAB_SIZE",
     "DISPATCH_IMPLS",
     "LEGACY_KEYS",
+    "QK_NORMS",
     "ROUTING_MODES",
     "MoEConfig",
     "RouterConfig",

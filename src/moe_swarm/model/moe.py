@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -69,6 +70,10 @@ class MoELayer(nn.Module):
             if cfg.shared_expert_d_ff > 0
             else None
         )
+        # Qwen2-MoE: the shared expert's output is scaled per token by sigmoid(x . g).
+        self.shared_expert_gate = nn.Linear(d_model, 1, bias=False) if cfg.shared_expert_gate else None
+        if self.shared_expert_gate is not None:
+            nn.init.normal_(self.shared_expert_gate.weight, std=0.02)
 
     def forward(
         self,
@@ -87,5 +92,8 @@ class MoELayer(nn.Module):
         routed = self.router(flat, mask, control, compute_aux=compute_aux)
         y = self.experts(flat, routed.indices, routed.weights, routed.keep)
         if self.shared_expert is not None:
-            y = y + self.shared_expert(flat)
+            shared = self.shared_expert(flat)
+            if self.shared_expert_gate is not None:
+                shared = torch.sigmoid(self.shared_expert_gate(flat)) * shared
+            y = y + shared
         return y.view(b, t, d), MoEAux.from_router(routed) if compute_aux else None

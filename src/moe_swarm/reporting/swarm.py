@@ -1,11 +1,14 @@
 """Swarm evaluation reports: ``results.json``, ``results.md`` (markdown tables) and a plot of exact match
-vs forward passes. Reads the report dicts built by ``moe_swarm.swarm.evaluation`` (and the step-level
-evaluation); computes nothing itself."""
+vs forward passes. Reads the report dict built by the harness (``moe_swarm.swarm.evaluation``) for
+either vote unit; computes nothing itself. What differs between the units (which columns, which
+series) is a ``LevelView``; the markdown and the plot are one path for both."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,15 @@ def _ci(c: dict | None) -> str:
     return f"{100 * c['diff']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]"
 
 
+def _fp(row: dict, fp: str, flops: str) -> str:
+    return f"{row[fp]:.1f} ({row[flops] / 1e9:.3f})"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def _header(report: dict) -> list[str]:
     task = report["task"]
     args = ", ".join(f"{k}={v}" for k, v in task["kwargs"].items())
@@ -39,135 +51,269 @@ def _header(report: dict) -> list[str]:
     ]
 
 
-def answer_level_markdown(report: dict) -> list[str]:
-    """The answer-level grid, scorer AUROCs, diversity controls and comparisons."""
-    level = f"{report['bootstrap']['level']:.0%}"
+# (label, forward passes, exact match, line style, matplotlib keywords) of one line of the plot
+Series = tuple[str, list[float], list[float], str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class LevelView:
+    """What one vote unit's report shows: its config and legend, each bucket's heading, grid
+    columns and extras, the comparison labels, the text after the buckets, and the plot's series."""
+
+    title: str  # "Answer-level" / "Step-level"
+    config_key: str  # the level's swarm config in the report
+    scorer: tuple[str, str]  # (what the scorer is called, the report key saying whether there was one)
+    legend: str  # what the columns mean; {ci} = the bootstrap level
+    heading: Callable[[dict], str]
+    grid: list[tuple[str, str | Callable[[dict, dict], str]]]  # (header, key of a % or cell(row, bucket))
+    grid_extra: Callable[[dict], list[str]]  # lines after a grid row
+    after_grid: Callable[[dict, dict], list[str]]  # (bucket, level) -> lines
+    at: tuple[tuple[str, str], ...]  # (comparison key, column header)
+    holm: bool
+    closing: Callable[[dict], list[str]]
+    series: Callable[[dict], list[Series]]
+    greedy: tuple[str, str]  # the greedy summary's (forward passes, EM) keys
+    annotate: bool  # label each swarm point with its N
+    xlabel: str
+    plot_file: str
+
+
+# ------------------------------------------------------------------------------------ answer level
+ANSWER_LEGEND = (
+    "EM = exact match in %. FP = agent-forward-passes per problem. Grid cells run the swarm with N agents "
+    "per round and R refinement rounds; majority / score-weighted / value columns re-vote the same "
+    "records. pass@N: a first-round record is right (true pass@N); coverage: a record of any round is "
+    "right. 'indep. + majority' = independent agents + plain majority vote given each problem the "
+    "swarm's own forward passes; 'indep. rescored' re-votes those agents with the swarm's score weights. "
+    "Differences in EM points with paired bootstrap {ci} CIs."
+)
+
+
+def _vs(name: str) -> Callable[[dict, dict], str]:
+    def cell(row: dict, b: dict) -> str:
+        return _ci(find_comparison(b["comparisons"], name, agents=row["agents"], rounds=row["rounds"]))
+
+    return cell
+
+
+def _answer_after_grid(b: dict, level: dict) -> list[str]:
+    ref = level["reference"]
+    cell = next(x for x in b["grid"] if x["agents"] == ref["agents"] and x["rounds"] == ref["rounds"])
     lines = [
         "",
-        f"Answer-level swarm config: `{json.dumps(report['swarm_config'])}`; value head: "
-        f"{'yes' if report.get('value_head') else 'no'}.",
-        "",
-        "EM = exact match in %. FP = agent-forward-passes per problem. Grid cells run the swarm with N agents "
-        "per round and R refinement rounds; majority / score-weighted / value columns re-vote the same "
-        "records. pass@N: a first-round record is right (true pass@N); coverage: a record of any round is "
-        "right. 'indep. + majority' = independent agents + plain majority vote given each problem the "
-        "swarm's own forward passes; 'indep. rescored' re-votes those agents with the swarm's score weights. "
-        f"Differences in EM points with paired bootstrap {level} CIs.",
+        f"Scorers ranking the records of one problem (N={ref['agents']}, R={ref['rounds']}; mean AUROC over "
+        f"problems with right and wrong records, 0.5 = chance): value head {_num(cell['value_auc_within'])}, "
+        f"likelihood {_num(cell['logprob_auc_within'])}.",
     ]
-    ref = report["reference"]
-    for name, b in report["buckets"].items():
+    if b["diversity"]:
         lines += [
             "",
-            f"## Difficulty {name} ({b['problems']} problems): greedy EM {_pct(b['greedy']['swarm'])} "
-            f"at {b['greedy']['forward_passes']:.1f} FP",
+            f"Diversity controls at N={ref['agents']}, R={ref['rounds']} (independent agents get the "
+            "default swarm's forward passes):",
             "",
-            "| N | R | FP | single agent | majority | score-weighted | value-weighted | best-of-N (value) "
-            "| best-of-N (likelihood) | pass@N | coverage | swarm | indep. + majority | indep. rescored "
-            "| swarm − indep. + majority | swarm − greedy |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for row in b["grid"]:
-            at = {"agents": row["agents"], "rounds": row["rounds"]}
-            vs_ind = find_comparison(b["comparisons"], "swarm - independent_majority", **at)
-            vs_greedy = find_comparison(b["comparisons"], "swarm - greedy", **at)
-            lines.append(
-                f"| {row['agents']} | {row['rounds']} | {row['forward_passes']:.1f} | {_pct(row['single_agent'])} "
-                f"| {_pct(row['majority'])} | {_pct(row['score_weighted'])} | {_pct(row['value_weighted'])} "
-                f"| {_pct(row['best_of_n_value'])} | {_pct(row['best_of_n_logprob'])} | {_pct(row['pass_at_n'])} "
-                f"| {_pct(row['coverage'])} | {_pct(row['swarm'])} | {_pct(row.get('independent_majority'))} "
-                f"| {_pct(row.get('independent_rescored'))} | {_ci(vs_ind)} | {_ci(vs_greedy)} |"
-            )
-        cell = next(x for x in b["grid"] if x["agents"] == ref["agents"] and x["rounds"] == ref["rounds"])
-        lines += [
-            "",
-            f"Scorers ranking the records of one problem (N={ref['agents']}, R={ref['rounds']}; mean AUROC over "
-            f"problems with right and wrong records, 0.5 = chance): value head {_num(cell['value_auc_within'])}, "
-            f"likelihood {_num(cell['logprob_auc_within'])}.",
+        headers = ["diversity", "swarm EM", "swarm FP", "single agent", "pass@N", "coverage"]
+        rows = [
+            [d["diversity"], _pct(d["swarm"]), f"{d['swarm_forward_passes']:.1f}", _pct(d["single_agent"])]
+            + [_pct(d["pass_at_n"]), _pct(d["coverage"]), _pct(d["independent_majority"])]
+            + [f"{d['independent_forward_passes']:.1f}"]
+            for d in b["diversity"]
         ]
-        if b["diversity"]:
-            lines += [
-                "",
-                f"Diversity controls at N={ref['agents']}, R={ref['rounds']} (independent agents get the "
-                "default swarm's forward passes):",
-                "",
-                "| diversity | swarm EM | swarm FP | single agent | pass@N | coverage | indep. + majority EM "
-                "| indep. FP |",
-                "|---|---|---|---|---|---|---|---|",
-            ]
-            for d in b["diversity"]:
-                lines.append(
-                    f"| {d['diversity']} | {_pct(d['swarm'])} | {d['swarm_forward_passes']:.1f} "
-                    f"| {_pct(d['single_agent'])} | {_pct(d['pass_at_n'])} | {_pct(d['coverage'])} "
-                    f"| {_pct(d['independent_majority'])} | {d['independent_forward_passes']:.1f} |"
-                )
-        lines += ["", "| comparison | N | R | Δ EM points [CI] |", "|---|---|---|---|"]
-        for c in b["comparisons"]:
-            lines.append(f"| {c['comparison']} | {c['agents']} | {c['rounds']} | {_ci(c)} |")
+        lines += _table([*headers, "indep. + majority EM", "indep. FP"], rows)
     return lines
 
 
-def step_level_markdown(level: dict) -> list[str]:
-    """The step swarm at each N against greedy and the compute-matched controls, and the checker's ranking."""
-    lv = f"{level['bootstrap']['level']:.0%}"
-    lines = [
-        "",
-        f"Step-level swarm config: `{json.dumps(level['steps_config'])}`; learned checker: "
-        f"{'yes' if level['checker'] else 'no'}.",
-        "",
-        "EM = exact match of the final answer line in %. FP = forward passes per problem (generator and checker "
-        "rows; a prefill counts once), GFLOP per problem in brackets. Controls get, per problem, the step "
-        "swarm's own forward passes: 'indep. + majority' = independent full scratchpads + plurality vote over "
-        "their answers; 'indep. + checker' = the same budget, each sample also read by the same checker "
-        "(charged), vote weighted by the product of its step probabilities; 'best-of-N (checker)' = the sample "
-        "with the highest product; pass@N = one of the first N samples is right; coverage = one of all samples "
-        f"drawn at the budget is right. Differences in EM points with paired bootstrap {lv} CIs over problems; "
-        "p (Holm) over the two primary comparisons.",
-    ]
-    for name, b in level["buckets"].items():
-        g = b["greedy"]
-        lines += [
-            "",
-            f"## Difficulty {name} ({b['problems']} problems): greedy EM {_pct(g['greedy'])} at "
-            f"{g['forward_passes']:.1f} FP ({g['flops'] / 1e9:.3f} GFLOP)",
-            "",
-            "| N | step swarm | FP (GFLOP) | backtracks | indep. + majority | FP (GFLOP) | indep. + checker "
-            "| best-of-N (checker) | FP (GFLOP) | pass@N | coverage |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in b["grid"]:
-            lines.append(
-                f"| {row['agents']} | {_pct(row['step_swarm'])} | {row['forward_passes']:.1f} ({row['flops'] / 1e9:.3f}) "
-                f"| {row['backtracks']:.2f} | {_pct(row['independent_majority'])} "
-                f"| {row['independent_forward_passes']:.1f} ({row['independent_flops'] / 1e9:.3f}) "
-                f"| {_pct(row['independent_checker'])} | {_pct(row['best_of_n_checker'])} "
-                f"| {row['independent_checker_forward_passes']:.1f} ({row['independent_checker_flops'] / 1e9:.3f}) "
-                f"| {_pct(row['pass_at_n'])} | {_pct(row['coverage'])} |"
+def _answer_series(b: dict) -> list[Series]:
+    import matplotlib.pyplot as plt
+
+    rounds = sorted({row["rounds"] for row in b["grid"]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    out: list[Series] = []
+    for i, r in enumerate(rounds):
+        rows = [row for row in b["grid"] if row["rounds"] == r]
+        style = {"color": colors[i % len(colors)]}
+        fp, em = [x["forward_passes"] for x in rows], [x["swarm"] for x in rows]
+        out.append((f"swarm, R={r}", fp, em, "o-", style))
+        if all("independent_majority" in x for x in rows):
+            fp, em = (
+                [x["independent_forward_passes"] for x in rows],
+                [x["independent_majority"] for x in rows],
             )
-            for key, value in row.items():
-                if key.startswith("step_swarm_") and not key.endswith("forward_passes"):
-                    vote = key.removeprefix("step_swarm_")
-                    lines.append(
-                        f"|  | {vote} vote: {_pct(value)} | {row[key + '_forward_passes']:.1f} |  |  |  |  |  |  |  |  |"
-                    )
-        lines += ["", "| comparison | N | Δ EM points [CI] | p (Holm) |", "|---|---|---|---|"]
-        for c in b["comparisons"]:
-            p = f"{c['p_holm']:.3f}" if "p_holm" in c else "—"
-            lines.append(f"| {c['comparison']} | {c['agents']} | {_ci(c)} | {p} |")
-    lines += [
+            out.append((f"indep. + majority, equal FP (R={r})", fp, em, "s--", {**style, "alpha": 0.6}))
+    first = [row for row in b["grid"] if row["rounds"] == rounds[0]]
+    fp, em = [x["forward_passes"] for x in first], [x["pass_at_n"] for x in first]
+    out.append(("pass@N (oracle)", fp, em, ":", {"color": "grey"}))
+    return out
+
+
+ANSWER_VIEW = LevelView(
+    title="Answer-level",
+    config_key="swarm_config",
+    scorer=("value head", "value_head"),
+    legend=ANSWER_LEGEND,
+    heading=lambda b: f"greedy EM {_pct(b['greedy']['swarm'])} at {b['greedy']['forward_passes']:.1f} FP",
+    grid=[
+        ("N", lambda r, b: str(r["agents"])),
+        ("R", lambda r, b: str(r["rounds"])),
+        ("FP", lambda r, b: f"{r['forward_passes']:.1f}"),
+        ("single agent", "single_agent"),
+        ("majority", "majority"),
+        ("score-weighted", "score_weighted"),
+        ("value-weighted", "value_weighted"),
+        ("best-of-N (value)", "best_of_n_value"),
+        ("best-of-N (likelihood)", "best_of_n_logprob"),
+        ("pass@N", "pass_at_n"),
+        ("coverage", "coverage"),
+        ("swarm", "swarm"),
+        ("indep. + majority", "independent_majority"),
+        ("indep. rescored", "independent_rescored"),
+        ("swarm − indep. + majority", _vs("swarm - independent_majority")),
+        ("swarm − greedy", _vs("swarm - greedy")),
+    ],
+    grid_extra=lambda row: [],
+    after_grid=_answer_after_grid,
+    at=(("agents", "N"), ("rounds", "R")),
+    holm=False,
+    closing=lambda level: [],
+    series=_answer_series,
+    greedy=("forward_passes", "swarm"),
+    annotate=False,
+    xlabel="agent-forward-passes per problem",
+    plot_file="em_vs_forward_passes.png",
+)
+
+
+# ------------------------------------------------------------------------------------ step level
+STEP_LEGEND = (
+    "EM = exact match of the final answer line in %. FP = forward passes per problem (generator and checker "
+    "rows; a prefill counts once), GFLOP per problem in brackets. Controls get, per problem, the step "
+    "swarm's own forward passes: 'indep. + majority' = independent full scratchpads + plurality vote over "
+    "their answers; 'indep. + checker' = the same budget, each sample also read by the same checker "
+    "(charged), vote weighted by the product of its step probabilities; 'best-of-N (checker)' = the sample "
+    "with the highest product; pass@N = one of the first N samples is right; coverage = one of all samples "
+    "drawn at the budget is right. Differences in EM points with paired bootstrap {ci} CIs over problems; "
+    "p (Holm) over the two primary comparisons."
+)
+
+
+def _ablation_lines(row: dict) -> list[str]:
+    lines = []
+    for key, value in row.items():
+        if key.startswith("step_swarm_") and not key.endswith("forward_passes"):
+            vote = key.removeprefix("step_swarm_")
+            lines.append(
+                f"|  | {vote} vote: {_pct(value)} | {row[key + '_forward_passes']:.1f} |  |  |  |  |  |  |  |  |"
+            )
+    return lines
+
+
+def _step_closing(level: dict) -> list[str]:
+    lines = [
         "",
         "Ranking the proposals of one step (the swarm's own proposals, oracle labels; mean within-group AUROC, "
         "0.5 = chance; 'vote wrong' = groups whose plurality winner is wrong while a right proposal is present):",
         "",
-        "| N | scorer | AUROC within | groups | AUROC vote wrong | groups |",
-        "|---|---|---|---|---|---|",
     ]
-    for n, ranking in level["ranking"].items():
-        for scorer, r in ranking.items():
-            lines.append(
-                f"| {n} | {scorer} | {_num(r['auc_within'])} | {r['groups']} | {_num(r['auc_vote_wrong'])} "
-                f"| {r['groups_vote_wrong']} |"
-            )
-    return lines
+    rows = [
+        [
+            n,
+            scorer,
+            _num(r["auc_within"]),
+            str(r["groups"]),
+            _num(r["auc_vote_wrong"]),
+            str(r["groups_vote_wrong"]),
+        ]
+        for n, ranking in level["ranking"].items()
+        for scorer, r in ranking.items()
+    ]
+    return lines + _table(["N", "scorer", "AUROC within", "groups", "AUROC vote wrong", "groups"], rows)
+
+
+def _step_series(b: dict) -> list[Series]:
+    rows = b["grid"]
+    out: list[Series] = []
+    for label, fp, em, style in (
+        ("step swarm", "forward_passes", "step_swarm", "o-"),
+        ("indep. + majority", "independent_forward_passes", "independent_majority", "s--"),
+        ("indep. + checker", "independent_checker_forward_passes", "independent_checker", "^--"),
+        ("best-of-N (checker)", "independent_checker_forward_passes", "best_of_n_checker", "v:"),
+    ):
+        pts = [(r[fp], r[em]) for r in rows if not math.isnan(r[em])]
+        if pts:
+            out.append((label, [p[0] for p in pts], [p[1] for p in pts], style, {}))
+    return out
+
+
+STEP_VIEW = LevelView(
+    title="Step-level",
+    config_key="steps_config",
+    scorer=("learned checker", "checker"),
+    legend=STEP_LEGEND,
+    heading=lambda b: (
+        f"greedy EM {_pct(b['greedy']['greedy'])} at {b['greedy']['forward_passes']:.1f} FP "
+        f"({b['greedy']['flops'] / 1e9:.3f} GFLOP)"
+    ),
+    grid=[
+        ("N", lambda r, b: str(r["agents"])),
+        ("step swarm", "step_swarm"),
+        ("FP (GFLOP)", lambda r, b: _fp(r, "forward_passes", "flops")),
+        ("backtracks", lambda r, b: f"{r['backtracks']:.2f}"),
+        ("indep. + majority", "independent_majority"),
+        ("FP (GFLOP)", lambda r, b: _fp(r, "independent_forward_passes", "independent_flops")),
+        ("indep. + checker", "independent_checker"),
+        ("best-of-N (checker)", "best_of_n_checker"),
+        (
+            "FP (GFLOP)",
+            lambda r, b: _fp(r, "independent_checker_forward_passes", "independent_checker_flops"),
+        ),
+        ("pass@N", "pass_at_n"),
+        ("coverage", "coverage"),
+    ],
+    grid_extra=_ablation_lines,
+    after_grid=lambda b, level: [],
+    at=(("agents", "N"),),
+    holm=True,
+    closing=_step_closing,
+    series=_step_series,
+    greedy=("forward_passes", "greedy"),
+    annotate=True,
+    xlabel="forward passes per problem (generator + checker)",
+    plot_file="steps_em_vs_forward_passes.png",
+)
+
+VIEWS = {"answer_level": ANSWER_VIEW, "step_level": STEP_VIEW}
+
+
+# ------------------------------------------------------------------------------------ one path for both
+def level_markdown(level: dict, view: LevelView) -> list[str]:
+    """One vote unit's section: intro, per difficulty the grid, extras and comparisons, closing."""
+    scorer, has_scorer = view.scorer
+    lines = [
+        "",
+        f"{view.title} swarm config: `{json.dumps(level[view.config_key])}`; {scorer}: "
+        f"{'yes' if level.get(has_scorer) else 'no'}.",
+        "",
+        view.legend.format(ci=f"{level['bootstrap']['level']:.0%}"),
+    ]
+    for name, b in level["buckets"].items():
+        lines += ["", f"## Difficulty {name} ({b['problems']} problems): {view.heading(b)}", ""]
+        lines += _table([h for h, _ in view.grid], [])
+        for row in b["grid"]:
+            cells = [_pct(row.get(c)) if isinstance(c, str) else c(row, b) for _, c in view.grid]
+            lines += ["| " + " | ".join(cells) + " |", *view.grid_extra(row)]
+        lines += view.after_grid(b, level)
+        headers = [
+            "comparison",
+            *[h for _, h in view.at],
+            "Δ EM points [CI]",
+            *(["p (Holm)"] if view.holm else []),
+        ]
+        rows = []
+        for c in b["comparisons"]:
+            p = [f"{c['p_holm']:.3f}" if "p_holm" in c else "—"] if view.holm else []
+            rows.append([c["comparison"], *[str(c[k]) for k, _ in view.at], _ci(c), *p])
+        lines += ["", *_table(headers, rows)]
+    return lines + view.closing(level)
 
 
 def targets_markdown(targets: list[dict]) -> list[str]:
@@ -179,88 +325,62 @@ def targets_markdown(targets: list[dict]) -> list[str]:
         "",
         "A target is met when the measured difference reaches the margin and the whole CI is above 0.",
         "",
-        "| target | where | measured | CI | met |",
-        "|---|---|---|---|---|",
     ]
+    rows = []
     for t in targets:
         where = t["at"] + (f", difficulty {t['bucket']}" if t.get("bucket") else "")
         note = f" ({t['note']})" if t.get("note") else ""
-        lines.append(
-            f"| {t['target']}{note} | {where} | {100 * t['measured']:+.1f} pts "
-            f"| [{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}] | {'yes' if t['met'] else 'no'} |"
+        rows.append(
+            [
+                f"{t['target']}{note}",
+                where,
+                f"{100 * t['measured']:+.1f} pts",
+                f"[{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}]",
+                "yes" if t["met"] else "no",
+            ]
         )
-    return lines
+    return lines + _table(["target", "where", "measured", "CI", "met"], rows)
+
+
+def _levels(report: dict) -> list[tuple[dict, LevelView]]:
+    """Each vote unit's section of ``report`` (answer level: with the run-wide swarm config and head flag)."""
+    return [({**report, **report[key]}, view) for key, view in VIEWS.items() if key in report]
 
 
 def markdown(report: dict) -> str:
     """The whole report as markdown (EM in %, differences in points with their bootstrap CI)."""
     lines = _header(report)
-    if "answer_level" in report:
-        lines += answer_level_markdown({**report, **report["answer_level"]})
-    if "step_level" in report:
-        lines += step_level_markdown(report["step_level"])
+    for level, view in _levels(report):
+        lines += level_markdown(level, view)
     lines += targets_markdown(report.get("targets", []))
     return "\n".join(lines) + "\n"
 
 
-def _save_accuracy_vs_compute(fig, ax, report: dict, bucket: str, xlabel: str, path: Path) -> None:
-    """The axes, title and file that both accuracy-vs-compute plots share."""
-    import matplotlib.pyplot as plt
-
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("exact match (%)")
-    ax.set_title(f"{report['task']['name']} {bucket}: {report['n_test']} {report['split']} problems")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_answer_level(report: dict, path: Path) -> None:
-    """Exact match vs forward passes per problem, first difficulty bucket: swarm and control per R."""
+def plot_level(report: dict, level: dict, view: LevelView, path: Path) -> None:
+    """Exact match vs forward passes per problem (first difficulty bucket): swarm, controls, greedy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    level = report["answer_level"]
     name, b = next(iter(level["buckets"].items()))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    rounds = sorted({row["rounds"] for row in b["grid"]})
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, r in enumerate(rounds):
-        rows = [row for row in b["grid"] if row["rounds"] == r]
-        col = colors[i % len(colors)]
-        ax.plot(
-            [x["forward_passes"] for x in rows],
-            [100 * x["swarm"] for x in rows],
-            "o-",
-            color=col,
-            label=f"swarm, R={r}",
-        )
-        if all("independent_majority" in x for x in rows):
-            ax.plot(
-                [x["independent_forward_passes"] for x in rows],
-                [100 * x["independent_majority"] for x in rows],
-                "s--",
-                color=col,
-                alpha=0.6,
-                label=f"indep. + majority, equal FP (R={r})",
-            )
-    rows0 = [row for row in b["grid"] if row["rounds"] == rounds[0]]
-    ax.plot(
-        [x["forward_passes"] for x in rows0],
-        [100 * x["pass_at_n"] for x in rows0],
-        ":",
-        color="grey",
-        label="pass@N (oracle)",
-    )
-    ax.plot(
-        [b["greedy"]["forward_passes"]], [100 * b["greedy"]["swarm"]], "k*", markersize=12, label="greedy"
-    )
-    _save_accuracy_vs_compute(fig, ax, report, name, "agent-forward-passes per problem", path)
+    for label, xs, ys, style, kwargs in view.series(b):
+        ax.plot(xs, [100 * y for y in ys], style, label=label, **kwargs)
+    fp, em = view.greedy
+    ax.plot([b["greedy"][fp]], [100 * b["greedy"][em]], "k*", markersize=12, label="greedy")
+    if view.annotate:
+        for r in b["grid"]:
+            ax.annotate(f"N={r['agents']}", (r["forward_passes"], 100 * r["step_swarm"]), fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(view.xlabel)
+    ax.set_ylabel("exact match (%)")
+    ax.set_title(f"{report['task']['name']} {name}: {report['n_test']} {report['split']} problems")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def output_dir(checkpoint: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -270,42 +390,13 @@ def output_dir(checkpoint: str | Path, out_dir: str | Path | None = None) -> Pat
     return RunLayout.of_checkpoint(Path(checkpoint).resolve()).root / "swarm_eval"
 
 
-def plot_step_level(report: dict, path: Path) -> None:
-    """Exact match vs forward passes per problem (first difficulty bucket): the step swarm and each control."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    name, b = next(iter(report["step_level"]["buckets"].items()))
-    rows = b["grid"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series = [
-        ("step swarm", "forward_passes", "step_swarm", "o-"),
-        ("indep. + majority", "independent_forward_passes", "independent_majority", "s--"),
-        ("indep. + checker", "independent_checker_forward_passes", "independent_checker", "^--"),
-        ("best-of-N (checker)", "independent_checker_forward_passes", "best_of_n_checker", "v:"),
-    ]
-    for label, fp, em, style in series:
-        pts = [(r[fp], 100 * r[em]) for r in rows if not math.isnan(r[em])]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
-    g = b["greedy"]
-    ax.plot([g["forward_passes"]], [100 * g["greedy"]], "k*", markersize=12, label="greedy")
-    for r in rows:
-        ax.annotate(f"N={r['agents']}", (r["forward_passes"], 100 * r["step_swarm"]), fontsize=7)
-    _save_accuracy_vs_compute(fig, ax, report, name, "forward passes per problem (generator + checker)", path)
-
-
 def write_report(report: dict[str, Any], out_dir: Path) -> Path:
-    """Write ``results.json``, ``results.md`` and the plot(s) into ``out_dir``; returns ``out_dir``."""
+    """Write ``results.json``, ``results.md`` and each level's plot into ``out_dir``; returns ``out_dir``."""
     from moe_swarm.atomic import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "results.json", json.dumps(report, indent=2, allow_nan=True))
     atomic_write_text(out_dir / "results.md", markdown(report))
-    if "answer_level" in report:
-        plot_answer_level(report, out_dir / "em_vs_forward_passes.png")
-    if "step_level" in report:
-        plot_step_level(report, out_dir / "steps_em_vs_forward_passes.png")
+    for level, view in _levels(report):
+        plot_level(report, level, view, out_dir / view.plot_file)
     return out_dir

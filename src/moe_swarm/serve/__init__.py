@@ -1,5 +1,7 @@
 """The gRPC control sidecar: `moe-swarm-serve` (server.py) and `moe-swarm-ctl` (ctl.py).
 
 Service ``mcp.MCPControl`` (proto/mcp.proto): the seed's StartTraining / RunBenchmark / RunInference plus
-jobs, models and server info; standard health and reflection. See docs/control_plane.md.
+jobs, models and server info; standard health and reflection. A thin servicer: the work is the control
+core's (:mod:`moe_swarm.control`); ``service`` translates messages (``convert``) and ``status`` maps the
+core's exceptions to status codes. See docs/control_plane.md.
 """

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 
 import grpc
 
-from moe_swarm.serve.client import Client, build_parser
+from moe_swarm.serve.client import Client
+from moe_swarm.serve.ctl_commands import build_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,10 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from moe_swarm.control.inference import InferenceService
+from moe_swarm.control.jobs import JobService
+from moe_swarm.control.models import ModelRepository
 from moe_swarm.serve.auth import BearerAuthInterceptor, load_tokens
-from moe_swarm.serve.batching import DynamicBatcher
-from moe_swarm.serve.jobs import JobManager
-from moe_swarm.serve.models import ModelStore
 from moe_swarm.serve.observability import ObservabilityInterceptor, RpcStats
 from moe_swarm.serve.proto import mcp_pb2, mcp_pb2_grpc
 from moe_swarm.serve.service import ControlService
@@ -60,9 +60,9 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     health: HealthServicer
-    jobs: JobManager
-    models: ModelStore
-    batcher: DynamicBatcher
+    jobs: JobService
+    models: ModelRepository
+    inference: InferenceService
     executor: ThreadPoolExecutor
     stats: RpcStats
     metrics_port: int | None = None
@@ -96,7 +96,7 @@ class RunningServer:
             await self.server.stop(0)
         await stopped
         await jobs_done
-        await self.batcher.close()
+        await self.inference.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
@@ -135,29 +135,22 @@ async def start_server(settings: ServeSettings) -> RunningServer:
         interceptors=interceptors, options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs
     )
 
-    jobs = JobManager(settings)
+    jobs = JobService(
+        settings.training,
+        settings.benchmark,
+        state_dir=settings.state_path,
+        runs_dir=settings.runs_path,
+        conf_dir=settings.conf_path,
+        hidden_env=[settings.auth.token_env],
+    )
     for rec in jobs.recover():
         log.warning("job %s marked FAILED on startup: %s", rec.job_id, rec.message)
-    models = ModelStore(settings.inference, jobs.registry, jobs.runs_dir)
+    models = ModelRepository(settings.inference, jobs.registry, jobs.runs_dir)
     executor = ThreadPoolExecutor(
         max_workers=max(1, settings.inference.workers), thread_name_prefix="moe-infer"
     )
-    b = settings.inference.batching
-
-    def run_batch(key: tuple, items: list) -> list:
-        params = key[2]
-        loaded = items[0][0]
-        return loaded.solve(params, [prompt for _, prompt, _ in items], [seed for _, _, seed in items])
-
-    batcher = DynamicBatcher(
-        run_batch,
-        max_batch_size=b.max_batch_size,
-        max_delay_s=b.max_delay_ms / 1000.0,
-        executor=executor,
-        enabled=b.enabled,
-        on_batch=stats.record_batch,
-    )
-    service = ControlService(settings, jobs, models, batcher, stats)
+    inference = InferenceService(settings.inference, models, executor, on_batch=stats.record_batch)
+    service = ControlService(settings, jobs, models, inference, stats)
     mcp_pb2_grpc.add_MCPControlServicer_to_server(service, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -181,7 +174,7 @@ async def start_server(settings: ServeSettings) -> RunningServer:
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
 
-    running = RunningServer(settings, server, port, health, jobs, models, batcher, executor, stats)
+    running = RunningServer(settings, server, port, health, jobs, models, inference, executor, stats)
     if prom_registry is not None:
         from prometheus_client import Gauge, start_http_server
 

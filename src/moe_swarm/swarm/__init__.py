@@ -6,7 +6,8 @@ winner and backtracks on split votes or failed checks. The answer-level solver (
 kept as a baseline: agents (rows of one batched decode with their own temperature, router noise,
 top-k and seed) propose answers, records go to a shared ThoughtBuffer, a score (log-likelihood and/or value head) weights a
 vote, agents are resampled by score, and problems stop when the vote share passes a threshold.
-See docs/swarm.md.
+Both are policies of one ``Swarm`` protocol (``protocol``, ``policies``), as are the controls
+(``controls``); one harness (``evaluation``, ``eval_grids``) evaluates a list of them. See docs/swarm.md.
 """
 
 from moe_swarm.swarm.agents import AgentBatch, AgentSpec, make_agents, mix_seed, resample_agents
@@ -19,11 +20,14 @@ from moe_swarm.swarm.baselines import (
     summarise_results,
 )
 from moe_swarm.swarm.buffer import ThoughtBuffer, ThoughtRecord
-from moe_swarm.swarm.checker import StepChecker, checker_loss, encode_steps, ranking_quality, within_group_auc
+from moe_swarm.swarm.checker import StepChecker, checker_loss, encode_steps
 from moe_swarm.swarm.compute import ModelCost
 from moe_swarm.swarm.config import SwarmConfig
+from moe_swarm.swarm.controls import CheckerVote, IndependentVote, greedy_solver
 from moe_swarm.swarm.outcomes import ANSWER_OUTCOMES, answer_outcomes, outcome_table
-from moe_swarm.swarm.rollouts import Rollouts, collect_rollouts
+from moe_swarm.swarm.policies import AnswerVote, StepVote, make_swarm
+from moe_swarm.swarm.protocol import BudgetedSwarm, Compute, Swarm, SwarmOutcome, VoteUnit
+from moe_swarm.swarm.rollouts import Rollouts, StepRollouts, collect_rollouts, collect_step_rollouts
 from moe_swarm.swarm.solver import (
     Proposals,
     SwarmResult,
@@ -46,16 +50,11 @@ from moe_swarm.swarm.statistics import (
     mean_of_defined,
     paired_bootstrap_ci,
     ranking_auc,
+    ranking_quality,
     two_level_bootstrap_ci,
+    within_group_auc,
 )
-from moe_swarm.swarm.steps import (
-    StepProposal,
-    StepRollouts,
-    StepSwarm,
-    StepSwarmConfig,
-    StepSwarmResult,
-    collect_step_rollouts,
-)
+from moe_swarm.swarm.steps import StepProposal, StepSwarm, StepSwarmConfig, StepSwarmResult
 from moe_swarm.swarm.value import ValueHead, fit_value_head, group_relative_advantages, value_loss
 from moe_swarm.swarm.voting import VoteResult, vote
 
@@ -115,4 +114,15 @@ __all__ = [
     "StepSwarmConfig",
     "StepSwarmResult",
     "collect_step_rollouts",
+    "AnswerVote",
+    "BudgetedSwarm",
+    "CheckerVote",
+    "Compute",
+    "IndependentVote",
+    "StepVote",
+    "Swarm",
+    "SwarmOutcome",
+    "VoteUnit",
+    "greedy_solver",
+    "make_swarm",
 ]

@@ -1,10 +1,11 @@
 """Agents: per-row decoding settings that stay fixed along one trajectory.
 
-An agent is one row of a batched ``generate`` call. Its settings are a sampling temperature, a
+An agent is one row of a batched ``generate`` call (``moe_swarm.model.decoding``). Its settings are a sampling temperature, a
 router-noise scale (Gumbel noise on the selection scores of the non-top-1 experts: the model never
 perturbs the top-1 choice), an optional per-row router top-k, and a seed that keys the model's
 counter-based noise. A population is stored as a struct of tensors (``AgentBatch``) so building a
-round, resampling and handing rows to ``generate`` never loops over agents in Python.
+round, resampling and handing rows to ``generate`` (``Sampler`` settings and a ``RoutingControl``)
+never loops over agents in Python.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from moe_swarm.model import RoutingControl
 from moe_swarm.swarm.config import SwarmConfig
 
 SEED_LIMIT = 2**31 - 1  # agent seeds are non-negative int32 values (the model hashes 32 bits)
@@ -118,6 +120,18 @@ class AgentBatch:
     def uses_routing(self) -> bool:
         """Whether any row perturbs the router (else ``generate`` can skip the routing control)."""
         return bool((self.routing_noise > 0).any() or (self.top_k > 0).any())
+
+    def routing_control(self, model_top_k: int, device) -> RoutingControl | None:
+        """The rows' router perturbation for the decoding engine (None when no row perturbs it);
+        rows without a top-k override get ``model_top_k`` when another row has one."""
+        if not self.uses_routing:
+            return None
+        top_k = None
+        if bool((self.top_k > 0).any()):
+            top_k = torch.where(self.top_k > 0, self.top_k, torch.full_like(self.top_k, model_top_k)).to(
+                device
+            )
+        return RoutingControl(self.routing_noise.to(device), self.seed.to(device), top_k)
 
 
 def _active_values(cfg: SwarmConfig) -> tuple[tuple, tuple, tuple]:

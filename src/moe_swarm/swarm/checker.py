@@ -7,8 +7,8 @@ step's tokens. It reads ``[BOS] + prompt + committed steps + step``. A
 head on the *frozen* generator's hidden states was tried first and ranked the proposals of one step
 barely above chance (docs/swarm.md), so the checker gets its own weights. Labels come from the task's
 exact step oracle (``Task.step_is_correct``) on *train*-split rollouts; no hand-written invariant is
-ever the scorer. ``within_group_auc`` is the metric that matters for a vote: how well the checker
-ranks the proposals made at one position of one problem.
+ever the scorer. ``within_group_auc`` (in ``moe_swarm.swarm.statistics``) is the metric that matters
+for a vote: how well the checker ranks the proposals made at one position of one problem.
 
 In the step swarm the checker keeps its own KV cache of each trajectory, so checking a proposal is
 one chunk forward over the step's tokens (``score_chunk``); teacher-forced scoring of whole written
@@ -17,17 +17,18 @@ completions (``score_sequences``) serves training and the compute-matched contro
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moe_swarm.data.tasks import STEP_SEPARATOR
 from moe_swarm.model import MoETransformer, TransformerConfig
-from moe_swarm.model.transformer import KVCache
-from moe_swarm.swarm.statistics import mean_of_defined, ranking_auc
+from moe_swarm.model.decoding import extend
+from moe_swarm.model.kv_cache import KVCache
+from moe_swarm.swarm.scorer import labelled_loss
+from moe_swarm.swarm.statistics import ranking_quality as ranking_quality  # re-exported: it lived here
+from moe_swarm.swarm.statistics import within_group_auc as within_group_auc
 
 
 def step_features(end_hidden: Tensor, mean_hidden: Tensor) -> Tensor:
@@ -76,6 +77,13 @@ class StepChecker(nn.Module):
     def logits_of(self, features: Tensor) -> Tensor:
         return self.head(features.float()).squeeze(-1)
 
+    def logits(self, batch: dict[str, Tensor]) -> Tensor:
+        """The :class:`~moe_swarm.swarm.scorer.Scorer` face: ``score_sequences`` of an encoded batch."""
+        return self.score_sequences(batch["idx"], batch["mask"], batch["starts"], batch["ends"])
+
+    def config(self) -> dict:
+        return {"model": self.model.cfg.to_dict(), "hidden": self.hidden}
+
     def score_sequences(self, idx: Tensor, mask: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
         """Teacher-forced logits for padded rows ``idx`` (B, T) whose step spans ``starts..ends``."""
         hidden = self.model(idx, pad_mask=mask, with_aux=False, last_only=True).hidden
@@ -84,7 +92,7 @@ class StepChecker(nn.Module):
     @torch.no_grad()
     def score_chunk(self, cache: KVCache, tokens: Tensor, lengths: Tensor) -> Tensor:
         """P(correct) of each row's step ``tokens[r, :lengths[r]]`` appended to the cached prefix (one forward)."""
-        hidden = self.model(tokens, cache=cache, last_only=True, with_aux=False).hidden
+        hidden = extend(self.model, cache, tokens).hidden
         zero = torch.zeros_like(lengths)
         feats = _span_features(hidden.float(), self.model.lm_head(hidden), tokens, zero, lengths - 1)
         return torch.sigmoid(self.logits_of(feats)).float()
@@ -138,35 +146,8 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor
 
 
 def checker_loss(logits: Tensor, labels: Tensor, pos_weight: float | None = None) -> Tensor:
-    """Binary cross-entropy of checker logits against oracle labels in {0, 1}."""
-    pw = None if pos_weight is None else torch.tensor(pos_weight, device=logits.device, dtype=logits.dtype)
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=pw)
-
-
-def within_group_auc(scores: Sequence[float], labels: Sequence[bool], groups: Sequence) -> tuple[float, int]:
-    """Mean ranking AUROC within groups (e.g. one problem's proposals at one step) that hold right and
-    wrong items, and how many such groups there were (NaN, 0 when none)."""
-    by: dict = {}
-    for s, y, g in zip(scores, labels, groups, strict=True):
-        by.setdefault(g, ([], []))
-        by[g][0].append(float(s))
-        by[g][1].append(bool(y))
-    aucs = [ranking_auc(s, y) for s, y in by.values()]
-    return mean_of_defined(aucs), sum(not math.isnan(a) for a in aucs)
-
-
-def ranking_quality(
-    scores: Sequence[float], labels: Sequence[bool], groups: Sequence, vote_wrong: Sequence[bool]
-) -> dict[str, float | int]:
-    """``within_group_auc`` of ``scores`` over all groups (``auc_within``, ``groups``) and over the rows
-    whose group's plurality winner is wrong while a right item is in it (``auc_vote_wrong``,
-    ``groups_vote_wrong``): where a better scorer could change a vote's outcome."""
-    wrong = [k for k, w in enumerate(vote_wrong) if w]
-    auc, n = within_group_auc(scores, labels, groups)
-    auc_w, n_w = within_group_auc(
-        [scores[k] for k in wrong], [labels[k] for k in wrong], [groups[k] for k in wrong]
-    )
-    return {"auc_within": auc, "groups": n, "auc_vote_wrong": auc_w, "groups_vote_wrong": n_w}
+    """Binary cross-entropy of checker logits against oracle labels in {0, 1} (the scorers' one loss)."""
+    return labelled_loss(logits, labels, pos_weight)
 
 
 @torch.no_grad()

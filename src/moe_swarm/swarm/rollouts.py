@@ -1,7 +1,9 @@
-"""Rollouts: run the swarm on training problems and label every record by exact match.
+"""Rollouts: run a swarm on training problems and label what it proposed.
 
-The result is what a value-head trainer (plain loop or LightningModule) consumes: thought vectors,
-rewards and the problem each record belongs to (for group-relative advantages).
+Answer level (``collect_rollouts``): every record labelled by exact match; what a value-head trainer
+consumes (thought vectors, rewards and the problem each record belongs to, for group-relative
+advantages). Step level (``collect_step_rollouts``): every step proposal labelled by the task's step
+oracle; what the step checker trains on.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import torch
 from torch import Tensor
 
 from moe_swarm.swarm.solver import SwarmResult, SwarmSolver
+from moe_swarm.swarm.steps import StepSwarm, StepSwarmResult
 from moe_swarm.swarm.value import group_relative_advantages
+from moe_swarm.swarm.voting import vote
 
 
 @dataclass
@@ -63,4 +67,76 @@ def collect_rollouts(solver: SwarmSolver, problems: Sequence, task, group_offset
         rounds=torch.tensor(rounds, dtype=torch.long),
         logprobs=torch.tensor(logprobs, dtype=torch.float32),
         results=results,
+    )
+
+
+@dataclass
+class StepRollouts:
+    """Every proposal of step-swarm runs, labelled by the task's step oracle (``Task.step_is_correct``).
+
+    Row i: ``contexts[i] + steps[i]`` (what the checker reads), ``labels[i]`` (1 = the correct next step after its prefix),
+    ``groups[i]`` (proposals made at one position from one prefix in one attempt: the set a vote picks
+    from), ``vote_wrong[i]`` (its group's plurality winner is wrong although a right proposal is in the
+    group: where a better scorer could change the outcome), ``logprobs[i]`` (the likelihood baseline),
+    ``prefix_ok[i]`` (its prefix is right so far: after a wrong step every proposal is labelled wrong, which
+    says nothing about the proposal itself).
+    """
+
+    labels: Tensor
+    groups: Tensor
+    vote_wrong: Tensor
+    logprobs: Tensor
+    prefix_ok: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # prefix is right
+    contexts: list[str] = field(default_factory=list, repr=False)  # prompt + committed prefix, per row
+    steps: list[str] = field(default_factory=list, repr=False)  # the proposed step text, per row
+    answer_lines: list[bool] = field(default_factory=list, repr=False)  # the step ended with EOS
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def collect_step_rollouts(swarm: StepSwarm, problems: Sequence, task, group_offset: int = 0) -> StepRollouts:
+    """Run ``swarm`` on ``problems`` (their ``prompt``) and label each proposal with the step oracle."""
+    if not problems:
+        raise ValueError("collect_step_rollouts needs at least one problem")
+    return label_step_rollouts(problems, swarm.solve([p.prompt for p in problems]), task, group_offset)
+
+
+def label_step_rollouts(
+    problems: Sequence, results: Sequence[StepSwarmResult], task, group_offset: int = 0
+) -> StepRollouts:
+    """Every proposal of ``results`` (one per problem, in order) labelled with the step oracle; rows in
+    proposal order, groups numbered from ``group_offset`` in order of first appearance."""
+    labels, groups, logprobs, keys, prefix_ok = [], [], [], {}, []
+    contexts, steps, answer_lines = [], [], []
+    group_rows: dict[int, list[int]] = {}
+    for n, (problem, res) in enumerate(zip(problems, results)):
+        for prop, prefix in zip(res.proposals, res.prefixes):
+            key = (n, prop.position, prop.attempt, tuple(prefix))
+            g = keys.setdefault(key, group_offset + len(keys))
+            group_rows.setdefault(g, []).append(len(labels))
+            labels.append(float(task.step_is_correct(problem, prefix, prop.step)))
+            groups.append(g)
+            logprobs.append(prop.logprob)
+            prefix_ok.append(task.next_step(problem, prefix) is not None)
+            contexts.append(problem.prompt + "".join(x + "\n" for x in prefix))
+            steps.append(prop.text)
+            answer_lines.append(prop.ended_answer)
+    vote_wrong = [False] * len(labels)
+    all_props = [p for res in results for p in res.proposals]
+    for rows in group_rows.values():
+        winner = vote([all_props[r].step for r in rows]).answer
+        right = {all_props[r].step for r in rows if labels[r] > 0.5}
+        if right and winner not in right:
+            for r in rows:
+                vote_wrong[r] = True
+    return StepRollouts(
+        labels=torch.tensor(labels),
+        groups=torch.tensor(groups, dtype=torch.long),
+        vote_wrong=torch.tensor(vote_wrong),
+        logprobs=torch.tensor(logprobs),
+        prefix_ok=torch.tensor(prefix_ok, dtype=torch.bool),
+        contexts=contexts,
+        steps=steps,
+        answer_lines=answer_lines,
     )

@@ -1,8 +1,8 @@
 """SwarmSolver: the propose -> score -> vote -> refine -> early-exit loop over a batch of problems.
 
 Every round decodes all agents of all unfinished problems together: rows are bucketed by prompt
-length (``generate`` needs equal-length prompts) and each bucket is one batched ``generate`` call
-with the KV cache. Agents' randomness is counter-based and keyed by their seeds, and each problem's
+length (the decoding engine's ``generate`` needs equal-length prompts) and each bucket is one batched
+``generate`` call with the KV cache. Agents' randomness is counter-based and keyed by their seeds, and each problem's
 seeds derive from ``cfg.seed`` and the problem's own token ids, so a problem gets the same answer
 whether it is solved alone or in a batch.
 """
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from moe_swarm.model import MoETransformer, RoutingControl
+from moe_swarm.model import MoETransformer
+from moe_swarm.model.decoding import generate
 from moe_swarm.swarm.agents import AgentBatch, make_agents, mix_seed, resample_agents, seeded_generator
 from moe_swarm.swarm.buffer import ThoughtBuffer, ThoughtRecord
 from moe_swarm.swarm.compute import ModelCost
@@ -232,19 +233,13 @@ class SwarmSolver:
                 if int(row_slots[sel[0]]) > 0:
                     prefix = torch.stack([prefixes[p] for p in plist]).to(dev)[inverse.to(dev)]
                 part = agents.select(sel)
-                routing = None
-                if part.uses_routing:
-                    top_k = None
-                    if bool((part.top_k > 0).any()):
-                        top_k = torch.where(part.top_k > 0, part.top_k, torch.full_like(part.top_k, model_k))
-                        top_k = top_k.to(dev)
-                    routing = RoutingControl(part.routing_noise.to(dev), part.seed.to(dev), top_k)
-                out = model.generate(
+                out = generate(
+                    model,
                     idx,
                     new,
                     temperature=part.temperature.to(dev),
                     seed=part.seed.to(dev),
-                    routing=routing,
+                    routing=part.routing_control(model_k, dev),
                     eos_id=self.tokenizer.EOS,
                     pad_id=self.tokenizer.PAD,
                     prefix_embeds=prefix,

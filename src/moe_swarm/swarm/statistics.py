@@ -8,6 +8,8 @@
 - ``ranking_auc``: P(a right record scores above a wrong one), the scorer quality a vote needs when
   computed within one problem.
 - ``mean_of_defined``: the mean over values that are defined (NaN marks "undefined for this problem").
+- ``within_group_auc`` / ``ranking_quality``: ``ranking_auc`` within groups (the proposals of one step),
+  over all groups and over those whose plurality vote went wrong.
 """
 
 from __future__ import annotations
@@ -143,3 +145,29 @@ def ranking_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
         return float("nan")
     wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
     return wins / (len(pos) * len(neg))
+
+
+def within_group_auc(scores: Sequence[float], labels: Sequence[bool], groups: Sequence) -> tuple[float, int]:
+    """Mean ranking AUROC within groups (e.g. one problem's proposals at one step) that hold right and
+    wrong items, and how many such groups there were (NaN, 0 when none)."""
+    by: dict = {}
+    for s, y, g in zip(scores, labels, groups, strict=True):
+        by.setdefault(g, ([], []))
+        by[g][0].append(float(s))
+        by[g][1].append(bool(y))
+    aucs = [ranking_auc(s, y) for s, y in by.values()]
+    return mean_of_defined(aucs), sum(not math.isnan(a) for a in aucs)
+
+
+def ranking_quality(
+    scores: Sequence[float], labels: Sequence[bool], groups: Sequence, vote_wrong: Sequence[bool]
+) -> dict[str, float | int]:
+    """``within_group_auc`` of ``scores`` over all groups (``auc_within``, ``groups``) and over the rows
+    whose group's plurality winner is wrong while a right item is in it (``auc_vote_wrong``,
+    ``groups_vote_wrong``): where a better scorer could change a vote's outcome."""
+    wrong = [k for k, w in enumerate(vote_wrong) if w]
+    auc, n = within_group_auc(scores, labels, groups)
+    auc_w, n_w = within_group_auc(
+        [scores[k] for k in wrong], [labels[k] for k in wrong], [groups[k] for k in wrong]
+    )
+    return {"auc_within": auc, "groups": n, "auc_vote_wrong": auc_w, "groups_vote_wrong": n_w}

@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 
 from moe_swarm.data.tasks import ANSWER_MARK, STEP_SEPARATOR
-from moe_swarm.model import MoETransformer
-from moe_swarm.model.transformer import KVCache, sample_next
+from moe_swarm.model import KVCache, KVSpan, MoETransformer
+from moe_swarm.model.decoding import CachedSteps, Sampler, extend, run_token_loop
 from moe_swarm.swarm.agents import SEED_LIMIT, mix_seed
 from moe_swarm.swarm.buffer import ThoughtBuffer, ThoughtRecord
 from moe_swarm.swarm.checker import StepChecker
@@ -117,8 +117,8 @@ class StepProposal:
     checker: float  # P(correct) from the checker, NaN without one
     thought: Tensor  # (d,) generator hidden state after the step's last token, at embedding scale
     num_tokens: int
-    kv: tuple[Tensor, Tensor]  # (n_layers, H, num_tokens, hd) keys/values of the step's tokens
-    checker_kv: tuple[Tensor, Tensor] | None  # the same in the checker's own cache
+    kv: KVSpan  # the cached keys/values of the step's tokens
+    checker_kv: KVSpan | None  # the same in the checker's own cache
     next_logits: Tensor  # (V,) logits after the step's last token: the next step's first token
     ended_answer: bool  # the step ended with EOS (the answer line)
 
@@ -146,10 +146,9 @@ class StepSwarmResult:
 class _Trajectory:
     ids: list[int]
     seed: int
-    k: Tensor  # (n_layers, H, max_len, hd)
-    v: Tensor
-    ck: Tensor | None = None  # the checker model's cache of the same positions
-    cv: Tensor | None = None
+    row: int  # this trajectory's row in the solve's caches
+    cache: KVCache  # the generator's keys/values of every trajectory, ``length`` positions of row ``row``
+    checker_cache: KVCache | None = None  # the checker model's cache of the same positions
     length: int = 0
     boundaries: list[tuple[int, Tensor]] = field(default_factory=list)  # (length, next logits) per step
     steps: list[str] = field(default_factory=list)
@@ -169,20 +168,6 @@ class _Trajectory:
     checks: int = 0
     all_proposals: list[StepProposal] = field(default_factory=list)
     all_prefixes: list[list[str]] = field(default_factory=list)
-
-
-def _prefix_cache(
-    model_cfg, prefixes: list[tuple[Tensor, Tensor]], owner: Tensor, length: int, room: int
-) -> KVCache:
-    """A cache of ``len(owner)`` rows, row r starting from the first ``length`` cached positions of
-    ``prefixes[owner[r]]`` (keys, values), with ``room`` free positions after them."""
-    k0 = prefixes[0][0]
-    cache = KVCache(model_cfg, len(owner), length + room, k0.device, k0.dtype)
-    idx = owner.to(k0.device)
-    cache.k[:, :, :, :length] = torch.stack([k[:, :, :length] for k, _ in prefixes], 1)[:, idx]
-    cache.v[:, :, :, :length] = torch.stack([v[:, :, :length] for _, v in prefixes], 1)[:, idx]
-    cache.length = length
-    return cache
 
 
 class StepSwarm:
@@ -219,22 +204,18 @@ class StepSwarm:
         for t in trajs:
             by_len.setdefault(len(t.ids), []).append(t)
         for n, group in by_len.items():
-            cache = KVCache(model.cfg, len(group), n, dev, group[0].k.dtype)
-            out = model(
-                torch.tensor([t.ids for t in group], device=dev), cache=cache, last_only=True, with_aux=False
-            )
+            ids = torch.tensor([t.ids for t in group], device=dev)
+            cache = KVCache(model.cfg, len(group), n, dev, group[0].cache.dtype)
+            out = extend(model, cache, ids)
             flops = float(self.cost.row_flops(torch.tensor([n]), torch.tensor([1]))[0])
             ccache = None
             if self.checker is not None:
-                ccache = KVCache(self.checker.model.cfg, len(group), n, dev, group[0].k.dtype)
-                ids = torch.tensor([t.ids for t in group], device=dev)
-                self.checker.model(ids, cache=ccache, last_only=True, with_aux=False)
+                ccache = KVCache(self.checker.model.cfg, len(group), n, dev, group[0].cache.dtype)
+                extend(self.checker.model, ccache, ids)
             for i, t in enumerate(group):
-                t.k[:, :, :n] = cache.k[:, i]
-                t.v[:, :, :n] = cache.v[:, i]
+                t.cache.commit(t.row, 0, cache.slice(i, 0, n))
                 if ccache is not None:
-                    t.ck[:, :, :n] = ccache.k[:, i]
-                    t.cv[:, :, :n] = ccache.v[:, i]
+                    t.checker_cache.commit(t.row, 0, ccache.slice(i, 0, n))
                     t.forward_passes += 1
                     t.tokens_processed += n
                     t.flops += flops
@@ -251,7 +232,8 @@ class StepSwarm:
         length = group[0].length
         rows = len(group) * per
         owner = torch.arange(len(group)).repeat_interleave(per)
-        cache = _prefix_cache(model.cfg, [(t.k, t.v) for t in group], owner, length, cfg.max_step_tokens)
+        traj_rows = torch.tensor([t.row for t in group])[owner]
+        cache = group[0].cache.fork(traj_rows, cfg.max_step_tokens, length)
         logits = torch.stack([t.boundaries[-1][1] for t in group])[owner.to(dev)]
         temps, seeds = [], []
         for t in group:
@@ -259,44 +241,31 @@ class StepSwarm:
                 agent = len(t.pool) + a
                 temps.append(cfg.temperature[agent % len(cfg.temperature)])
                 seeds.append(mix_seed(t.seed, len(t.steps), t.attempt, agent) % SEED_LIMIT)
-        temp = torch.tensor(temps, device=dev)
-        seed = torch.tensor(seeds, dtype=torch.int64, device=dev)
-        tokens = torch.full((rows, cfg.max_step_tokens), self.tok.PAD, dtype=torch.long)
-        lp_sum = torch.zeros(rows, device=dev)
-        hid_sum = torch.zeros(rows, model.cfg.d_model, device=dev)
-        end_hidden = torch.zeros(rows, model.cfg.d_model, device=dev)
-        end_logits = torch.zeros(rows, logits.shape[-1], device=dev)
-        lengths = torch.zeros(rows, dtype=torch.long, device=dev)
-        finished = torch.zeros(rows, dtype=torch.bool, device=dev)
-        ended_eos = torch.zeros(rows, dtype=torch.bool, device=dev)
-        for step in range(cfg.max_step_tokens):
-            pos = torch.full((rows,), length + step, dtype=torch.int64, device=dev)
-            nxt = sample_next(logits, temp, None, seed, pos)
-            lp = logits.float().log_softmax(-1).gather(1, nxt[:, None]).squeeze(1)
-            active = ~finished
-            tokens[:, step] = torch.where(active, nxt, torch.full_like(nxt, self.tok.PAD)).cpu()
-            lp_sum += torch.where(active, lp, torch.zeros_like(lp))
-            lengths += active.long()
-            stop = active & ((nxt == self.sep) | (nxt == self.tok.EOS) | (step == cfg.max_step_tokens - 1))
-            ended_eos |= active & (nxt == self.tok.EOS)
-            out = model(nxt[:, None], cache=cache, last_only=True, with_aux=False)  # feed the token
-            h, logits = out.hidden[:, -1].float(), out.logits[:, -1].float()
-            hid_sum += h * active[:, None]
-            end_hidden = torch.where(stop[:, None], h, end_hidden)
-            end_logits = torch.where(stop[:, None], logits, end_logits)
-            finished |= stop
-            if bool(finished.all()):
-                break
+        sampler = Sampler(
+            torch.tensor(temps, device=dev), None, torch.tensor(seeds, dtype=torch.int64, device=dev)
+        )
+        decoded = run_token_loop(  # each step token is fed, so the winner's next logits are known
+            lambda: (logits, None),
+            CachedSteps(model, cache),
+            sampler,
+            rows=rows,
+            hidden_size=model.cfg.d_model,
+            device=dev,
+            start=length,
+            max_new_tokens=cfg.max_step_tokens,
+            pad_id=self.tok.PAD,
+            stop_ids=(self.sep, self.tok.EOS),
+            capture="read",
+        )
+        tokens, lengths = decoded.tokens.cpu(), decoded.lengths
         probs = torch.full((rows,), math.nan)
         ccache = None
         if self.checker is not None:  # one chunk forward over each proposal, from the checker's own cache
             width = int(lengths.max())
-            ccache = _prefix_cache(
-                self.checker.model.cfg, [(t.ck, t.cv) for t in group], owner, length, width
-            )
+            ccache = group[0].checker_cache.fork(traj_rows, width, length)
             probs = self.checker.score_chunk(ccache, tokens[:, :width].to(dev), lengths).cpu()
-        thoughts = normalise_thoughts(end_hidden, embedding_scale(model)).cpu()
-        lp_mean = (lp_sum / lengths.clamp_min(1)).cpu().tolist()
+        thoughts = normalise_thoughts(decoded.hidden_last, embedding_scale(model)).cpu()
+        lp_mean = (decoded.logprob_sum / lengths.clamp_min(1)).cpu().tolist()
         lens = lengths.cpu().tolist()
         ctx = torch.full((rows,), length)
         flops = self.cost.decode_flops(ctx, lengths.cpu()).tolist()
@@ -317,18 +286,10 @@ class StepSwarm:
                 checker=float(probs[r]),
                 thought=thoughts[r],
                 num_tokens=n,
-                kv=(
-                    cache.k[:, r, :, length : length + n].clone(),
-                    cache.v[:, r, :, length : length + n].clone(),
-                ),
-                checker_kv=None
-                if ccache is None
-                else (
-                    ccache.k[:, r, :, length : length + n].clone(),
-                    ccache.v[:, r, :, length : length + n].clone(),
-                ),
-                next_logits=end_logits[r].clone(),
-                ended_answer=bool(ended_eos[r]),
+                kv=cache.slice(r, length, length + n),
+                checker_kv=None if ccache is None else ccache.slice(r, length, length + n),
+                next_logits=decoded.logits_last[r].clone(),
+                ended_answer=tokens[r, n - 1].item() == self.tok.EOS,
             )
             out_lists[j].append(prop)
             t.forward_passes += n
@@ -384,13 +345,10 @@ class StepSwarm:
         t.pool, t.banned = [], set()
 
     def _commit(self, t: _Trajectory, p: StepProposal, share: float, confident: bool, key: int) -> None:
-        n = p.num_tokens
-        t.k[:, :, t.length : t.length + n] = p.kv[0]
-        t.v[:, :, t.length : t.length + n] = p.kv[1]
+        t.cache.commit(t.row, t.length, p.kv)
         if p.checker_kv is not None:
-            t.ck[:, :, t.length : t.length + n] = p.checker_kv[0]
-            t.cv[:, :, t.length : t.length + n] = p.checker_kv[1]
-        t.length += n
+            t.checker_cache.commit(t.row, t.length, p.checker_kv)
+        t.length += p.num_tokens
         t.boundaries.append((t.length, p.next_logits))
         t.steps.append(p.step)
         t.texts.append(p.text)
@@ -402,7 +360,7 @@ class StepSwarm:
         if (
             answer_line
             or len(t.steps) >= self.cfg.max_steps
-            or t.length + self.cfg.max_step_tokens > t.k.shape[2]
+            or t.length + self.cfg.max_step_tokens > t.cache.max_len
         ):
             t.done = True
 
@@ -421,9 +379,8 @@ class StepSwarm:
             raise RuntimeError("the step swarm decodes in eval mode; call model.eval()")
         dev = next(model.parameters()).device
         dtype = next(model.parameters()).dtype
-        hd = model.cfg.d_model // model.cfg.n_heads
         max_len = model.cfg.max_seq_len
-        trajs = []
+        encoded = []
         for prompt in prompts:
             ids = self.tok.encode(prompt, bos=True)
             if len(ids) + cfg.max_step_tokens > max_len:
@@ -431,17 +388,19 @@ class StepSwarm:
                     f"prompt of {len(ids)} tokens + max_step_tokens={cfg.max_step_tokens} exceeds the model's "
                     f"max_seq_len={max_len}"
                 )
-            shape = (model.cfg.n_layers, model.cfg.n_heads, max_len, hd)
-            seed = mix_seed(cfg.seed, zlib.crc32(",".join(map(str, ids)).encode()))
-            trajs.append(
-                _Trajectory(
-                    ids,
-                    seed,
-                    *[torch.zeros(shape, device=dev, dtype=dtype) for _ in range(4 if self.checker else 2)],
-                )
-            )
-        if not trajs:
+            encoded.append(ids)
+        if not encoded:
             return []
+        cache = KVCache(model.cfg, len(encoded), max_len, dev, dtype)  # one row per trajectory
+        checker_cache = None
+        if self.checker is not None:
+            checker_cache = KVCache(self.checker.model.cfg, len(encoded), max_len, dev, dtype)
+        trajs = [
+            _Trajectory(
+                ids, mix_seed(cfg.seed, zlib.crc32(",".join(map(str, ids)).encode())), i, cache, checker_cache
+            )
+            for i, ids in enumerate(encoded)
+        ]
         self._prefill(trajs)
         while True:
             active = [i for i, t in enumerate(trajs) if not t.done]
@@ -498,75 +457,3 @@ class StepSwarm:
                 )
             )
         return results
-
-
-@dataclass
-class StepRollouts:
-    """Every proposal of step-swarm runs, labelled by the task's step oracle (``Task.step_is_correct``).
-
-    Row i: ``contexts[i] + steps[i]`` (what the checker reads), ``labels[i]`` (1 = the correct next step after its prefix),
-    ``groups[i]`` (proposals made at one position from one prefix in one attempt: the set a vote picks
-    from), ``vote_wrong[i]`` (its group's plurality winner is wrong although a right proposal is in the
-    group: where a better scorer could change the outcome), ``logprobs[i]`` (the likelihood baseline),
-    ``prefix_ok[i]`` (its prefix is right so far: after a wrong step every proposal is labelled wrong, which
-    says nothing about the proposal itself).
-    """
-
-    labels: Tensor
-    groups: Tensor
-    vote_wrong: Tensor
-    logprobs: Tensor
-    prefix_ok: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # prefix is right
-    contexts: list[str] = field(default_factory=list, repr=False)  # prompt + committed prefix, per row
-    steps: list[str] = field(default_factory=list, repr=False)  # the proposed step text, per row
-    answer_lines: list[bool] = field(default_factory=list, repr=False)  # the step ended with EOS
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-def collect_step_rollouts(swarm: StepSwarm, problems: Sequence, task, group_offset: int = 0) -> StepRollouts:
-    """Run ``swarm`` on ``problems`` (their ``prompt``) and label each proposal with the step oracle."""
-    if not problems:
-        raise ValueError("collect_step_rollouts needs at least one problem")
-    return label_step_rollouts(problems, swarm.solve([p.prompt for p in problems]), task, group_offset)
-
-
-def label_step_rollouts(
-    problems: Sequence, results: Sequence[StepSwarmResult], task, group_offset: int = 0
-) -> StepRollouts:
-    """Every proposal of ``results`` (one per problem, in order) labelled with the step oracle; rows in
-    proposal order, groups numbered from ``group_offset`` in order of first appearance."""
-    labels, groups, logprobs, keys, prefix_ok = [], [], [], {}, []
-    contexts, steps, answer_lines = [], [], []
-    group_rows: dict[int, list[int]] = {}
-    for n, (problem, res) in enumerate(zip(problems, results)):
-        for prop, prefix in zip(res.proposals, res.prefixes):
-            key = (n, prop.position, prop.attempt, tuple(prefix))
-            g = keys.setdefault(key, group_offset + len(keys))
-            group_rows.setdefault(g, []).append(len(labels))
-            labels.append(float(task.step_is_correct(problem, prefix, prop.step)))
-            groups.append(g)
-            logprobs.append(prop.logprob)
-            prefix_ok.append(task.next_step(problem, prefix) is not None)
-            contexts.append(problem.prompt + "".join(x + "\n" for x in prefix))
-            steps.append(prop.text)
-            answer_lines.append(prop.ended_answer)
-    vote_wrong = [False] * len(labels)
-    all_props = [p for res in results for p in res.proposals]
-    for rows in group_rows.values():
-        winner = vote([all_props[r].step for r in rows]).answer
-        right = {all_props[r].step for r in rows if labels[r] > 0.5}
-        if right and winner not in right:
-            for r in rows:
-                vote_wrong[r] = True
-    return StepRollouts(
-        labels=torch.tensor(labels),
-        groups=torch.tensor(groups, dtype=torch.long),
-        vote_wrong=torch.tensor(vote_wrong),
-        logprobs=torch.tensor(logprobs),
-        prefix_ok=torch.tensor(prefix_ok, dtype=torch.bool),
-        contexts=contexts,
-        steps=steps,
-        answer_lines=answer_lines,
-    )

@@ -8,8 +8,9 @@ Plain PyTorch pieces a LightningModule (or a short loop, ``fit_value_head``) can
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from moe_swarm.swarm.scorer import labelled_loss
 
 
 class ValueHead(nn.Module):
@@ -49,6 +50,21 @@ class ValueHead(nn.Module):
     def config(self) -> dict:
         return {"d_model": self.d_model, "hidden": self.hidden}
 
+    def logits(self, thoughts: Tensor) -> Tensor:
+        """The :class:`~moe_swarm.swarm.scorer.Scorer` face: logits of P(correct) per thought."""
+        return self(thoughts)
+
+    def state(self) -> dict:
+        """Plain-data state (config + weights), the ``value_head`` entry of a swarm state."""
+        weights = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+        return {"config": self.config(), "state_dict": weights}
+
+    @classmethod
+    def from_state(cls, state: dict, map_location: str | torch.device = "cpu") -> ValueHead:
+        head = cls(**state["config"])
+        head.load_state_dict(state["state_dict"])
+        return head.to(map_location).eval()
+
 
 def value_loss(head: ValueHead, thoughts: Tensor, rewards: Tensor, pos_weight: float | None = None) -> Tensor:
     """Mean binary cross-entropy between the head's logits and rewards in [0, 1] (exact match = 1).
@@ -57,10 +73,7 @@ def value_loss(head: ValueHead, thoughts: Tensor, rewards: Tensor, pos_weight: f
     """
     if thoughts.shape[0] != rewards.shape[0]:
         raise ValueError(f"{thoughts.shape[0]} thoughts but {rewards.shape[0]} rewards")
-    logits = head(thoughts)
-    target = rewards.to(logits.dtype)
-    pw = None if pos_weight is None else torch.tensor(pos_weight, dtype=logits.dtype, device=logits.device)
-    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw)
+    return labelled_loss(head(thoughts), rewards, pos_weight)
 
 
 def group_relative_advantages(rewards: Tensor, group_ids: Tensor, eps: float = 1e-6) -> Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from moe_swarm.serve.errors import invalid_argument
+from moe_swarm.control.errors import InvalidArgument
 
 _LOCK = threading.Lock()
 MAX_MESSAGE_LINES = 8
@@ -26,9 +26,8 @@ def _short(text: str) -> str:
 
 
 def check_training_config(conf_dir: Path, config_name: str, overrides: list[str]) -> None:
-    """Compose ``config_name`` from ``conf_dir`` with ``overrides`` and validate it; raise RequestError
-    (INVALID_ARGUMENT) quoting Hydra's or the validator's message. Blocking (about 0.1-0.5 s): call it
-    from a worker thread."""
+    """Compose ``config_name`` from ``conf_dir`` with ``overrides`` and validate it; raise InvalidArgument
+    quoting Hydra's or the validator's message. Blocking (about 0.1-0.5 s): call it from a worker thread."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -47,7 +46,7 @@ def check_training_config(conf_dir: Path, config_name: str, overrides: list[str]
             with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="validate"):
                 cfg = compose(config_name=config_name, overrides=list(overrides))
         except (HydraException, OmegaConfBaseException, ValueError) as exc:
-            raise invalid_argument(
+            raise InvalidArgument(
                 f"the training config does not compose with these overrides:\n{_short(exc)}"
             ) from None
         finally:
@@ -55,4 +54,4 @@ def check_training_config(conf_dir: Path, config_name: str, overrides: list[str]
     try:
         validate_run_config(cfg)
     except ConfigError as exc:
-        raise invalid_argument(_short(exc)) from None
+        raise InvalidArgument(_short(exc)) from None

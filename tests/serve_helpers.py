@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks of the sidecar: local settings, a tiny real checkpoint, bounded waits."""
+"""Helpers for the sidecar's tests: local settings, a tiny real checkpoint, bounded waits."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Checks that keep a remote request from becoming code execution or a file read outside allowed roots.
 
 Pure functions: each takes the request value and the server's policy and either returns the cleaned value
-or raises :class:`~moe_swarm.serve.errors.RequestError` with the status and a message that says what to fix.
+or raises a :class:`~moe_swarm.control.errors.ControlError` with a message that says what to fix.
 
 Training overrides are parsed with Hydra's own override grammar (the same parser the training child uses),
 so what is checked here is exactly what the child will apply.
@@ -18,13 +18,9 @@ from typing import Any
 
 import yaml
 
+from moe_swarm.control.errors import InvalidArgument, NotFound, PermissionDenied
+from moe_swarm.control.experiments import experiment_names
 from moe_swarm.layout import is_checkpoint
-from moe_swarm.serve.errors import (
-    RequestError,
-    invalid_argument,
-    not_found,
-    permission_denied,
-)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -66,10 +62,10 @@ def check_id(value: str, what: str, *, required: bool = False) -> str:
     """Ids (run, request, model, job) are short names: letters, digits, ``_ . -``; never a path."""
     if not value:
         if required:
-            raise invalid_argument(f"{what} is empty; pass a {what}")
+            raise InvalidArgument(f"{what} is empty; pass a {what}")
         return ""
     if not ID_PATTERN.match(value) or ".." in value:
-        raise invalid_argument(
+        raise InvalidArgument(
             f"{what} {value[:80]!r} is not valid: use 1-64 letters, digits, '_', '.' or '-' "
             f"(starting with a letter or digit, no '..', no '/')"
         )
@@ -88,10 +84,10 @@ def is_within(path: Path, roots: Iterable[Path]) -> bool:
 
 def _reject_traversal(value: str, what: str) -> None:
     if "\x00" in value:
-        raise invalid_argument(f"{what} contains a NUL byte; pass a plain path")
+        raise InvalidArgument(f"{what} contains a NUL byte; pass a plain path")
     parts = re.split(r"[\\/]", value)
     if ".." in parts:
-        raise invalid_argument(
+        raise InvalidArgument(
             f"{what} {value[:200]!r} contains '..': path traversal is not allowed; "
             f"name a file inside the allowed roots"
         )
@@ -113,34 +109,34 @@ def resolve_config_path(
     value = (config_path or "").strip()
     if not value:
         if not default_experiment:
-            raise invalid_argument(
+            raise InvalidArgument(
                 "config_path is empty and the server has no default experiment; "
-                f"pass an experiment name ({', '.join(list_experiments(experiment_dir)) or 'none found'})"
+                f"pass an experiment name ({experiment_names(experiment_dir) or 'none found'})"
             )
         value = default_experiment
     if len(value) > 1024:
-        raise invalid_argument(f"config_path is {len(value)} characters long; the limit is 1024")
+        raise InvalidArgument(f"config_path is {len(value)} characters long; the limit is 1024")
     _reject_traversal(value, "config_path")
     looks_like_file = "/" in value or "\\" in value or value.endswith(CONFIG_SUFFIXES)
     if not looks_like_file:
         if not EXPERIMENT_NAME.match(value):
-            raise invalid_argument(
+            raise InvalidArgument(
                 f"config_path {value[:80]!r} is not an experiment name (letters, digits, '_', '-') "
                 f"nor a .yaml path"
             )
         path = Path(experiment_dir) / f"{value}.yaml"
         if not path.is_file():
-            raise not_found(
+            raise NotFound(
                 f"experiment {value!r} does not exist; available: "
-                f"{', '.join(list_experiments(experiment_dir)) or 'none'}"
+                f"{experiment_names(experiment_dir) or 'none'}"
             )
         return ResolvedConfig(kind="experiment", name=value, path=path)
 
     if not value.endswith(CONFIG_SUFFIXES):
-        raise invalid_argument(f"config_path {value[:200]!r} must name a .yaml or .yml file")
+        raise InvalidArgument(f"config_path {value[:200]!r} must name a .yaml or .yml file")
     roots = [Path(r) for r in config_roots]
     if not roots:
-        raise permission_denied(
+        raise PermissionDenied(
             f"config_path {value[:200]!r} is a file, but this server accepts no config files "
             f"(serve.training.config_roots is empty); pass an experiment name instead"
         )
@@ -151,19 +147,19 @@ def resolve_config_path(
         candidates = [root / candidate for root in roots]
     for path in candidates:
         if not is_within(path, roots):
-            raise permission_denied(
+            raise PermissionDenied(
                 f"config_path {value[:200]!r} is outside the allowed config roots "
                 f"{[str(r) for r in roots]}; put the file under one of them"
             )
     existing = [p for p in candidates if p.is_file()]
     if not existing:
-        raise not_found(
+        raise NotFound(
             f"config file {value[:200]!r} does not exist under the allowed config roots {[str(r) for r in roots]}"
         )
     path = Path(os.path.realpath(existing[0]))
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
-        raise invalid_argument(f"config file {value!r} is {size} bytes; the limit is {MAX_CONFIG_BYTES}")
+        raise InvalidArgument(f"config file {value!r} is {size} bytes; the limit is {MAX_CONFIG_BYTES}")
     text = path.read_text(encoding="utf-8", errors="replace")
     check_config_file_text(text, value)
     stem = re.sub(r"[^A-Za-z0-9_-]", "_", path.stem) or "config"
@@ -175,22 +171,22 @@ def check_config_file_text(text: str, what: str) -> None:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise invalid_argument(f"config file {what!r} is not valid YAML: {exc}") from exc
+        raise InvalidArgument(f"config file {what!r} is not valid YAML: {exc}") from exc
     if data is None:
         return
     if not isinstance(data, dict):
-        raise invalid_argument(f"config file {what!r} must be a YAML mapping (like conf/experiment/*.yaml)")
+        raise InvalidArgument(f"config file {what!r} must be a YAML mapping (like conf/experiment/*.yaml)")
     if "hydra" in data:
-        raise invalid_argument(
+        raise InvalidArgument(
             f"config file {what!r} sets 'hydra': Hydra's own settings cannot be changed remotely"
         )
     for key in ("run_id", "run_dir", "paths"):
         if key in data:
-            raise invalid_argument(f"config file {what!r} sets {key!r}: {SERVER_OWNED_KEYS[key]}")
+            raise InvalidArgument(f"config file {what!r} sets {key!r}: {SERVER_OWNED_KEYS[key]}")
     for entry in data.get("defaults") or []:
         text_entry = str(entry)
         if ".." in text_entry or "://" in text_entry or "hydra" in text_entry:
-            raise invalid_argument(
+            raise InvalidArgument(
                 f"config file {what!r} has defaults entry {text_entry[:120]!r}: only config groups of the "
                 f"server's conf/ tree may be selected"
             )
@@ -208,7 +204,7 @@ def _check_value_tree(value: Any, where: str, *, allow_paths: bool = False) -> l
         for k, v in value.items():
             ks = str(k)
             if _special_key(ks):
-                raise invalid_argument(
+                raise InvalidArgument(
                     f"{where} contains the key {ks!r}: instantiation keys (_target_, _partial_, ...) "
                     f"are not accepted remotely; select a config group instead"
                 )
@@ -218,12 +214,12 @@ def _check_value_tree(value: Any, where: str, *, allow_paths: bool = False) -> l
             found += _check_value_tree(v, where, allow_paths=allow_paths)
     elif isinstance(value, str):
         if "${" in value:
-            raise invalid_argument(
+            raise InvalidArgument(
                 f"{where} contains the interpolation {value[:80]!r}: interpolations and resolvers "
                 f"are not accepted remotely; pass a literal value"
             )
         if "\x00" in value:
-            raise invalid_argument(f"{where} contains a NUL byte")
+            raise InvalidArgument(f"{where} contains a NUL byte")
         if "/" in value or "\\" in value or value.startswith("~") or value == "..":
             found.append(value)
     return found
@@ -252,51 +248,51 @@ def validate_overrides(overrides: Sequence[str], policy: OverridePolicy) -> list
     from hydra.errors import HydraException
 
     if len(overrides) > policy.max_overrides:
-        raise invalid_argument(f"{len(overrides)} overrides given; the limit is {policy.max_overrides}")
+        raise InvalidArgument(f"{len(overrides)} overrides given; the limit is {policy.max_overrides}")
     parser = OverridesParser.create()
     cleaned: list[str] = []
     for raw in overrides:
         text = raw.strip()
         if not text:
-            raise invalid_argument("an override is empty; pass key=value")
+            raise InvalidArgument("an override is empty; pass key=value")
         if len(text) > policy.max_override_chars:
-            raise invalid_argument(
+            raise InvalidArgument(
                 f"override {text[:60]!r}... is {len(text)} characters; the limit is {policy.max_override_chars}"
             )
         if "\x00" in text or "\n" in text or "\r" in text:
-            raise invalid_argument(f"override {text[:60]!r} contains a control character")
+            raise InvalidArgument(f"override {text[:60]!r} contains a control character")
         try:
             (ov,) = parser.parse_overrides([text])
         except HydraException as exc:
-            raise invalid_argument(f"override {text!r} is not valid Hydra syntax: {exc}") from exc
+            raise InvalidArgument(f"override {text!r} is not valid Hydra syntax: {exc}") from exc
         except Exception as exc:  # the grammar raises a few other types on odd input
-            raise invalid_argument(f"override {text!r} is not valid Hydra syntax: {exc}") from exc
+            raise InvalidArgument(f"override {text!r} is not valid Hydra syntax: {exc}") from exc
         key = ov.key_or_group
         where = f"override {text!r}"
         segments = re.split(r"[./]", key)
         if not key or not all(KEY_SEGMENT.match(s) for s in segments):
-            raise invalid_argument(f"{where}: key {key!r} is not a dotted name like trainer.max_steps")
+            raise InvalidArgument(f"{where}: key {key!r} is not a dotted name like trainer.max_steps")
         if any(_special_key(s) for s in segments):
-            raise invalid_argument(
+            raise InvalidArgument(
                 f"{where} touches {key!r}: instantiation keys (_target_, _partial_, ...) cannot be "
                 f"overridden remotely; select a config group instead"
             )
         if segments[0] in SERVER_OWNED_KEYS:
-            raise invalid_argument(f"{where}: {SERVER_OWNED_KEYS[segments[0]]}")
+            raise InvalidArgument(f"{where}: {SERVER_OWNED_KEYS[segments[0]]}")
         if ov.package is not None:
-            raise invalid_argument(f"{where}: package overrides (key@package) are not accepted remotely")
+            raise InvalidArgument(f"{where}: package overrides (key@package) are not accepted remotely")
         if ov.type == OverrideType.DEL:
-            raise invalid_argument(f"{where}: deleting keys (~key) is not accepted remotely")
+            raise InvalidArgument(f"{where}: deleting keys (~key) is not accepted remotely")
         if ov.type in (OverrideType.ADD, OverrideType.FORCE_ADD) and not _key_allowed(
             key, policy.addable_keys
         ):
             allowed = ", ".join(policy.addable_keys) or "none"
-            raise invalid_argument(
+            raise InvalidArgument(
                 f"{where} adds the new key {key!r}, which is not in the server's allowlist ({allowed}); "
                 f"override an existing key without '+' or ask the operator to allow it"
             )
         if ov.is_sweep_override():
-            raise invalid_argument(f"{where} is a sweep; start one job per value")
+            raise InvalidArgument(f"{where} is a sweep; start one job per value")
         paths = _check_value_tree(ov.value(), where)
         if paths:
             _check_path_values(key, paths, where, policy)
@@ -306,7 +302,7 @@ def validate_overrides(overrides: Sequence[str], policy: OverridePolicy) -> list
 
 def _check_path_values(key: str, paths: list[str], where: str, policy: OverridePolicy) -> None:
     if not _key_allowed(key, policy.path_keys):
-        raise invalid_argument(
+        raise InvalidArgument(
             f"{where} passes the path {paths[0][:120]!r}: path values are only accepted for "
             f"{list(policy.path_keys) or 'no keys on this server'}"
         )
@@ -314,13 +310,13 @@ def _check_path_values(key: str, paths: list[str], where: str, policy: OverrideP
     for value in paths:
         _reject_traversal(value, where)
         if value.startswith("~") or not Path(value).is_absolute():
-            raise invalid_argument(
+            raise InvalidArgument(
                 f"{where}: {value!r} must be an absolute path inside {[str(r) for r in roots]}"
             )
         # globs are checked by their fixed prefix
         fixed = Path(re.split(r"[*?\[]", value, maxsplit=1)[0] or "/")
         if not roots or not is_within(fixed, roots):
-            raise permission_denied(
+            raise PermissionDenied(
                 f"{where}: {value!r} is outside the allowed data roots {[str(r) for r in roots]}"
             )
 
@@ -329,7 +325,7 @@ def resolve_checkpoint_path(value: str, roots: Sequence[str | os.PathLike]) -> P
     """A checkpoint named by path must be a ``.ckpt``/``.pt`` file inside an allowed root."""
     _reject_traversal(value, "checkpoint")
     if not value.endswith((".ckpt", ".pt")):
-        raise invalid_argument(
+        raise InvalidArgument(
             f"checkpoint {value[:200]!r} must be a .ckpt or .pt file (or a job id / run id)"
         )
     root_paths = [Path(r) for r in roots]
@@ -337,36 +333,27 @@ def resolve_checkpoint_path(value: str, roots: Sequence[str | os.PathLike]) -> P
     candidates = [path] if path.is_absolute() else [r / path for r in root_paths]
     for p in candidates:
         if not is_within(p, root_paths):
-            raise permission_denied(
+            raise PermissionDenied(
                 f"checkpoint {value[:200]!r} is outside the allowed checkpoint roots {[str(r) for r in root_paths]}"
             )
     for p in candidates:
         if is_checkpoint(p):
             return Path(os.path.realpath(p))
-    raise not_found(f"checkpoint {value[:200]!r} does not exist under {[str(r) for r in root_paths]}")
-
-
-def list_experiments(experiment_dir: Path) -> list[str]:
-    try:
-        return sorted(p.stem for p in Path(experiment_dir).glob("*.yaml"))
-    except OSError:
-        return []
+    raise NotFound(f"checkpoint {value[:200]!r} does not exist under {[str(r) for r in root_paths]}")
 
 
 def check_range(value: int | float, what: str, low: float, high: float) -> None:
     if not (low <= value <= high):
-        raise invalid_argument(f"{what}={value} is out of range; use a value in [{low}, {high}]")
+        raise InvalidArgument(f"{what}={value} is out of range; use a value in [{low}, {high}]")
 
 
 __all__ = [
     "OverridePolicy",
-    "RequestError",
     "ResolvedConfig",
     "check_config_file_text",
     "check_id",
     "check_range",
     "is_within",
-    "list_experiments",
     "resolve_checkpoint_path",
     "resolve_config_path",
     "validate_overrides",

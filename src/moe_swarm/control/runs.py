@@ -1,4 +1,4 @@
-"""Read-only views the control plane serves: the experiments a client may train, and a run's files.
+"""A read-only view of one training run: its composed config, summary and last checkpoint.
 
 A client (``moe-swarm-ctl``, the MCP server) reads these through RPCs (ListExperiments, GetRun) instead
 of reading the sidecar's folders behind its back; ids are checked, so a request can never name a path.
@@ -9,42 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moe_swarm.control.errors import NotFound
+from moe_swarm.control.experiments import MAX_FILE_CHARS
+from moe_swarm.control.registry import JobRegistry
+from moe_swarm.control.validation import check_id
 from moe_swarm.layout import RunLayout
-from moe_swarm.serve.errors import not_found
-from moe_swarm.serve.registry import JobRegistry
-from moe_swarm.serve.validation import check_id
-
-MAX_FILE_CHARS = 256 * 1024
-
-
-@dataclass(frozen=True)
-class ExperimentInfo:
-    name: str
-    description: str
-    yaml: str
-
-
-def describe_yaml(text: str) -> str:
-    """The first comment line of an experiment file that is not a ``@package`` directive."""
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped:
-            continue
-        if not stripped.startswith("#"):
-            break
-        comment = stripped.lstrip("#").strip()
-        if comment and not comment.startswith("@package"):
-            return comment
-    return ""
-
-
-def list_experiments(conf_dir: Path) -> list[ExperimentInfo]:
-    """Every ``<conf_dir>/experiment/*.yaml``, sorted by name."""
-    out = []
-    for path in sorted((conf_dir / "experiment").glob("*.yaml")):
-        text = path.read_text(encoding="utf-8")[:MAX_FILE_CHARS]
-        out.append(ExperimentInfo(path.stem, describe_yaml(text), text))
-    return out
 
 
 @dataclass
@@ -85,9 +54,7 @@ def run_view(runs_dir: Path, registry: JobRegistry, ref: str) -> RunView:
     jobs = [j.job_id for j in registry.list(None, "training", 0) if j.run_id == run_id]
     if not layout.root.is_dir():
         hint = f"; its job(s) {', '.join(jobs)} have not created it yet" if jobs else ""
-        raise not_found(
-            f"no run {run_id!r} under this sidecar's runs folder{hint}; list jobs to find run ids"
-        )
+        raise NotFound(f"no run {run_id!r} under this sidecar's runs folder{hint}; list jobs to find run ids")
     view = RunView(run_id=run_id, run_dir=layout.root, job_ids=jobs)
     config = _newest(list(layout.hydra.glob("**/.hydra/config.yaml")))
     if config is not None:

@@ -1,6 +1,6 @@
 """What the MCP layer costs: ``get_job`` through the MCP server over stdio vs the same GetJob over gRPC.
 
-    python -m moe_swarm.serve.control_bench [--calls 200]
+    python -m moe_swarm.bench.control_bench [--calls 200]
 
 One sidecar (``moe-swarm-serve`` child process on 127.0.0.1) holds one job; one MCP server
 (``python -m moe_swarm.mcp`` child process, stdio) fronts it. The client calls GetJob directly over gRPC and
@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import torch
 
+from moe_swarm.bench.loadtest import ServerProcess
+from moe_swarm.bench.machine import CpuInfo
 from moe_swarm.serve.client import TERMINAL
-from moe_swarm.serve.loadtest import ServerProcess
 from moe_swarm.serve.observability import percentile
 from moe_swarm.serve.proto import mcp_pb2, mcp_pb2_grpc
 
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     g = sorted(times["grpc"])
     m = sorted(times["mcp_stdio"])
     print(f"get_job round trip, {config['calls']} calls per path in alternating blocks of {BLOCK} "
-          f"({time.strftime('%Y-%m-%d %H:%M')}):")  # fmt: skip
+          f"({time.strftime('%Y-%m-%d %H:%M')}), CPU: {CpuInfo.collect(torch.get_num_threads()).describe()}:")  # fmt: skip
     for name, t in (("gRPC GetJob", g), ("MCP stdio get_job", m)):
         print(f"  {name:<18} p50 {percentile(t, 50) * 1e3:7.2f} ms   p99 {percentile(t, 99) * 1e3:7.2f} ms")
     print(f"  ratio MCP/gRPC (p50) {percentile(m, 50) / percentile(g, 50):.1f}x")

@@ -1,6 +1,6 @@
 """The benchmark child process of ``RunBenchmark``: runs the suites and writes the rows as JSON.
 
-    python -m moe_swarm.serve.bench_child --out results.json --repeats 3 --suites moe_layer --quick
+    python -m moe_swarm.bench.child --out results.json --repeats 3 --suites moe_layer --quick
 
 Runs in its own process (never forked from the server) so timings are not disturbed by the server's
 threads and a crash cannot take the server down.
@@ -41,14 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from moe_swarm.bench import run_benchmarks
-    from moe_swarm.serve.benchmarks import SUITES
+    from moe_swarm.bench.cli import SUITES
+    from moe_swarm.bench.machine import CpuInfo
 
     suites = [s for s in args.suites.split(",") if s] or None
+    cpu = CpuInfo.collect(args.threads)
     print(f"benchmark: suites={suites or 'all'} repeats={args.repeats} quick={args.quick}", flush=True)
+    print(f"benchmark: CPU {cpu.describe()}", flush=True)
     rows = run_benchmarks(suites=suites, quick=args.quick, repeats=args.repeats, threads=args.threads,
                           device=args.device, available=SUITES)  # fmt: skip
     payload = rows_to_json(rows)
-    atomic_write_text(args.out, json.dumps({"rows": payload}, indent=1))
+    atomic_write_text(args.out, json.dumps({"rows": payload, "cpu": cpu.to_dict()}, indent=1))
     print(f"benchmark: {len(payload)} rows written to {args.out}", flush=True)
     return 0
 

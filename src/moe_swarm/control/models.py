@@ -1,4 +1,5 @@
-"""Checkpoints held in memory for inference, and which one a request without a model id gets.
+"""The model repository: checkpoints held in memory for inference, and which one a request without a
+model id gets.
 
 A model is named by a loaded model id, a job id or run id of a training job, or a checkpoint path inside
 the allowed roots (the training runs folder plus ``serve.inference.checkpoint_roots``). The default model
@@ -12,67 +13,47 @@ import asyncio
 import collections
 import re
 import time
-import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from moe_swarm.control.errors import FailedPrecondition, InvalidArgument, NotFound
+from moe_swarm.control.registry import JobRegistry, JobState
+from moe_swarm.control.settings import InferenceSettings
+from moe_swarm.control.validation import ID_PATTERN, check_id, resolve_checkpoint_path
 from moe_swarm.layout import RunLayout, is_checkpoint
-from moe_swarm.serve.errors import failed_precondition, invalid_argument, not_found
-from moe_swarm.serve.registry import JobRegistry, JobState
-from moe_swarm.serve.settings import InferenceSettings
-from moe_swarm.serve.validation import ID_PATTERN, check_id, resolve_checkpoint_path
-from moe_swarm.swarm import SwarmSolver, mix_seed
+
+if TYPE_CHECKING:
+    from moe_swarm.data.tasks import Task
+    from moe_swarm.data.tokenizer import ByteTokenizer
+    from moe_swarm.model import MoETransformer
+    from moe_swarm.swarm import StepChecker, StepSwarmConfig, SwarmConfig, ValueHead
 
 TEXT_PROMPT_FORMAT = "text model: any text; the answer is the swarm's consensus continuation of it"
 TEXT_EXAMPLE_PROMPT = "The list type"
 
 
-@dataclass(frozen=True)
-class InferParams:
-    """Swarm settings of one request except its seed; requests with equal params (and model) share a batch."""
-
-    max_new_tokens: int
-    agents: int
-    rounds: int
-    temperature: float
-    mode: str = "answers"  # "answers" | "steps" (the step-level swarm)
-
-
-class RequestSeededSolver(SwarmSolver):
-    """A SwarmSolver whose per-problem seed comes from the request that sent the prompt.
-
-    The base solver derives each problem's seed from ``cfg.seed`` and the prompt's ids; here the request's
-    seed takes the place of ``cfg.seed``. Rows decode independently (counter-based sampling noise), so a
-    request gets the same answer alone or batched with requests that carry other seeds.
-    """
-
-    def __init__(self, *args: Any, seeds: dict[tuple[int, ...], int], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.seeds = seeds
-
-    def problem_seed(self, ids: list[int]) -> int:
-        return mix_seed(self.seeds[tuple(ids)], zlib.crc32(",".join(map(str, ids)).encode()))
-
-
 @dataclass
 class LoadedModel:
+    """A checkpoint in memory with everything the swarm needs to answer with it."""
+
     model_id: str
     checkpoint: Path
-    model: Any  # MoETransformer
+    model: MoETransformer
     hparams: dict
-    tokenizer: Any
-    canonical: Any
-    base_swarm: Any  # SwarmConfig
-    value_head: Any
+    tokenizer: ByteTokenizer
+    canonical: Callable[[str], str]  # answer normaliser of the model's task
+    base_swarm: SwarmConfig
+    value_head: ValueHead | None
     device: str
     loaded_unix: float
     task: str = ""  # the reasoning task it was trained on ("mul", ...); "" = a text model
-    task_obj: Any = None  # moe_swarm.data.tasks.Task, when the task is known
+    task_obj: Task | None = None  # when the task is known to this server version
     global_step: int = 0
     file_stamp: tuple[int, int] = (0, 0)
-    step_checker: Any = None  # moe_swarm.swarm.StepChecker from the swarm state, if any
-    step_swarm: Any = None  # moe_swarm.swarm.StepSwarmConfig from the swarm state, if any
+    step_checker: StepChecker | None = None  # from the swarm state, if any
+    step_swarm: StepSwarmConfig | None = None  # from the swarm state, if any
 
     @property
     def prompt_format(self) -> str:
@@ -90,102 +71,6 @@ class LoadedModel:
 
             return self.task_obj.sample(random.Random(0)).prompt
         return TEXT_EXAMPLE_PROMPT if not self.task else ""
-
-    def swarm_config(self, params: InferParams):
-        return self.base_swarm.replace(
-            num_agents=params.agents,
-            rounds=params.rounds,
-            temperature=(params.temperature,),
-            max_new_tokens=params.max_new_tokens,
-        )
-
-    def solver(
-        self, params: InferParams, seeds: dict[tuple[int, ...], int] | None = None
-    ) -> RequestSeededSolver:
-        """A solver for these settings (cheap to build: it only counts the model's parameters)."""
-        cfg = self.swarm_config(params)
-        head = self.value_head if cfg.score in ("value", "both") else None
-        return RequestSeededSolver(self.model, cfg, self.tokenizer, canonical=self.canonical, value_head=head,
-                                   seeds=seeds or {})  # fmt: skip
-
-    def step_swarm_config(self, params: InferParams, seed: int):
-        """The step swarm for these settings: the checkpoint's step config (or the defaults), the request's
-        agents, temperature and seed; the checker vote only when the checkpoint has a checker."""
-        from moe_swarm.swarm import StepSwarmConfig
-
-        base = self.step_swarm or StepSwarmConfig()
-        vote = base.vote if self.step_checker is not None else "plurality"
-        temps = (params.temperature,) if params.temperature > 0 else base.temperature
-        return base.replace(num_agents=params.agents, wave_agents=min(base.wave_agents, params.agents),
-                            temperature=temps, vote=vote, seed=seed)  # fmt: skip
-
-    def solve_steps(self, params: InferParams, prompts: list[str], seeds: list[int]) -> list:
-        """Step-level swarm solves (``InferRequest.mode = "steps"``), prompts with equal seeds batched."""
-        import torch
-
-        from moe_swarm.swarm import StepSwarm
-
-        results: list = [None] * len(prompts)
-        by_seed: dict[int, list[int]] = {}
-        for i, seed in enumerate(seeds):
-            by_seed.setdefault(seed, []).append(i)
-        with torch.inference_mode():
-            for seed, members in by_seed.items():
-                cfg = self.step_swarm_config(params, seed)
-                checker = self.step_checker if cfg.vote.startswith("checker") else None
-                swarm = StepSwarm(self.model, cfg, self.tokenizer, self.task_obj, checker)
-                for i, r in zip(members, swarm.solve([prompts[i] for i in members])):
-                    results[i] = r
-        return results
-
-    def check_prompt(self, prompt: str, params: InferParams) -> None:
-        """Reject a prompt that does not fit the model's task or context before it joins a batch."""
-        if params.mode == "steps" and not getattr(self.task_obj, "scratchpad", False):
-            raise invalid_argument(
-                f"mode 'steps' needs a model trained with a scratchpad task (steps to vote on); model "
-                f"{self.model_id!r} was trained on {self.task or 'text'!r} without one. Use mode 'answers', or "
-                "a checkpoint from experiment=reasoning_steps"
-            )
-        if self.task_obj is not None:
-            try:
-                self.task_obj.check_prompt(prompt)
-            except ValueError as exc:
-                raise invalid_argument(
-                    f"model {self.model_id!r} was trained on task {self.task!r} and cannot answer this prompt: "
-                    f"{exc}. Ask a text model (ListModels: task '') for free text."
-                ) from exc
-        solver = self.solver(params)
-        try:
-            solver.check_lengths(solver.encode([prompt]))
-        except ValueError as exc:
-            raise invalid_argument(f"prompt does not fit model {self.model_id!r}: {exc}") from exc
-
-    def solve(self, params: InferParams, prompts: list[str], seeds: list[int]) -> list:
-        """Batched swarm solves: all agents of all prompts per round in one generate call.
-
-        The same prompt sent with two different seeds needs two problem seeds, so such duplicates go to
-        a second call; everything else shares one.
-        """
-        import torch
-
-        if params.mode == "steps":
-            return self.solve_steps(params, prompts, seeds)
-        ids = [tuple(self.tokenizer.encode(p, bos=True)) for p in prompts]
-        groups: list[tuple[dict[tuple[int, ...], int], list[int]]] = []
-        for i, (key, seed) in enumerate(zip(ids, seeds)):
-            for seed_of, members in groups:
-                if seed_of.setdefault(key, seed) == seed:
-                    members.append(i)
-                    break
-            else:
-                groups.append(({key: seed}, [i]))
-        results: list = [None] * len(prompts)
-        with torch.inference_mode():
-            for seed_of, members in groups:
-                solved = self.solver(params, seed_of).solve([prompts[i] for i in members])
-                for i, r in zip(members, solved):
-                    results[i] = r
-        return results
 
     def param_counts(self) -> tuple[int, int]:
         pc = self.model.count_parameters()
@@ -213,7 +98,7 @@ def _task_of(spec: dict | None) -> tuple[str, Any, Any]:
     return name, task, task.canonical
 
 
-def load_checkpoint(path: Path, model_id: str, device: str) -> LoadedModel:
+def read_model(path: Path, model_id: str, device: str) -> LoadedModel:
     """Blocking: read a training checkpoint (weights only, never pickle code) and prepare it for the swarm."""
     from moe_swarm import checkpoint
     from moe_swarm.data.tokenizer import ByteTokenizer
@@ -253,7 +138,7 @@ def load_checkpoint(path: Path, model_id: str, device: str) -> LoadedModel:
     )
 
 
-class ModelStore:
+class ModelRepository:
     """Loaded models by id (at most ``max_loaded_models``, least recently used evicted)."""
 
     def __init__(self, settings: InferenceSettings, registry: JobRegistry, runs_dir: Path) -> None:
@@ -284,7 +169,7 @@ class ModelStore:
         """(checkpoint path, suggested model id) for a job id, run id or checkpoint path."""
         ref = ref.strip()
         if not ref:
-            raise invalid_argument("checkpoint is empty; pass a job id, run id or checkpoint path")
+            raise InvalidArgument("checkpoint is empty; pass a job id, run id or checkpoint path")
         if "/" in ref or "\\" in ref or ref.endswith((".ckpt", ".pt")):
             path = resolve_checkpoint_path(ref, self.roots)
             return path, self._id_for_path(path)
@@ -292,12 +177,12 @@ class ModelStore:
         job = self.registry.get(ref)
         if job is not None:
             if job.kind != "training":
-                raise invalid_argument(f"job {ref} is a {job.kind} job; name a training job")
+                raise InvalidArgument(f"job {ref} is a {job.kind} job; name a training job")
             if not job.checkpoint or not is_checkpoint(job.checkpoint):
                 last = RunLayout(job.run_dir).existing_last_checkpoint() if job.run_dir else None
                 if last is not None:
                     return last, ref
-                raise failed_precondition(
+                raise FailedPrecondition(
                     f"training job {ref} ({job.state.value}) has no checkpoint yet; wait until it has "
                     f"saved one (WatchJob) or name another job"
                 )
@@ -305,7 +190,7 @@ class ModelStore:
         last = RunLayout.for_run(self.runs_dir, ref).existing_last_checkpoint()
         if last is not None:
             return last, ref
-        raise not_found(
+        raise NotFound(
             f"no loaded model, training job or run named {ref!r}; see ListModels / ListJobs, "
             f"or pass a checkpoint path under {[str(r) for r in self.roots]}"
         )
@@ -341,7 +226,7 @@ class ModelStore:
         if not ref:
             default = self.default_reference()
             if default is None:
-                raise failed_precondition(
+                raise FailedPrecondition(
                     "no model to answer with: no training job has succeeded yet and none is loaded; "
                     "train one (StartTraining, e.g. `moe-swarm-ctl train quickstart`), load a checkpoint "
                     "(LoadModel) or set serve.inference.default_model"
@@ -366,6 +251,11 @@ class ModelStore:
         except OSError:
             return True  # the file went away: keep serving what is in memory
 
+    async def load_reference(self, ref: str, model_id: str = "", make_default: bool = False) -> LoadedModel:
+        """Load a job id, run id or checkpoint path under ``model_id`` (default: one made from ``ref``)."""
+        path, suggested = self.resolve_reference(ref)
+        return await self.load(path, model_id or suggested, make_default=make_default)
+
     async def load(self, path: Path, model_id: str, make_default: bool = False) -> LoadedModel:
         """Load ``path`` under ``model_id`` (in a worker thread); reuse it if already loaded and unchanged."""
         check_id(model_id, "model_id", required=True)
@@ -377,10 +267,10 @@ class ModelStore:
             else:
                 try:
                     loaded = await asyncio.get_running_loop().run_in_executor(
-                        None, load_checkpoint, path, model_id, self.device
+                        None, read_model, path, model_id, self.device
                     )
                 except (ValueError, OSError) as exc:
-                    raise failed_precondition(f"cannot load checkpoint {str(path)!r}: {exc}") from exc
+                    raise FailedPrecondition(f"cannot load checkpoint {str(path)!r}: {exc}") from exc
                 self._models[model_id] = loaded
                 self._evict()
             self._models.move_to_end(model_id)

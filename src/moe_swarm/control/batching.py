@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from moe_swarm.serve.errors import unavailable
+from moe_swarm.control.errors import Unavailable
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -75,7 +75,7 @@ class DynamicBatcher(Generic[Item, Result]):
 
     async def submit(self, key: Hashable, item: Item) -> tuple[Result, int]:
         if self._closed:
-            raise unavailable("the server is shutting down and takes no new inference requests")
+            raise Unavailable("the server is shutting down and takes no new inference requests")
         loop = asyncio.get_running_loop()
         if not self.enabled:
             results = await loop.run_in_executor(self.executor, self._run, key, [item])

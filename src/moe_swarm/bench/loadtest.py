@@ -1,7 +1,7 @@
 """RunInference throughput and latency at 1, 8 and 32 concurrent clients, with and without dynamic batching.
 
-    python -m moe_swarm.serve.loadtest                       # a random-weight moe_small-sized model
-    python -m moe_swarm.serve.loadtest --checkpoint runs/<run_id>/checkpoints/last.ckpt --requests 256
+    python -m moe_swarm.bench.loadtest                       # a random-weight moe_small-sized model
+    python -m moe_swarm.bench.loadtest --checkpoint runs/<run_id>/checkpoints/last.ckpt --requests 256
 
 Two real servers (``moe-swarm-serve`` processes on 127.0.0.1, batching on / off, same checkpoint, same
 torch threads and one solve worker each) run side by side; for every concurrency level the two are measured
@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from moe_swarm.bench.machine import CpuInfo
 from moe_swarm.serve.observability import percentile
 from moe_swarm.serve.proto import mcp_pb2, mcp_pb2_grpc
 from moe_swarm.serve.settings import READY_PREFIX
@@ -85,6 +86,19 @@ class ServerProcess:
                 self.proc.wait(timeout=30)
 
 
+def random_checkpoint(path: Path, dims: dict[str, int], seed: int = 0) -> Path:
+    """A randomly initialised model (``dims``: flat model keys) in the training checkpoint layout."""
+    import torch
+
+    from moe_swarm.checkpoint import save_model_checkpoint
+    from moe_swarm.model import MoETransformer, TransformerConfig
+
+    torch.manual_seed(seed)
+    model = MoETransformer(TransformerConfig.from_dict({**dims, "max_seq_len": 64}))
+    save_model_checkpoint(path, model, {"global_step": 0})
+    return path
+
+
 def make_request(i: int, args: Any) -> mcp_pb2.InferRequest:
     a, b = 100 + (i * 37) % 900, 10 + (i * 11) % 90  # equal-length prompts: one length bucket
     return mcp_pb2.InferRequest(prompt=f"{a}*{b}=", max_new_tokens=args.max_new_tokens, agents=args.agents,
@@ -123,10 +137,7 @@ def run(args: Any) -> list[Level]:
     if args.checkpoint:
         ckpt = Path(args.checkpoint).resolve()
     else:
-        from moe_swarm.serve.testing import tiny_checkpoint
-
-        ckpt = tiny_checkpoint(work / "models" / "model.ckpt", seed=0, max_seq_len=64,
-                               **(QUICK_MODEL if args.quick else SMALL_MODEL))  # fmt: skip
+        ckpt = random_checkpoint(work / "models" / "model.ckpt", QUICK_MODEL if args.quick else SMALL_MODEL)
     servers: dict[str, ServerProcess] = {}
     try:
         for mode in MODES:
@@ -174,7 +185,7 @@ def table(levels: list[Level]) -> str:
 
 def run_suite(ctx: Any) -> list:
     """The ``serve`` benchmark suite (``moe-swarm-bench run --suites serve``): rows for moe_swarm.bench."""
-    args = build_parser().parse_args(["--quick"] if ctx.quick else [])
+    args = parse_args(["--quick"] if ctx.quick else [])
     args.threads = ctx.threads
     if ctx.repeats is not None:
         args.requests = max(args.requests, ctx.repeats * max(args.clients))
@@ -216,15 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options; ``--quick`` also caps the requests per level at 64."""
     args = build_parser().parse_args(argv)
     if args.quick:
         args.requests = min(args.requests, 64)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M")
     levels = run(args)
     print(f"\nRunInference, {args.agents} agents x {args.rounds + 1} proposal round(s), {args.max_new_tokens} new "
           f"tokens, torch threads {args.threads}, 1 solve worker per server, max batch {args.max_batch}, "
-          f"max delay {args.max_delay_ms:g} ms ({started}):\n")  # fmt: skip
+          f"max delay {args.max_delay_ms:g} ms ({started}):")  # fmt: skip
+    print(f"CPU: {CpuInfo.collect(args.threads).describe()}\n")
     print(table(levels))
     return 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_swarm.atomic import atomic_write_text
+from moe_swarm.control.job_view import JobView
 
 
 class JobState(str, Enum):
@@ -49,7 +50,7 @@ class InvalidTransition(RuntimeError):
 
 @dataclass
 class JobRecord:
-    """Everything known about one job; what is persisted and what GetJob returns."""
+    """Everything known about one job, as persisted; :meth:`view` is what clients see."""
 
     job_id: str
     kind: str
@@ -73,6 +74,16 @@ class JobRecord:
     cancel_requested: bool = False
     log_path: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+
+    def view(self) -> JobView:
+        return JobView(
+            job_id=self.job_id, kind=self.kind, state=self.state.value, config_path=self.config_path,
+            overrides=list(self.overrides), run_id=self.run_id, request_id=self.request_id,
+            created_unix=self.created_unix, started_unix=self.started_unix, finished_unix=self.finished_unix,
+            pid=self.pid, exit_code=self.exit_code, message=self.message, log_tail=list(self.log_tail),
+            run_dir=self.run_dir, checkpoint=self.checkpoint, metrics=dict(self.metrics),
+            cancel_requested=self.cancel_requested,
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

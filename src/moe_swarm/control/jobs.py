@@ -1,0 +1,396 @@
+"""The job service: submits, tracks, cancels and streams jobs of every kind; no transport.
+
+The registry on disk is the source of truth. A job kind (:mod:`moe_swarm.control.job_kinds`) gives the
+argv, environment and outcome; the process supervisor (:mod:`moe_swarm.control.supervisor`) runs the
+child; this module ties them together: idempotent submission, limits, state changes, metric events for
+watchers, log reading, graceful cancel and shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import collections
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from moe_swarm.control.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    JobFailed,
+    NotFound,
+    Unavailable,
+)
+from moe_swarm.control.exits import describe_exit, failure_reason
+from moe_swarm.control.job_kinds import (
+    BenchmarkJob,
+    BenchmarkRequest,
+    JobKind,
+    TrainingJob,
+    TrainingRequest,
+)
+from moe_swarm.control.registry import JobRecord, JobRegistry, JobState, new_job_id
+from moe_swarm.control.settings import BenchmarkSettings, TrainingSettings
+from moe_swarm.control.supervisor import READ_CHUNK, ChildHooks, ProcessSupervisor
+from moe_swarm.control.validation import check_id
+from moe_swarm.layout import METRICS_LINES_ENV, parse_metrics_line
+
+log = logging.getLogger("moe_swarm.control.jobs")
+
+STEP_METRIC = "trainer/global_step"
+MAX_METRIC_EVENTS = 2000
+WAKE_INTERVAL_S = 1.0  # upper bound on how long a watcher sleeps without re-checking
+
+
+class JobService:
+    """Jobs by id. ``hidden_env``: variables of this process a child must never see (credentials)."""
+
+    def __init__(
+        self,
+        training: TrainingSettings,
+        benchmark: BenchmarkSettings,
+        *,
+        state_dir: Path,
+        runs_dir: Path,
+        conf_dir: Path,
+        hidden_env: Sequence[str] = (),
+    ) -> None:
+        self.training_settings = training
+        self.registry = JobRegistry(state_dir / "jobs")
+        self.logs_dir = state_dir / "logs"
+        self.work_dir = state_dir / "work"
+        self.runs_dir = runs_dir
+        for d in (self.logs_dir, self.work_dir, self.runs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.hidden_env = tuple(hidden_env)
+        self.training = TrainingJob(training, conf_dir=conf_dir, runs_dir=runs_dir, work_dir=self.work_dir)
+        self.benchmark = BenchmarkJob(benchmark, work_dir=self.work_dir)
+        self.kinds: dict[str, JobKind] = {k.name: k for k in (self.training, self.benchmark)}
+        self.supervisor = ProcessSupervisor(parse_metrics_line)
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._signals: dict[str, asyncio.Event] = {}
+        self._metric_events: dict[str, collections.deque] = {}
+        self._metric_seq = 0
+        self._closing = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def recover(self) -> list[JobRecord]:
+        """Load the registry; jobs a previous sidecar left running are marked FAILED (see registry)."""
+        return self.registry.recover()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Ask every running child to checkpoint and stop; SIGKILL what is left after ``grace_s``."""
+        self._closing = True
+        for rec in self.registry.active():
+            self.cancel(
+                rec.job_id, reason="stopped because the sidecar is shutting down (SIGTERM)", grace_s=grace_s
+            )
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s + 1.0)
+            self.supervisor.kill_remaining(f"did not stop within {grace_s:.0f} s")
+            if pending:
+                await asyncio.wait(pending, timeout=10.0)
+
+    # ------------------------------------------------------------------ queries
+    def get(self, job_id: str) -> JobRecord:
+        check_id(job_id, "job_id", required=True)
+        rec = self.registry.get(job_id)
+        if rec is None:
+            raise NotFound(f"job {job_id!r} does not exist; list jobs with ListJobs (moe-swarm-ctl list)")
+        return rec
+
+    def list(
+        self, states: set[str] | None = None, kind: str | None = None, limit: int = 0
+    ) -> list[JobRecord]:
+        """Newest first, optionally filtered by state names and kind."""
+        if limit < 0:
+            raise InvalidArgument(f"limit={limit} is negative; pass 0 (all) or N > 0")
+        return self.registry.list({JobState(s) for s in states or ()} or None, kind, limit)
+
+    def log_path(self, job_id: str) -> Path:
+        return self.logs_dir / f"{job_id}.log"
+
+    def benchmark_results(self, job_id: str) -> tuple[JobRecord, list[dict]]:
+        """A succeeded benchmark job and its rows."""
+        rec = self.get(job_id)
+        if rec.kind != "benchmark":
+            raise InvalidArgument(f"job {rec.job_id} is a {rec.kind} job; name a benchmark job")
+        if rec.state is not JobState.SUCCEEDED:
+            raise FailedPrecondition(
+                f"benchmark job {rec.job_id} is {rec.state.value}; results exist once it has SUCCEEDED"
+                + (f" ({rec.message})" if rec.message else "")
+            )
+        return rec, self.benchmark.results(rec)
+
+    # ------------------------------------------------------------------ submit
+    async def submit_training(self, request: TrainingRequest) -> tuple[JobRecord, str]:
+        """Validate, compose-check and start a training job; returns the job and what happened. A
+        repeated request_id returns the first job."""
+        spec = self.training.validate(request)
+        await self.training.precheck(spec)
+        rec, created = self._submit(self.training, spec)
+        if not created:
+            return (
+                rec,
+                f"job {rec.job_id} was already started for request_id {rec.request_id!r}; it is {rec.state.value}",
+            )
+        return rec, (
+            f"job {rec.job_id} started: training {spec.config.kind} {spec.config.name!r} as run "
+            f"{rec.run_id}; follow it with WatchJob/TailLogs (moe-swarm-ctl logs -f {rec.job_id})"
+        )
+
+    def submit_benchmark(self, request: BenchmarkRequest) -> JobRecord:
+        return self._submit(self.benchmark, self.benchmark.validate(request))[0]
+
+    async def run_benchmark(
+        self, request: BenchmarkRequest, timeout_s: float, on_job: Callable[[str], None] | None = None
+    ) -> tuple[JobRecord, list[dict]]:
+        """Start a benchmark job (``on_job`` is told its id) and wait for its rows; the job is cancelled
+        if the caller goes away or ``timeout_s`` passes first."""
+        rec = self.submit_benchmark(request)
+        if on_job is not None:
+            on_job(rec.job_id)
+        try:
+            rec = await self.wait(rec.job_id, timeout=timeout_s)
+        except asyncio.CancelledError:
+            self.cancel(rec.job_id, reason="the RunBenchmark caller went away")
+            raise
+        if not rec.state.terminal:
+            self.cancel(rec.job_id, reason=f"RunBenchmark timed out after {timeout_s:.0f} s")
+            raise DeadlineExceeded(
+                f"benchmark job {rec.job_id} did not finish within {timeout_s:.0f} s (serve.benchmark.timeout_s); "
+                "ask for fewer samples or suites"
+            )
+        if rec.state is not JobState.SUCCEEDED:
+            tail = " | ".join(rec.log_tail[-3:])
+            text = f"benchmark job {rec.job_id} {rec.state.value}: {rec.message} {tail}".strip()
+            raise Unavailable(text) if self.closing else JobFailed(text)
+        return rec, self.benchmark.results(rec)
+
+    def _submit(self, kind: JobKind, spec: Any) -> tuple[JobRecord, bool]:
+        if spec.request_id:
+            previous = self.registry.find_by_request_id(spec.request_id)
+            if previous is not None:
+                if previous.request_fingerprint != spec.fingerprint():
+                    raise InvalidArgument(
+                        f"request_id {spec.request_id!r} was already used for a different request "
+                        f"(job {previous.job_id}); use a new request_id for a new job"
+                    )
+                return previous, False
+        if self._closing:
+            raise Unavailable(
+                "the sidecar is shutting down and starts no new jobs; retry against the new instance"
+            )
+        kind.admit(spec, self.registry.active(kind.name))
+        job_id = new_job_id(kind.name)
+        rec = kind.record(job_id, spec, self.log_path(job_id))
+        self.registry.create(rec)
+        Path(rec.log_path).touch()
+        task = asyncio.get_running_loop().create_task(self._supervise(kind, rec.job_id))
+        self._tasks[rec.job_id] = task
+        task.add_done_callback(lambda _t, job_id=rec.job_id: self._tasks.pop(job_id, None))
+        return rec, True
+
+    # ------------------------------------------------------------------ cancel / wait
+    def cancel(
+        self, job_id: str, reason: str = "cancelled by request", grace_s: float | None = None
+    ) -> JobRecord:
+        """Ask a job to checkpoint and stop. Repeatable; a finished job is returned unchanged."""
+        rec = self.get(job_id)
+        if rec.state.terminal or rec.cancel_requested:
+            return rec
+        self.registry.update(job_id, cancel_requested=True, message=reason)
+        self.supervisor.stop(job_id, self.training_settings.cancel_grace_s if grace_s is None else grace_s)
+        self._notify(job_id)
+        return rec
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        """Until the job is finished (or ``timeout`` seconds, then the job as it is)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            event = self._signal(job_id)
+            rec = self.get(job_id)
+            if rec.state.terminal:
+                return rec
+            left = WAKE_INTERVAL_S if deadline is None else min(WAKE_INTERVAL_S, deadline - time.monotonic())
+            if left <= 0:
+                return rec
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), left)
+
+    # ------------------------------------------------------------------ streams
+    async def watch(self, job_id: str) -> AsyncIterator[tuple[str, JobRecord, dict[str, float]]]:
+        """("SNAPSHOT", job, {}), then ("METRICS", job, metrics) / ("STATE", job, {}) until finished."""
+        rec = self.get(job_id)
+        events = self._metric_events.get(job_id)
+        last_seq = events[-1][0] if events else 0
+        last_state = rec.state
+        yield "SNAPSHOT", rec, {}
+        while not last_state.terminal:
+            event = self._signal(job_id)
+            for seq, _t, metrics in list(self._metric_events.get(job_id, ())):
+                if seq > last_seq:
+                    last_seq = seq
+                    yield "METRICS", rec, metrics
+            if rec.state != last_state:
+                last_state = rec.state
+                yield "STATE", rec, {}
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), WAKE_INTERVAL_S)
+
+    async def tail(
+        self, job_id: str, follow: bool, tail_lines: int, start: int = 0
+    ) -> AsyncIterator[tuple[int, str]]:
+        """(byte offset, text) chunks of the job's log from byte ``start`` (or its last ``tail_lines``
+        lines); with ``follow`` until the job is finished."""
+        rec = self.get(job_id)
+        if tail_lines < 0:
+            raise InvalidArgument(f"tail_lines={tail_lines} is negative; pass 0 (whole log) or N > 0")
+        if start < 0:
+            raise InvalidArgument(f"offset={start} is negative; pass 0 (start of the log) or a byte offset")
+        path = Path(rec.log_path or self.log_path(job_id))
+        offset = _tail_offset(path, tail_lines) if tail_lines else start
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while True:
+            event = self._signal(job_id)
+            data = b""
+            with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(READ_CHUNK)
+            if data:
+                text = decoder.decode(data)
+                if text:
+                    yield offset, text
+                offset += len(data)
+                continue
+            if not follow or rec.state.terminal:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), WAKE_INTERVAL_S)
+
+    # ------------------------------------------------------------------ internals
+    def _signal(self, job_id: str) -> asyncio.Event:
+        return self._signals.setdefault(job_id, asyncio.Event())
+
+    def _notify(self, job_id: str) -> None:
+        event = self._signals.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    def child_env(self, extra: dict[str, str]) -> dict[str, str]:
+        """This process's environment without its credentials, plus the settings' and the kind's."""
+        env = dict(os.environ)
+        for name in self.hidden_env:  # never hand the server's credentials to a child
+            env.pop(name, None)
+        env.pop("RUN_ID", None)
+        env["PYTHONUNBUFFERED"] = "1"
+        env[METRICS_LINES_ENV] = "1"
+        env.setdefault("TERM", "dumb")
+        env.update({str(k): str(v) for k, v in self.training_settings.env.items()})
+        env.update(extra)
+        return env
+
+    async def _supervise(self, kind: JobKind, job_id: str) -> None:
+        rec = self.registry.get(job_id)
+        assert rec is not None
+        if rec.cancel_requested:
+            self._finish(job_id, JobState.CANCELLED, rec.message or "cancelled before it started")
+            return
+
+        def started(pid: int) -> None:
+            self.registry.transition(job_id, JobState.RUNNING, pid=pid)
+            self._notify(job_id)
+            if rec.cancel_requested:  # cancelled while the process was being created
+                self.supervisor.stop(job_id, self.training_settings.cancel_grace_s)
+
+        hooks = ChildHooks(started, lambda m: self._record_metrics(job_id, m), lambda: self._notify(job_id))
+        try:
+            exit_ = await self.supervisor.run(
+                job_id, rec.argv, env=self.child_env(kind.environment(rec)),
+                cwd=self.training_settings.cwd or os.getcwd(), log_path=Path(rec.log_path), hooks=hooks,
+            )  # fmt: skip
+        except OSError as exc:
+            self._finish(job_id, JobState.FAILED, f"could not start the child process {rec.argv[:3]}: {exc}")
+            return
+        self._complete(kind, job_id, exit_.code, exit_.tail)
+
+    def _record_metrics(self, job_id: str, metrics: dict[str, float]) -> None:
+        """Merge a metrics line into the job; publish a METRICS event with what is new in it.
+
+        Training repeats its latest validation metrics in every step's line; an event carries only the
+        values that changed (plus the step), so watchers see each validation result once, not as a
+        stale copy every few steps. The job's ``metrics`` map always holds every latest value.
+        """
+        rec = self.registry.get(job_id)
+        if rec is None or rec.state.terminal:
+            return
+        fresh = {k: v for k, v in metrics.items() if rec.metrics.get(k) != v or k == STEP_METRIC}
+        merged = dict(rec.metrics)
+        merged.update(metrics)
+        self.registry.update(job_id, durable=False, metrics=merged)
+        if not fresh or (set(fresh) == {STEP_METRIC} and len(metrics) > 1):
+            return  # nothing new besides the step
+        self._metric_seq += 1
+        q = self._metric_events.setdefault(job_id, collections.deque(maxlen=MAX_METRIC_EVENTS))
+        q.append((self._metric_seq, time.time(), fresh))
+
+    def _complete(self, kind: JobKind, job_id: str, code: int, tail: list[str]) -> None:
+        rec = self.registry.get(job_id)
+        assert rec is not None
+        outcome = kind.outcome(rec)
+        if outcome.metrics:
+            self._record_metrics(job_id, outcome.metrics)
+        updates: dict = {"exit_code": code}
+        if outcome.checkpoint:
+            updates["checkpoint"] = outcome.checkpoint
+        ckpt_note = f"; last checkpoint: {outcome.checkpoint}" if outcome.checkpoint else ""
+        if rec.cancel_requested:
+            state = JobState.CANCELLED
+            message = f"{rec.message or 'cancelled'} ({describe_exit(code)}){ckpt_note or '; no checkpoint was written'}"
+        elif code == 0 and outcome.missing:
+            state, message = JobState.FAILED, outcome.missing
+            updates["log_tail"] = tail
+        elif code == 0:
+            state, message = JobState.SUCCEEDED, f"finished{ckpt_note}"
+        else:
+            state = JobState.FAILED
+            message = f"the child process failed ({describe_exit(code)}): {failure_reason(tail)}"
+            updates["log_tail"] = tail
+        self._finish(job_id, state, message, **updates)
+
+    def _finish(self, job_id: str, state: JobState, message: str, **updates: Any) -> None:
+        self.registry.transition(job_id, state, message=message, **updates)
+        log.info("job %s %s: %s", job_id, state.value, message)
+        self._notify(job_id)
+
+
+def _tail_offset(path: Path, lines: int) -> int:
+    """Byte offset where the last ``lines`` lines of ``path`` start (looking back at most 1 MiB)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    window = min(size, 1024 * 1024)
+    with open(path, "rb") as f:
+        f.seek(size - window)
+        data = f.read(window)
+    cut = len(data)
+    if data.endswith(b"\n"):
+        cut -= 1
+    for _ in range(lines):
+        cut = data.rfind(b"\n", 0, cut)
+        if cut < 0:
+            return size - window
+    return size - window + cut + 1

@@ -1,0 +1,129 @@
+"""Read a Hugging Face MoE folder (config.json + safetensors) into an ``MoETransformer``.
+
+The model is built on the meta device and every destination tensor is allocated once; HF tensors are
+copied in as they are read from the (memory-mapped) shards, per-expert ones straight into their row
+of the stacked expert pool, so peak memory stays about one copy of the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from moe_swarm.checkpoint import save_model_checkpoint
+from moe_swarm.hf.families import HFError, config_from_hf
+from moe_swarm.hf.weights import expected_hf_shape, is_fused_layout, place, weight_plan
+from moe_swarm.model.config import TransformerConfig
+from moe_swarm.model.transformer import MoETransformer, rope_tables
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+# Buffers old transformers versions saved; derived, never weights.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def read_hf_config(folder: Path) -> tuple[dict[str, Any], TransformerConfig]:
+    """config.json as a dict and as our model config."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise HFError(f"{path}: no config.json; pass a Hugging Face model folder")
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise HFError(f"{path}: not valid JSON ({exc})") from None
+    try:
+        return hf, config_from_hf(hf, str(path))
+    except KeyError as exc:
+        raise HFError(f"{path}: missing field {exc.args[0]!r}") from None
+
+
+def tensor_files(folder: Path) -> dict[str, Path]:
+    """HF tensor name -> the safetensors file holding it (through the index when there is one)."""
+    index = folder / INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map") or {}
+        files = {name: folder / file for name, file in weight_map.items()}
+        for name, file in files.items():
+            if not file.is_file():
+                raise HFError(f"{file}: shard missing (listed in {index} for {name})")
+        return files
+    single = folder / SINGLE
+    if not single.is_file():
+        raise HFError(f"{folder}: neither {SINGLE} nor {INDEX}")
+    with safe_open(single, "pt") as f:
+        return dict.fromkeys(f.keys(), single)
+
+
+def load_hf_model(
+    folder: str | Path, dtype: torch.dtype | None = None
+) -> tuple[MoETransformer, dict[str, Any]]:
+    """The model of a HF folder (eval mode, CPU) and its config.json dict. ``dtype`` None keeps the
+    checkpoint's dtype (of the embedding); otherwise every tensor is cast while it is copied."""
+    folder = Path(folder)
+    hf, cfg = read_hf_config(folder)
+    files = tensor_files(folder)
+    names = [n for n in files if not n.endswith(_IGNORED_SUFFIXES)]
+    if cfg.tie_weights:  # some tied checkpoints also store the head: it is the embedding by definition
+        names = [n for n in names if n != "lm_head.weight"]
+    plan = weight_plan(cfg, hf["model_type"], fused_experts=is_fused_layout(names))
+    unknown = sorted(set(names) - set(plan))
+    if unknown:
+        raise HFError(f"{files[unknown[0]]}: tensor {unknown[0]} has no place in a {hf['model_type']} model")
+    missing = sorted(set(plan) - set(names))
+    if missing:
+        raise HFError(f"{folder}: tensor {missing[0]} missing ({len(missing)} missing in all)")
+    if dtype is None:
+        with safe_open(files["model.embed_tokens.weight"], "pt") as f:
+            dtype = f.get_slice("model.embed_tokens.weight").get_dtype()
+            dtype = getattr(
+                torch, {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(dtype, "float32")
+            )
+    with torch.device("meta"):
+        model = MoETransformer(cfg)
+    state = {k: torch.empty(v.shape, dtype=dtype) for k, v in model.state_dict().items()}
+    for key, value in state.items():
+        if key.endswith("router.bias"):  # sigmoid-bias balancing buffer: unused by softmax routing
+            value.zero_()
+    by_file: dict[Path, list[str]] = {}
+    for name in names:
+        by_file.setdefault(files[name], []).append(name)
+    for file, file_names in by_file.items():
+        with safe_open(file, "pt") as f:
+            for name in file_names:
+                slot = plan[name]
+                want = expected_hf_shape(slot, state[slot.ours])
+                got = tuple(f.get_slice(name).get_shape())
+                if got != want:
+                    raise HFError(f"{file}: tensor {name} has shape {got}, config.json implies {want}")
+                place(slot, f.get_tensor(name), state)
+    if cfg.tie_weights:
+        state["lm_head.weight"] = state["embed.weight"]
+    model.load_state_dict(state, assign=True)
+    if cfg.tie_weights:
+        model.lm_head.weight = model.embed.weight
+    cos, sin = rope_tables(cfg.resolved_head_dim, cfg.max_seq_len, cfg.rope_base)
+    model.rope_cos, model.rope_sin = cos, sin
+    return model.eval(), hf
+
+
+def special_token_ids(folder: Path, hf: dict[str, Any]) -> dict[str, Any]:
+    """bos/eos/pad ids: generation_config.json first, then config.json."""
+    out = {k: hf.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    gen = folder / "generation_config.json"
+    if gen.is_file():
+        g = json.loads(gen.read_text())
+        out.update({k: g[k] for k in out if g.get(k) is not None})
+    return out
+
+
+def import_hf(folder: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Convert a HF folder into a moe-swarm checkpoint at ``out`` (written atomically)."""
+    folder = Path(folder)
+    model, hf = load_hf_model(folder, dtype)
+    hparams = {"hf": {"model_type": hf["model_type"], "source": str(folder), **special_token_ids(folder, hf)}}
+    save_model_checkpoint(out, model, hparams)
+    return Path(out)
