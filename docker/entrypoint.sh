@@ -7,7 +7,7 @@
 #   <command> [args...]     exec the command as given (python -m ..., bash, ...)
 #
 # For `train` and other commands it first puts this pod's place in the run into the environment,
-# with the same rules as moe_swarm.cluster.resolve_node_rank:
+# with the same rules as moe_swarm.scale.cluster.resolve_node_rank:
 #   NODE_RANK if set, else JOB_COMPLETION_INDEX (Kubernetes Indexed Job), else, when NUM_NODES > 1,
 #   the hostname's numeric suffix (trainer-3 -> 3; FKS cannot pass JOB_COMPLETION_INDEX), else 0
 # and removes the rank variables of other launchers (torchrun, SLURM) that would make Lightning
@@ -18,7 +18,7 @@
 # it just execs.
 set -euo pipefail
 
-# Keep in sync with moe_swarm.cluster.STRAY_RANK_VARS (tests/test_deploy_docker.py checks it).
+# Keep in sync with moe_swarm.scale.cluster.STRAY_RANK_VARS (tests/test_deploy_docker.py checks it).
 readonly STRAY_RANK_VARS=(
   TORCHELASTIC_RUN_ID RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE
   GROUP_RANK GROUP_WORLD_SIZE ROLE_RANK ROLE_WORLD_SIZE SLURM_NTASKS
@@ -109,7 +109,7 @@ main() {
         run python -m torch.distributed.run --nnodes="${NUM_NODES:-1}" --nproc-per-node="${DEVICES:-1}" \
           --rdzv-backend=c10d --rdzv-endpoint="${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}" \
           --rdzv-id="${MOE_SWARM_RDZV_ID:-moe-swarm}" --max-restarts="$MOE_SWARM_MAX_RESTARTS" \
-          -m moe_swarm.train "${overrides[@]}" "$@"
+          -m moe_swarm.cli.train "${overrides[@]}" "$@"
       fi
       run moe-swarm-train "${overrides[@]}" "$@"
       ;;

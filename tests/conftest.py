@@ -81,7 +81,7 @@ def compose_cfg(name: str, overrides: list[str], runs_dir: Path):
 @pytest.fixture(scope="session")
 def tiny_mul_base_ckpt(tmp_path_factory) -> Path:
     """A real training checkpoint of the tiny 1x1 multiplication model (trained once per session)."""
-    from moe_swarm.train import train
+    from moe_swarm.cli.train import train
 
     runs = tmp_path_factory.mktemp("tiny_mul_base")
     return Path(train(compose_cfg("train", TINY_MUL_BASE, runs))["checkpoint"])

@@ -22,8 +22,14 @@ import torch.distributed as dist
 from moe_swarm.model.config import MoEConfig, RouterConfig
 from moe_swarm.model.moe import MoELayer
 from moe_swarm.model.transformer import MoETransformer, TransformerConfig
-from moe_swarm.parallel import ExpertParallelPool, ParallelConfig, build_mesh, clip_grad_norm_, parallelize
-from moe_swarm.parallel.checkpoint import full_model_state, load_sharded, save_sharded
+from moe_swarm.scale.parallel import (
+    ExpertParallelPool,
+    ParallelConfig,
+    build_mesh,
+    clip_grad_norm_,
+    parallelize,
+)
+from moe_swarm.store.sharded import full_model_state, load_sharded, save_sharded
 
 TINY = dict(d_model=32, n_layers=2, n_heads=2, max_seq_len=16, d_ff=32, num_experts=4, top_k=2)
 GLOBAL_BATCH, SEQ = 4, 12

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe_swarm.cluster import clean_env
+from moe_swarm.scale.cluster import clean_env
 
 CHILD = Path(__file__).with_name("parallel_child.py")
 

@@ -1,6 +1,6 @@
 """A small stand-in for the training child, for job-manager tests: a real process with real files.
 
-Takes Hydra-style ``key=value`` arguments like ``python -m moe_swarm.train``: ``run_id``, ``paths.runs_dir``
+Takes Hydra-style ``key=value`` arguments like ``python -m moe_swarm.cli.train``: ``run_id``, ``paths.runs_dir``
 and ``fake.*`` knobs (steps, step_s, crash_at, ignore_sigterm). Prints progress and ``MOE_SWARM_METRICS``
 lines, writes a real tiny model checkpoint to ``<run_dir>/checkpoints/last.ckpt`` every other step and on
 SIGTERM (then exits 143, like training), and ``summary.json`` at the end.

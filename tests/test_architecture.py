@@ -1,4 +1,5 @@
-"""The house rules of DESIGN.md, checked on the source: imports point down the layers, no cycles,
+"""The house rules of docs/architecture.md, checked on the source: imports point down the floors of
+its table, no cycles, plain-PyTorch wings import no framework, the control core no transport,
 console-script modules stay thin.
 
 Every ``import moe_swarm...`` counts, also the deferred ones inside functions: a lazy import is
@@ -8,6 +9,7 @@ still an arrow.
 from __future__ import annotations
 
 import ast
+import re
 
 try:
     import tomllib
@@ -18,42 +20,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "moe_swarm"
+MAP = ROOT / "docs" / "architecture.md"
 
-# Lower number = lower floor. An import may point to a lower floor or stay within its own unit.
-LAYERS: dict[str, int] = {
-    # plain building blocks: no project imports beyond each other's lower floors
-    "model": 0,
-    "data": 0,
-    "atomic": 0,
-    "layout": 0,
-    "cluster": 0,
-    "summary": 1,
-    "parallel": 1,
-    "swarm": 2,
-    "checkpoint": 2,
-    "hf": 3,
-    "reporting": 3,
-    "cli": 3,
-    "run_lock": 4,
-    "config": 4,
-    "k8s": 5,
-    # the only Lightning-aware code
-    "lit": 6,
-    # entry points
-    "train": 7,
-    "eval": 7,
-    "prepare": 7,
-    "launch": 7,
-    "swarm_train": 7,
-    "swarm_eval": 7,
-    "convert": 7,
-    # control plane: the transport-free core, then its gRPC servicer, then the MCP server
-    "control": 8,
-    "serve": 9,
-    "mcp": 10,
-    # benchmarks: a client of every layer (the model, the trainer, the sidecar)
-    "bench": 11,
-}
+
+def _floor_table() -> dict[str, int]:
+    """The floors table of docs/architecture.md: ``| floor | `wing`, `wing` | ...`` rows."""
+    text = MAP.read_text()
+    section = text[text.index("## Floors") :]
+    section = section[: section.index("\n## ", 1)]
+    floors: dict[str, int] = {}
+    for line in section.splitlines():
+        m = re.match(r"\|\s*(\d+)\s*\|([^|]*)\|", line)
+        if m:
+            for wing in re.findall(r"`([a-z_]+)`", m.group(2)):
+                floors[wing] = int(m.group(1))
+    return floors
+
+
+# Lower number = lower floor. An import may point to a lower floor or stay within its own wing.
+LAYERS: dict[str, int] = _floor_table()
+# Wings that a user can drop into their own loop: plain PyTorch, no framework.
+PLAIN_PYTORCH = ("model", "data", "swarm", "hf")
 
 
 def _modules() -> dict[str, Path]:
@@ -92,9 +79,23 @@ def _edges(mods: dict[str, Path]) -> dict[str, set[str]]:
     return edges
 
 
+def test_the_map_has_a_floor_table():
+    assert LAYERS, f"no floors table found in {MAP}"
+    assert {"model", "swarm", "training", "control", "serve", "mcp"} <= set(LAYERS)
+
+
+def test_the_map_names_only_wings_that_exist():
+    units = {_unit(m) for m in _modules()}
+    assert set(LAYERS) <= units, (
+        f"{MAP.name} names wings that are not in src/moe_swarm: {sorted(set(LAYERS) - units)}"
+    )
+
+
 def test_every_unit_has_a_layer():
     units = {_unit(m) for m in _modules()} - {"moe_swarm"}
-    assert units <= set(LAYERS), f"give these a floor in LAYERS: {sorted(units - set(LAYERS))}"
+    assert units <= set(LAYERS), (
+        f"give these a floor in docs/architecture.md (## Floors): {sorted(units - set(LAYERS))}"
+    )
 
 
 def test_imports_point_down_the_layers():
@@ -160,11 +161,7 @@ def _imports_from(path: Path, roots: tuple[str, ...]) -> list[str]:
 def test_model_and_swarm_import_no_framework():
     frameworks = ("lightning", "hydra", "omegaconf", "grpc", "pytorch_lightning", "mcp")
     bad = []
-    for path in [
-        *(SRC / "model").rglob("*.py"),
-        *(SRC / "swarm").rglob("*.py"),
-        *(SRC / "data").rglob("*.py"),
-    ]:
+    for path in [p for wing in PLAIN_PYTORCH for p in (SRC / wing).rglob("*.py")]:
         bad += _imports_from(path, frameworks)
     assert not bad, "framework imports in plain-PyTorch packages:\n" + "\n".join(bad)
 

@@ -396,7 +396,7 @@ def test_moe_layer_module_cli_prints_the_ratio_table(tmp_path: Path, capsys):
 def test_loadtest_serves_a_random_model_the_checkpoint_loader_reads(tmp_path: Path):
     """The ``serve`` suite's sidecars load this checkpoint; it must be the training layout, model sized."""
     from moe_swarm.bench.loadtest import QUICK_MODEL, random_checkpoint
-    from moe_swarm.checkpoint import load_checkpoint
+    from moe_swarm.store.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(random_checkpoint(tmp_path / "models" / "model.ckpt", QUICK_MODEL))
     cfg = loaded.model.cfg

@@ -11,15 +11,16 @@ import zipfile
 import pytest
 import torch
 
-from moe_swarm.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
-from moe_swarm.checkpoint import (
+from moe_swarm.model.transformer import MoETransformer
+from moe_swarm.store.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
+from moe_swarm.store.checkpoint import (
     CheckpointError,
     load_checkpoint,
     model_config_from_hparams,
     save_model_checkpoint,
     task_spec,
 )
-from moe_swarm.layout import (
+from moe_swarm.store.layout import (
     METRICS_LINE_PREFIX,
     METRICS_LINES_ENV,
     RunLayout,
@@ -27,7 +28,6 @@ from moe_swarm.layout import (
     metrics_lines_enabled,
     parse_metrics_line,
 )
-from moe_swarm.model.transformer import MoETransformer
 
 # Flat (legacy) keys: every version of the model config reads them.
 TINY = model_config_from_hparams(
@@ -113,7 +113,7 @@ def test_weights_that_do_not_fit_the_config_are_summarised(good_ckpt):
 
 def test_eval_cli_on_a_non_checkpoint_prints_one_line_and_no_traceback(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "moe_swarm.eval", "checkpoint=/etc/passwd", f"paths.runs_dir={tmp_path}"],
+        [sys.executable, "-m", "moe_swarm.cli.eval", "checkpoint=/etc/passwd", f"paths.runs_dir={tmp_path}"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,4 +1,4 @@
-"""moe_swarm.cluster: node-rank rules, ClusterSpec validation, the environment Lightning reads."""
+"""moe_swarm.scale.cluster: node-rank rules, ClusterSpec validation, the environment Lightning reads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from moe_swarm.cluster import (
+from moe_swarm.scale.cluster import (
     APPLIED_MARKER,
     STRAY_RANK_VARS,
     ClusterConfigError,

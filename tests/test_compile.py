@@ -8,8 +8,8 @@ import torch
 import torch._dynamo
 from conftest import TINY_MODEL, run_entry_point
 
-from moe_swarm.checkpoint import load_checkpoint
 from moe_swarm.model import MoEConfig, MoETransformer, TransformerConfig
+from moe_swarm.store.checkpoint import load_checkpoint
 
 SHORT_RUN = [
     "trainer.max_steps=3",
@@ -77,7 +77,7 @@ def _summary(runs_dir, run_id: str) -> dict:
 @pytest.mark.slow
 def test_training_with_module_compile_on_cpu(tmp_path):
     proc = run_entry_point(
-        "moe_swarm.train",
+        "moe_swarm.cli.train",
         ["experiment=quickstart", *TINY_MODEL, *SHORT_RUN, "module.compile=true", "run_id=compiled"],
         tmp_path,
         timeout=600,
@@ -91,7 +91,7 @@ def test_training_with_module_compile_on_cpu(tmp_path):
 def test_gpu_h100_experiment_runs_shrunk_on_cpu_with_compile_and_bf16_mixed(tmp_path):
     """The same code path as on the H200 (compile + bf16-mixed, the gpu_h100 recipe) at a tiny size."""
     proc = run_entry_point(
-        "moe_swarm.train",
+        "moe_swarm.cli.train",
         [
             "experiment=gpu_h100",
             "trainer.accelerator=cpu",

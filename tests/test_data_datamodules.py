@@ -16,7 +16,7 @@ from moe_swarm.data import (
     split_train_val,
     write_bin,
 )
-from moe_swarm.lit.datamodules import TaskDataModule, TextDataModule, pad_collate
+from moe_swarm.training.datamodules import TaskDataModule, TextDataModule, pad_collate
 
 torch.set_num_threads(1)
 tok = ByteTokenizer()

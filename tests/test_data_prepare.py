@@ -6,13 +6,13 @@ import sys
 import pytest
 import torch
 
+from moe_swarm.cli.prepare import main
 from moe_swarm.data import load_corpus, split_train_val
-from moe_swarm.prepare import main
 
 
 def run_prepare(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "moe_swarm.prepare", *args],
+        [sys.executable, "-m", "moe_swarm.cli.prepare", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -17,9 +17,9 @@ import lightning as L
 import pytest
 from conftest import TINY_MODEL
 
-from moe_swarm.checkpoint import load_model
-from moe_swarm.cluster import ClusterConfigError, ClusterSpec, clean_env
-from moe_swarm.lit.fault import WorldSizeCheck, check_nodes_agree
+from moe_swarm.scale.cluster import ClusterConfigError, ClusterSpec, clean_env
+from moe_swarm.scale.fault import WorldSizeCheck, check_nodes_agree
+from moe_swarm.store.checkpoint import load_model
 
 TINY = [
     "experiment=quickstart",
@@ -57,7 +57,7 @@ def _launch(args: list[str], runs: Path, name: str, **env: str) -> tuple[subproc
     log = runs / f"{name}.log"
     with log.open("w") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moe_swarm.train", *args],
+            [sys.executable, "-m", "moe_swarm.cli.train", *args],
             cwd=runs,
             env=_env(runs, **env),
             stdout=f,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from moe_swarm.cluster import STRAY_RANK_VARS, ClusterConfigError, resolve_node_rank
+from moe_swarm.scale.cluster import STRAY_RANK_VARS, ClusterConfigError, resolve_node_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -132,7 +132,7 @@ def test_dockerignore_sends_every_copy_source():
     for source in sources:
         assert (ROOT / source).exists(), f"COPY source {source} does not exist"
         assert _sent_to_docker(source), f"COPY source {source} is excluded by .dockerignore"
-    for path in ("src/moe_swarm/cluster.py", "conf/cluster/env.yaml", "docker/Dockerfile"):
+    for path in ("src/moe_swarm/scale/cluster.py", "conf/cluster/env.yaml", "docker/Dockerfile"):
         assert _sent_to_docker(path), path
 
 
@@ -206,7 +206,7 @@ def _run_entrypoint(fakes: Path, args: list[str], env: dict[str, str]):
 
 
 RANK_CASES = [
-    # (environment, hostname) -> same answer from bash and from moe_swarm.cluster
+    # (environment, hostname) -> same answer from bash and from moe_swarm.scale.cluster
     ({"NUM_NODES": "4", "NODE_RANK": "1", "JOB_COMPLETION_INDEX": "2"}, "trainer-3"),
     ({"NUM_NODES": "4", "JOB_COMPLETION_INDEX": "2"}, "trainer-3"),
     ({"NUM_NODES": "4"}, "trainer-3"),

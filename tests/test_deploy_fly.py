@@ -237,8 +237,8 @@ def test_serve_process_composes_with_the_sidecar_config():
 def test_train_process_composes_and_runs_as_one_node(monkeypatch):
     from hydra import compose, initialize_config_dir
 
-    from moe_swarm.cluster import ClusterSpec, check_matches_trainer
     from moe_swarm.config import config_dir
+    from moe_swarm.scale.cluster import ClusterSpec, check_matches_trainer
 
     cfg_toml = _load()
     words = cfg_toml["processes"][TRAINER_GROUP].split()

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from moe_swarm.cluster import ClusterSpec, check_matches_trainer
-from moe_swarm.k8s import LaunchError, compose_counts, expand_sweep, render_job, render_jobs
-from moe_swarm.launch import main
+from moe_swarm.cli.launch import main
+from moe_swarm.scale.cluster import ClusterSpec, check_matches_trainer
+from moe_swarm.scale.k8s import LaunchError, compose_counts, expand_sweep, render_job, render_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "fly" / "k8s"
@@ -227,7 +227,7 @@ def test_launcher_renders_through_the_tree_it_is_given(tmp_path, monkeypatch):
     """One source of truth: a change to the Kustomize tree shows up in the launcher's output."""
     import shutil
 
-    import moe_swarm.k8s as k8s
+    import moe_swarm.scale.k8s as k8s
 
     tree = tmp_path / "k8s"
     shutil.copytree(K8S, tree)

@@ -19,9 +19,9 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
-from moe_swarm.checkpoint import load_model
-from moe_swarm.cluster import clean_env
-from moe_swarm.lit.fault import AtomicCheckpointIO
+from moe_swarm.scale.cluster import clean_env
+from moe_swarm.scale.fault import AtomicCheckpointIO
+from moe_swarm.store.checkpoint import load_model
 
 TINY = [
     "experiment=quickstart",
@@ -51,7 +51,7 @@ def _start(args: list[str], runs: Path, log_name: str) -> tuple[subprocess.Popen
     log = runs / f"{log_name}.log"
     with log.open("w") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moe_swarm.train", *args],
+            [sys.executable, "-m", "moe_swarm.cli.train", *args],
             cwd=runs,
             env=_env(runs),
             stdout=f,
@@ -187,7 +187,7 @@ _WRITER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import torch
-    from moe_swarm.lit.fault import AtomicCheckpointIO
+    from moe_swarm.scale.fault import AtomicCheckpointIO
 
     path, mode, marker = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 

@@ -9,7 +9,7 @@ import torch
 import transformers  # a dev dependency: these tests must run, never skip
 from safetensors.torch import load_file, save_file
 
-from moe_swarm import convert
+from moe_swarm.cli import convert
 from moe_swarm.hf import HFError, config_from_hf, export_model, load_hf_model
 from moe_swarm.model import MoETransformer, TransformerConfig
 
@@ -156,7 +156,7 @@ def test_to_hf_refuses_an_existing_folder_and_a_missing_checkpoint(tmp_path, cap
     ckpt = tmp_path / "m.ckpt"
     rc, err = run_convert(capsys, "to-hf", str(ckpt), str(tmp_path / "new"))
     assert_one_line_error(rc, err, str(ckpt))
-    from moe_swarm.checkpoint import save_model_checkpoint
+    from moe_swarm.store.checkpoint import save_model_checkpoint
 
     save_model_checkpoint(ckpt, MoETransformer(TransformerConfig(d_model=16, n_layers=1, n_heads=2)))
     rc, err = run_convert(capsys, "to-hf", str(ckpt), str(tmp_path / "out"))

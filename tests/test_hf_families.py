@@ -15,9 +15,9 @@ import torch
 import transformers  # a dev dependency: these tests must run, never skip
 from safetensors.torch import save_file
 
-from moe_swarm.checkpoint import load_checkpoint
 from moe_swarm.hf import export_model, import_hf, load_hf_model
 from moe_swarm.model import MoETransformer, TransformerConfig
+from moe_swarm.store.checkpoint import load_checkpoint
 
 VOCAB = 96
 COMMON = dict(

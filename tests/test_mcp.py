@@ -30,10 +30,11 @@ READER = "mcp-read-token-0123456789abcdef"
 TINY = ["model.d_model=32", "data.batch_size=4", "data.block_size=32", "trainer.limit_val_batches=1",
         "validate_before_fit=false", "trainer.max_steps=6", "trainer.val_check_interval=3",
         "trainer.log_every_n_steps=1"]  # fmt: skip
-TOOLS = {"list_experiments", "start_training", "get_job", "list_jobs", "wait_for_job", "cancel_job", "tail_logs",
+TOOLS = {"list_experiments", "start_training", "list_runs", "delete_run", "start_evaluation", "get_job", "list_jobs", "wait_for_job", "cancel_job", "tail_logs",
          "run_benchmark", "run_inference", "list_models", "load_model"}  # fmt: skip
 TEMPLATES = {"moe://jobs/{job_id}", "moe://jobs/{job_id}/logs", "moe://jobs/{job_id}/metrics",
-             "moe://runs/{run_id}/config", "moe://runs/{run_id}/summary", "moe://bench/{job_id}/results",
+             "moe://runs/{run_id}/config", "moe://runs/{run_id}/summary", "moe://runs/{run_id}/plots/{name}",
+             "moe://bench/{job_id}/results",
              "moe://experiments/{name}"}  # fmt: skip
 
 
@@ -124,6 +125,7 @@ def test_training_job_waits_with_progress_and_succeeds(trained):
     assert progress, "wait_for_job sent no progress notification"
     last = progress[-1]
     assert last[1] == 6 and last[2] == 6 and "step 6/6" in last[3] and "train/loss" in last[3]
+    assert "tokens/s" in last[3]  # throughput of the run (and an ETA while it runs, see test_mcp_control_ii)
     gaps = [b[0] - a[0] for a, b in zip(progress, progress[1:-1])]
     assert all(g >= 0.9 for g in gaps), gaps  # at most about one a second (the final one comes at once)
     assert f"moe://jobs/{trained['job']['job_id']}" in trained["updates"]  # state changes were announced

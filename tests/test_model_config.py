@@ -8,8 +8,8 @@ import torch
 from conftest import TINY_MODEL, compose_cfg, run_entry_point
 from omegaconf import OmegaConf
 
-from moe_swarm.checkpoint import CheckpointError, load_checkpoint, save_model_checkpoint
 from moe_swarm.model import MoEConfig, MoETransformer, RouterConfig, TransformerConfig
+from moe_swarm.store.checkpoint import CheckpointError, load_checkpoint, save_model_checkpoint
 
 DATA = Path(__file__).parent / "data"
 # Written by the code before the nested config (commit 5422664): TransformerConfig().to_dict() and
@@ -115,7 +115,7 @@ def test_every_experiment_and_router_group_composes_into_a_strict_config(tmp_pat
 
 def test_train_entry_point_rejects_a_misspelt_model_key_before_training(tmp_path):
     proc = run_entry_point(
-        "moe_swarm.train",
+        "moe_swarm.cli.train",
         ["experiment=quickstart", "+model.num_expert=16", *TINY_MODEL, "run_id=typo"],
         tmp_path,
         timeout=120,
@@ -127,7 +127,7 @@ def test_train_entry_point_rejects_a_misspelt_model_key_before_training(tmp_path
 
 
 def test_mfu_counts_training_flops_per_token_against_the_peak():
-    from moe_swarm.lit.lm_module import MoELanguageModel
+    from moe_swarm.training.lm_module import MoELanguageModel
 
     cfg = TransformerConfig(
         d_model=32, n_layers=2, n_heads=2, max_seq_len=64, moe=MoEConfig(num_experts=4, d_ff=32)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from parallel_helpers import load, max_diff, run_ranks, run_reference
 
-from moe_swarm.checkpoint import load_checkpoint
-from moe_swarm.parallel import ParallelConfig, ParallelConfigError
-from moe_swarm.parallel.checkpoint import ShardedCheckpointError, export_consolidated
+from moe_swarm.scale.parallel import ParallelConfig, ParallelConfigError
+from moe_swarm.store.checkpoint import load_checkpoint
+from moe_swarm.store.sharded import ShardedCheckpointError, export_consolidated
 
 TOL = 1e-5
 

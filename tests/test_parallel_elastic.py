@@ -74,7 +74,7 @@ def test_moe_swarm_train_under_torchrun_restarts_a_killed_rank_from_the_sharded_
     meta = tmp_path / "elastic" / "checkpoints" / "last.ckpt" / "meta.pt"
     with log.open("w") as f:
         agent = subprocess.Popen(
-            [*torchrun, "-m", "moe_swarm.train", *args],
+            [*torchrun, "-m", "moe_swarm.cli.train", *args],
             cwd=tmp_path,
             env=env,
             stdout=f,
@@ -108,7 +108,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_launcher_renders_an_elastic_job_that_validates_strictly_and_the_plain_job_stays_default():
     import yaml
 
-    from moe_swarm.k8s import LaunchError, render_job, render_jobs
+    from moe_swarm.scale.k8s import LaunchError, render_job, render_jobs
 
     args = ("moe-swarm-train", "img:1", "cpu", 2, 2, ["experiment=moe_parallel"], "run1")
     plain = {d["kind"]: d for d in yaml.safe_load_all(render_job(*args)) if d}
@@ -167,7 +167,7 @@ def test_entrypoint_runs_moe_swarm_train_under_torchrun_when_max_restarts_is_set
         "--rdzv-id=run1",
         "--max-restarts=3",
         "-m",
-        "moe_swarm.train",
+        "moe_swarm.cli.train",
         "experiment=moe_parallel",
         "cluster=torchelastic",
         "trainer.max_steps=5",

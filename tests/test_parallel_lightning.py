@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from moe_swarm.checkpoint import load_checkpoint
-from moe_swarm.cluster import clean_env
-from moe_swarm.parallel.checkpoint import export_consolidated, is_sharded_checkpoint
+from moe_swarm.scale.cluster import clean_env
+from moe_swarm.store.checkpoint import load_checkpoint
+from moe_swarm.store.sharded import export_consolidated, is_sharded_checkpoint
 
 ARGS = [
     "experiment=moe_parallel",
@@ -41,7 +41,7 @@ def _train(tmp: Path, steps: int) -> str:
         env.pop(name, None)
     env.update({"MOE_SWARM_RUNS_DIR": str(tmp), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"})
     proc = subprocess.run(
-        [sys.executable, "-m", "moe_swarm.train", *ARGS, f"trainer.max_steps={steps}"],
+        [sys.executable, "-m", "moe_swarm.cli.train", *ARGS, f"trainer.max_steps={steps}"],
         cwd=tmp,
         env=env,
         capture_output=True,

@@ -16,12 +16,12 @@ import pytest
 import torch
 from conftest import TINY_MODEL, compose_cfg, run_entry_point
 
-from moe_swarm.cluster import clean_env
+from moe_swarm.cli.train import train
 from moe_swarm.config import ConfigError
-from moe_swarm.layout import RunLayout, parse_metrics_line
-from moe_swarm.lit.resume import ResumeError
-from moe_swarm.run_lock import RunLock, RunLockError
-from moe_swarm.train import train
+from moe_swarm.scale.cluster import clean_env
+from moe_swarm.store.layout import RunLayout, parse_metrics_line
+from moe_swarm.store.run_lock import RunLock, RunLockError
+from moe_swarm.training.resume import ResumeError
 
 TINY = [
     "experiment=quickstart",
@@ -51,8 +51,8 @@ def _val_steps(run_dir: Path) -> list[int]:
 def test_validates_once_at_a_final_step_that_is_not_a_multiple_of_the_interval(tmp_path):
     from hydra import compose, initialize_config_dir
 
+    from moe_swarm.cli.eval import evaluate
     from moe_swarm.config import config_dir
-    from moe_swarm.eval import evaluate
 
     s = _train(tmp_path, "run_id=odd", "trainer.max_steps=7", "trainer.val_check_interval=5")
     assert s["global_step"] == 7
@@ -88,7 +88,7 @@ def test_second_run_with_the_same_id_fails_naming_the_holder(tmp_path):
     env = clean_env(os.environ) | {"MOE_SWARM_RUNS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
     env.pop("RUN_ID", None)
     first = subprocess.Popen(
-        [sys.executable, "-m", "moe_swarm.train", *TINY, "trainer.max_steps=100000", "run_id=shared"],
+        [sys.executable, "-m", "moe_swarm.cli.train", *TINY, "trainer.max_steps=100000", "run_id=shared"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -100,7 +100,9 @@ def test_second_run_with_the_same_id_fails_naming_the_holder(tmp_path):
         while not (lock.is_file() and lock.read_text()) and time.monotonic() < deadline:
             assert first.poll() is None, "the first run exited early"
             time.sleep(0.2)
-        proc = run_entry_point("moe_swarm.train", [*TINY, "trainer.max_steps=2", "run_id=shared"], tmp_path)
+        proc = run_entry_point(
+            "moe_swarm.cli.train", [*TINY, "trainer.max_steps=2", "run_id=shared"], tmp_path
+        )
         assert proc.returncode == 2
         assert f"run 'shared' is in use by pid {first.pid} on host" in proc.stderr
         assert "another run_id" in proc.stderr and "Traceback" not in proc.stderr
@@ -167,7 +169,7 @@ def test_truncated_last_ckpt_without_a_fallback_is_one_paragraph(tmp_path):
     layout = RunLayout(tmp_path / "cut2")
     assert [p.name for p in layout.checkpoints.glob("*.ckpt")] == ["last.ckpt"]
     layout.last_checkpoint.write_bytes(layout.last_checkpoint.read_bytes()[:1000])
-    proc = run_entry_point("moe_swarm.train", [*TINY, "trainer.max_steps=4", "run_id=cut2"], tmp_path)
+    proc = run_entry_point("moe_swarm.cli.train", [*TINY, "trainer.max_steps=4", "run_id=cut2"], tmp_path)
     assert proc.returncode == 2
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert "last.ckpt is truncated or corrupt" in line and "resume=false" in line
@@ -181,7 +183,7 @@ def _child(tmp_path: Path, args: list[str], **env_extra: str) -> subprocess.Pope
     env = clean_env(os.environ) | {"MOE_SWARM_RUNS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", **env_extra}
     env.pop("RUN_ID", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "moe_swarm.train", *args],
+        [sys.executable, "-m", "moe_swarm.cli.train", *args],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -245,7 +247,7 @@ def test_sigkill_loses_at_most_the_step_cadence(tmp_path):
 
 def test_bad_values_fail_before_anything_is_built_one_line_each(tmp_path):
     proc = run_entry_point(
-        "moe_swarm.train",
+        "moe_swarm.cli.train",
         [
             "experiment=quickstart",
             "trainer.max_steps=abc",
@@ -277,7 +279,7 @@ def test_hydra_full_error_shows_the_traceback(tmp_path):
     env_args = ["experiment=quickstart", "trainer.max_steps=0"]
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        proc = run_entry_point("moe_swarm.train", env_args, tmp_path)
+        proc = run_entry_point("moe_swarm.cli.train", env_args, tmp_path)
     finally:
         del os.environ["HYDRA_FULL_ERROR"]
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
@@ -289,7 +291,7 @@ def test_hydra_full_error_shows_the_traceback(tmp_path):
 @pytest.mark.slow
 def test_console_output_has_no_duplicates_adverts_or_junk_numbers(tmp_path):
     args = [*TINY, "trainer.max_steps=4", "trainer.enable_progress_bar=true", "run_id=quiet"]
-    proc = run_entry_point("moe_swarm.train", args, tmp_path)
+    proc = run_entry_point("moe_swarm.cli.train", args, tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     lines = [ln for ln in out.splitlines() if "GPU available" in ln]
@@ -307,7 +309,7 @@ def test_console_output_has_no_duplicates_adverts_or_junk_numbers(tmp_path):
 def test_expert_load_plots_share_one_colour_scale_with_integer_ticks():
     import numpy as np
 
-    from moe_swarm.lit.callbacks import plot_expert_load
+    from moe_swarm.training.callbacks import plot_expert_load
 
     even = plot_expert_load(np.full((2, 4), 0.25), 5, [1, 3])
     skewed = plot_expert_load(np.array([[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]]), 10, [1, 3])

@@ -11,17 +11,17 @@ import torch
 from conftest import TINY_MODEL, compose_cfg
 
 from moe_swarm.data.tasks import get_task
-from moe_swarm.layout import RunLayout
-from moe_swarm.lit.lm_objective import LanguageModelObjective
-from moe_swarm.lit.run import Run
-from moe_swarm.lit.scorer_data import ProblemDataModule, StepRolloutDataModule
-from moe_swarm.lit.scorer_recipes import StepCheckerTraining, ValueHeadTraining
 from moe_swarm.model import MoEConfig, MoETransformer, TransformerConfig
-from moe_swarm.run_lock import RunLock, RunLockError
+from moe_swarm.store.layout import RunLayout
+from moe_swarm.store.run_lock import RunLock, RunLockError
 from moe_swarm.swarm import StepChecker, StepRollouts, SwarmConfig, ValueHead, swarm_state_dict
 from moe_swarm.swarm.checker import checker_loss
 from moe_swarm.swarm.scorer import Scorer, labelled_loss
 from moe_swarm.swarm.value import value_loss
+from moe_swarm.training.lm_objective import LanguageModelObjective
+from moe_swarm.training.run import Run
+from moe_swarm.training.scorer_data import ProblemDataModule, StepRolloutDataModule
+from moe_swarm.training.scorer_recipes import StepCheckerTraining, ValueHeadTraining
 
 
 class RecordingObjective(LanguageModelObjective):

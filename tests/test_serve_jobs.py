@@ -93,7 +93,7 @@ def test_crashing_child_ends_failed_with_log_tail_and_server_stays_healthy(serve
 
 
 def test_cancel_is_graceful_repeatable_and_keeps_the_checkpoint(server):
-    from moe_swarm.checkpoint import load_model
+    from moe_swarm.store.checkpoint import load_model
 
     resp = start(server.stub, "fake.steps=100000", "fake.step_s=0.05")
     run_ckpt = None
@@ -139,6 +139,7 @@ def test_request_id_makes_start_idempotent(server):
     assert len(server.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs) == 1
 
 
+@pytest.mark.parametrize("server", [{"training__max_queued": 0}], indirect=True)  # no queue: refused
 def test_concurrency_limit_and_run_id_conflicts(server):
     long = start(server.stub, "fake.steps=100000", "fake.step_s=0.05", run_id="shared")
     with pytest.raises(grpc.RpcError) as info:

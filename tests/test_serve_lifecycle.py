@@ -2,7 +2,6 @@
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -11,45 +10,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serve_helpers import wait_until
+from grpc_health.v1 import health_pb2
+from serve_helpers import ServerProcess, wait_until
 
 from moe_swarm.serve.proto import mcp_pb2 as pb
-from moe_swarm.serve.proto import mcp_pb2_grpc
-from moe_swarm.serve.server import READY_PREFIX
-
-CHILD = Path(__file__).with_name("serve_child_train.py")
-
-
-class ServerProcess:
-    """The console entry point in a child process; stdout lines are collected by a reader thread."""
-
-    def __init__(self, state_dir: Path, *overrides: str) -> None:
-        argv = [sys.executable, "-c", "from moe_swarm.serve.__main__ import main; main()",
-                "serve.port=0", "serve.auth.enabled=false", f"serve.state_dir={state_dir}",
-                f"serve.training.command=[python,{CHILD}]", "serve.training.config_name=null", "serve.training.extra_overrides=[]", *overrides]  # fmt: skip
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.stderr: list[str] = []
-        threading.Thread(target=self._read, args=(self.proc.stdout, self.lines.put), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr.append), daemon=True).start()
-        line = self.lines.get(timeout=60)
-        assert line.startswith(READY_PREFIX), (line, self.stderr)
-        self.address = line[len(READY_PREFIX) :].strip()
-        self.channel = grpc.insecure_channel(self.address)
-        self.stub = mcp_pb2_grpc.MCPControlStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-
-    @staticmethod
-    def _read(stream, sink):
-        for line in stream:
-            sink(line)
-
-    def close(self) -> None:
-        self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
 
 
 @pytest.fixture
@@ -75,7 +39,7 @@ def _alive(pid: int) -> bool:
 
 def test_sigterm_drains_rpcs_stops_jobs_with_a_checkpoint_and_exits_zero(tmp_path, processes):
     state = tmp_path / "state"
-    srv = ServerProcess(state, "serve.grace_s=30")
+    srv = ServerProcess(state, "serve.grace_s=30", "serve.job_store=json")  # reads the JSON record below
     processes.append(srv)
     job = srv.stub.StartTraining(pb.TrainRequest(config_path="quickstart",
                                                  overrides=["fake.steps=100000", "fake.step_s=0.05"]), timeout=30)  # fmt: skip
@@ -118,15 +82,17 @@ def test_sigterm_drains_rpcs_stops_jobs_with_a_checkpoint_and_exits_zero(tmp_pat
     assert "NOT_SERVING" in log and "stopped" in log
 
     # a restarted sidecar still lists the finished job, unchanged
-    again = ServerProcess(state)
+    again = ServerProcess(state)  # the SQLite store (the default) carries the JSON records over
     processes.append(again)
     listed = again.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs
     assert [(j.job_id, j.state) for j in listed] == [(job.job_id, pb.CANCELLED)]
 
 
 def test_restart_after_a_crash_marks_running_jobs_failed_and_keeps_finished_ones(tmp_path, processes):
+    """With serve.training.resume_after_restart=false (the behaviour before the durable queue)."""
     state = tmp_path / "state"
-    srv = ServerProcess(state)
+    no_resume = "serve.training.resume_after_restart=false"
+    srv = ServerProcess(state, no_resume)
     processes.append(srv)
     done = srv.stub.StartTraining(
         pb.TrainRequest(config_path="quickstart", overrides=["fake.steps=1"]), timeout=30
@@ -147,7 +113,7 @@ def test_restart_after_a_crash_marks_running_jobs_failed_and_keeps_finished_ones
         if _alive(running.pid):
             os.kill(running.pid, signal.SIGKILL)
 
-    again = ServerProcess(state)
+    again = ServerProcess(state, no_resume)
     processes.append(again)
     jobs = {j.job_id: j for j in again.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs}
     assert jobs[done.job_id].state == pb.SUCCEEDED and jobs[done.job_id].checkpoint == final.checkpoint

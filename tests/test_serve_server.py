@@ -569,7 +569,7 @@ def test_a_sharded_last_ckpt_folder_is_served_by_run_id_and_path(server, tmp_pat
     import torch
 
     from moe_swarm.model import MoETransformer, TransformerConfig
-    from moe_swarm.parallel.checkpoint import save_sharded
+    from moe_swarm.store.sharded import save_sharded
 
     cfg = TransformerConfig.from_dict({"d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 64,
                                        "moe": {"num_experts": 4, "d_ff": 32}})  # fmt: skip

@@ -1,4 +1,4 @@
-"""Real training jobs (`python -m moe_swarm.train`) through the sidecar: success, graceful cancel."""
+"""Real training jobs (`python -m moe_swarm.cli.train`) through the sidecar: success, graceful cancel."""
 
 from pathlib import Path
 
@@ -26,7 +26,7 @@ def server(tmp_path):
 
 
 def test_real_training_job_succeeds_and_its_checkpoint_answers_inference(server):
-    from moe_swarm.checkpoint import load_model
+    from moe_swarm.store.checkpoint import load_model
 
     resp = server.stub.StartTraining(pb.TrainRequest(
         config_path="quickstart", overrides=[*TINY, "trainer.max_steps=4", "trainer.val_check_interval=2",
@@ -56,7 +56,7 @@ def test_real_training_job_succeeds_and_its_checkpoint_answers_inference(server)
 
 
 def test_real_training_job_cancels_with_its_last_checkpoint_intact(server):
-    from moe_swarm.checkpoint import load_model
+    from moe_swarm.store.checkpoint import load_model
 
     resp = server.stub.StartTraining(pb.TrainRequest(
         config_path="quickstart", overrides=[*TINY, "trainer.max_steps=100000", "trainer.val_check_interval=2"]),

@@ -227,8 +227,8 @@ def test_checkpoint_paths(tmp_path):
 
 
 def test_served_task_comes_from_the_checkpoint_task_spec_and_checks_prompts():
-    from moe_swarm.checkpoint import task_spec
     from moe_swarm.control.models import _task_of
+    from moe_swarm.store.checkpoint import task_spec
 
     spec = task_spec({"eval_task": {"name": "mul", "kwargs": {"digits_a": 2, "digits_b": 1}}})
     name, task, canonical = _task_of(spec)

@@ -1,5 +1,5 @@
 """A sharded checkpoint survives a writer killed at any moment: the save goes to ``<path>.partial`` and
-is swapped in whole (moe_swarm.parallel.checkpoint). Real processes, real SIGKILLs, real files."""
+is swapped in whole (moe_swarm.store.sharded). Real processes, real SIGKILLs, real files."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe_swarm.layout import is_sharded_checkpoint
-from moe_swarm.parallel.checkpoint import (
+from moe_swarm.store.layout import is_sharded_checkpoint
+from moe_swarm.store.sharded import (
     ShardedCheckpointError,
     consolidated_checkpoint,
     prepare_sharded_save,
@@ -30,7 +30,7 @@ from moe_swarm.parallel.checkpoint import (
 SAVER = """
 import sys, torch
 from torch import nn
-from moe_swarm.parallel.checkpoint import save_sharded
+from moe_swarm.store.sharded import save_sharded
 path = sys.argv[1]
 model = nn.Sequential(*[nn.Linear(512, 512) for _ in range(24)])
 for step in range(1, 100000):

@@ -8,6 +8,8 @@ import pytest
 import torch
 from conftest import compose_cfg, run_entry_point
 
+from moe_swarm.cli.swarm_eval import run_eval
+from moe_swarm.cli.swarm_train import swarm_train
 from moe_swarm.config import config_dir
 from moe_swarm.data import ByteTokenizer, get_task
 from moe_swarm.swarm import (
@@ -18,8 +20,6 @@ from moe_swarm.swarm import (
     ranking_auc,
     two_level_bootstrap_ci,
 )
-from moe_swarm.swarm_eval import run_eval
-from moe_swarm.swarm_train import swarm_train
 
 CONF = config_dir()
 # 1x1 multiplication has only 4 test items; the train split (37 items) gives a usable number of problems.
@@ -150,7 +150,7 @@ def test_eval_writes_json_markdown_and_plot_with_consistent_numbers(checkpoints,
 
     task = get_task("mul", digits_a=1, digits_b=1)
     problems = task.generate("train", 12, seed=0)
-    from moe_swarm.checkpoint import load_model
+    from moe_swarm.store.checkpoint import load_model
 
     model, _ = load_model(checkpoints["swarm"])
     ref = greedy(model, ByteTokenizer(), [p.prompt for p in problems], 4, task.canonical)
@@ -254,10 +254,10 @@ def test_cli_writes_results_next_to_the_checkpoint_run(checkpoints, tmp_path):
         "grid.rounds=[0,1]",
         "controls.diversity=[]",
     ]
-    proc = run_entry_point("moe_swarm.swarm_eval", args, tmp_path)
+    proc = run_entry_point("moe_swarm.cli.swarm_eval", args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = checkpoints["swarm"].parent.parent / "swarm_eval"
     assert (out / "results.json").is_file() and (out / "results.md").is_file()
     assert "| 2 | 1 |" in proc.stdout
-    bad = run_entry_point("moe_swarm.swarm_eval", [f"checkpoint={checkpoints['base']}"], tmp_path, 120)
+    bad = run_entry_point("moe_swarm.cli.swarm_eval", [f"checkpoint={checkpoints['base']}"], tmp_path, 120)
     assert bad.returncode != 0 and "needs a value head" in bad.stderr + bad.stdout

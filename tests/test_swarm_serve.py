@@ -18,8 +18,8 @@ from moe_swarm.swarm import StepSwarm, load_step_checker
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
     """A tiny 1x1 multiplication model trained with a scratchpad, with its step checker, plus a text model."""
-    from moe_swarm.swarm_train import swarm_train
-    from moe_swarm.train import train
+    from moe_swarm.cli.swarm_train import swarm_train
+    from moe_swarm.cli.train import train
 
     runs = tmp_path_factory.mktemp("serve-steps")
     base = [*TINY_MUL_BASE, "data.task_kwargs.scratchpad=true", "model.max_seq_len=48", "trainer.max_steps=150",
@@ -58,7 +58,7 @@ def test_steps_mode_returns_the_committed_steps_with_vote_shares(stub, models):
     assert r.votes and r.agents == 4 and sum(v.weight for v in r.votes) == pytest.approx(1.0)
     assert r.forward_passes > 0 and r.flops > 0 and r.generated_tokens > 0 and r.rounds_used >= 1
     # the same swarm run in-process gives the same trajectory (the server adds nothing of its own)
-    from moe_swarm.checkpoint import load_checkpoint
+    from moe_swarm.store.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(models / "steps.ckpt")
     checker, steps = load_step_checker(models / "steps.ckpt")

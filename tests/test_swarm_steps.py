@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import TINY_MUL_BASE, compose_cfg
 
-from moe_swarm.checkpoint import load_checkpoint
 from moe_swarm.data import ByteTokenizer, get_task
 from moe_swarm.model import MoEConfig, MoETransformer, TransformerConfig
 from moe_swarm.model.transformer import KVCache
+from moe_swarm.store.checkpoint import load_checkpoint
 from moe_swarm.swarm import (
     StepChecker,
     StepSwarm,
@@ -147,8 +147,8 @@ def test_rollout_labels_come_from_the_step_oracle():
 # ------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def checker_run(tmp_path_factory) -> dict:
-    from moe_swarm.swarm_train import swarm_train
-    from moe_swarm.train import train
+    from moe_swarm.cli.swarm_train import swarm_train
+    from moe_swarm.cli.train import train
 
     runs = tmp_path_factory.mktemp("steps")
     base = [
@@ -204,7 +204,7 @@ def test_step_checker_training_writes_a_loadable_checker(checker_run):
 
 
 def test_step_level_eval_reports_swarm_controls_and_targets(checker_run, tmp_path):
-    from moe_swarm.swarm_eval import run_eval
+    from moe_swarm.cli.swarm_eval import run_eval
 
     out = tmp_path / "eval"
     args = [

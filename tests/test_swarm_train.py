@@ -15,11 +15,10 @@ import torch
 from conftest import compose_cfg, run_entry_point
 from omegaconf import OmegaConf
 
-from moe_swarm.checkpoint import CheckpointError, load_model, save_model_checkpoint
-from moe_swarm.checkpoint import load_checkpoint as load_model_checkpoint
+from moe_swarm.cli.swarm_train import swarm_train
 from moe_swarm.config import config_dir
-from moe_swarm.lit.answer_labels import recompute_thoughts
-from moe_swarm.lit.scorer_recipes import ValueHeadTraining
+from moe_swarm.store.checkpoint import CheckpointError, load_model, save_model_checkpoint
+from moe_swarm.store.checkpoint import load_checkpoint as load_model_checkpoint
 from moe_swarm.swarm import (
     SwarmConfig,
     SwarmSolver,
@@ -28,7 +27,8 @@ from moe_swarm.swarm import (
     mean_of_defined,
     ranking_auc,
 )
-from moe_swarm.swarm_train import swarm_train
+from moe_swarm.training.answer_labels import recompute_thoughts
+from moe_swarm.training.scorer_recipes import ValueHeadTraining
 
 CONF = config_dir()
 # Rounds=0: the same 30 problems every step give the same rollouts (a fixed toy set-up).
@@ -302,11 +302,11 @@ def test_cli_trains_and_writes_summary(base_ckpt, tmp_path):
         "trainer.max_steps=2",
         "trainer.val_check_interval=2",
     ]
-    proc = run_entry_point("moe_swarm.swarm_train", args, tmp_path)
+    proc = run_entry_point("moe_swarm.cli.swarm_train", args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert summary["global_step"] == 2 and Path(summary["checkpoint"]).is_file()
     bad = run_entry_point(
-        "moe_swarm.swarm_train", [f"checkpoint={tmp_path}/nope.ckpt", "run_id=bad"], tmp_path, 120
+        "moe_swarm.cli.swarm_train", [f"checkpoint={tmp_path}/nope.ckpt", "run_id=bad"], tmp_path, 120
     )
     assert bad.returncode != 0 and "does not exist" in bad.stderr + bad.stdout

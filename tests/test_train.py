@@ -13,9 +13,9 @@ from conftest import TINY_MODEL, run_entry_point
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from moe_swarm.checkpoint import load_model
+from moe_swarm.cli.train import train
 from moe_swarm.config import config_dir
-from moe_swarm.train import train
+from moe_swarm.store.checkpoint import load_model
 
 CONF = config_dir()
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -142,7 +142,7 @@ def test_reasoning_run_reports_exact_match(tmp_path):
 
 
 def test_bits_per_byte_equals_hand_computation(tmp_path):
-    from moe_swarm.lit.lm_module import MoELanguageModel
+    from moe_swarm.training.lm_module import MoELanguageModel
 
     cfg = compose_cfg(["experiment=quickstart", *TINY], tmp_path)
     module = MoELanguageModel(model=OmegaConf.to_container(cfg.model, resolve=True))
@@ -194,7 +194,7 @@ def test_block_size_longer_than_model_context_is_a_clear_error(tmp_path):
 
 
 def _run_cli(args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return run_entry_point("moe_swarm.train", args, tmp_path, timeout)
+    return run_entry_point("moe_swarm.cli.train", args, tmp_path, timeout)
 
 
 @pytest.mark.parametrize(
@@ -287,7 +287,7 @@ def test_configs_are_found_from_an_installed_wheel_in_any_directory(tmp_path, re
         "from hydra import compose, initialize_config_dir;"
         "initialize_config_dir(config_dir=str(c.config_dir()), version_base='1.3');"
         "print(compose('train', overrides=['experiment=quickstart']).trainer.max_steps);"
-        "import moe_swarm.k8s as k; print(k.k8s_dir())"
+        "import moe_swarm.scale.k8s as k; print(k.k8s_dir())"
     )
     env = {k: v for k, v in os.environ.items() if k != "MOE_SWARM_CONFIG_DIR"}
     env["PYTHONPATH"] = str(site)
@@ -331,9 +331,9 @@ def test_metrics_lines_for_a_supervisor(tmp_path, monkeypatch, capsys):
 
 
 def test_eval_entry_point_reports_bpb_and_exact_match(tmp_path):
+    from moe_swarm.cli.eval import evaluate
     from moe_swarm.data.tasks import get_task, greedy_exact_match
     from moe_swarm.data.tokenizer import ByteTokenizer
-    from moe_swarm.eval import evaluate
 
     s = train(
         compose_cfg(
@@ -370,7 +370,7 @@ def test_eval_entry_point_reports_bpb_and_exact_match(tmp_path):
 
 
 def test_eval_reads_checkpoints_whose_run_config_names_the_old_datamodule_path(tmp_path):
-    from moe_swarm.eval import evaluate
+    from moe_swarm.cli.eval import evaluate
 
     s = train(
         compose_cfg(
@@ -380,7 +380,7 @@ def test_eval_reads_checkpoints_whose_run_config_names_the_old_datamodule_path(t
     )
     ckpt = torch.load(s["checkpoint"], weights_only=True)
     data = ckpt["hyper_parameters"]["run_config"]["data"]
-    assert data["_target_"] == "moe_swarm.lit.datamodules.TextDataModule"
+    assert data["_target_"] == "moe_swarm.training.datamodules.TextDataModule"
     data["_target_"] = "moe_swarm.data.datamodules.TextDataModule"  # as written before the move
     torch.save(ckpt, s["checkpoint"])
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from moe_swarm.cli import UserError
+from moe_swarm.errors import UserError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -170,8 +170,12 @@ def _model_problems(cfg: DictConfig) -> list[str]:
     """The model config's own strict check (unknown keys named with their path, value ranges)."""
     from moe_swarm.model.config import TransformerConfig
 
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    init_from = model.pop("init_from", None) if isinstance(model, dict) else None
+    if init_from is not None:  # the architecture comes from the folder's config.json (moe_swarm.hf.init_from)
+        return _path_problems("model.init_from", init_from)
     try:
-        TransformerConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
+        TransformerConfig.from_dict(model)
     except (TypeError, ValueError) as exc:
         return [str(exc)]
     return []

@@ -22,7 +22,11 @@ SUITES: dict[str, Suite] = {**registry.SUITES, serve_suite.SUITE: serve_suite.ca
 
 
 def build_parser(available: Mapping[str, Suite] = SUITES) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moe-swarm-bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="moe-swarm-bench",
+        description="Time the model, training, the swarm and the sidecar (benchmark suites), or compare "
+        "two runs' results. `moe-swarm-bench run --quick` takes a few minutes.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run suites; writes <out>/<timestamp>/results.json, results.md, *.png")
     run.add_argument("--quick", action="store_true", help="a small version of every suite (a few minutes)")

@@ -79,7 +79,8 @@ def measure(calls: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
 
     work = Path(tempfile.mkdtemp(prefix="moe-swarm-control-bench-"))
     server = ServerProcess(["serve.port=0", "serve.auth.enabled=false", "serve.log_rpcs=false",
-                            f"serve.state_dir={work}", "serve.training.cancel_grace_s=30"])  # fmt: skip
+                            f"serve.state_dir={work}", f"serve.training.runs_dir={work}/runs",
+                            "serve.training.cancel_grace_s=30"])  # fmt: skip
     try:
         with grpc.insecure_channel(server.address) as channel:
             job_id = _job(mcp_pb2_grpc.MCPControlStub(channel))

@@ -90,8 +90,8 @@ def random_checkpoint(path: Path, dims: dict[str, int], seed: int = 0) -> Path:
     """A randomly initialised model (``dims``: flat model keys) in the training checkpoint layout."""
     import torch
 
-    from moe_swarm.checkpoint import save_model_checkpoint
     from moe_swarm.model import MoETransformer, TransformerConfig
+    from moe_swarm.store.checkpoint import save_model_checkpoint
 
     torch.manual_seed(seed)
     model = MoETransformer(TransformerConfig.from_dict({**dims, "max_seq_len": 64}))
@@ -143,6 +143,7 @@ def run(args: Any) -> list[Level]:
         for mode in MODES:
             servers[mode] = ServerProcess([
                 "serve.port=0", "serve.auth.enabled=false", "serve.log_rpcs=false", f"serve.state_dir={work / mode}",
+                f"serve.training.runs_dir={work / mode}/runs",
                 f"serve.inference.checkpoint_roots=[{ckpt.parent}]", f"serve.inference.default_model={ckpt}",
                 f"serve.inference.threads={args.threads}", "serve.inference.workers=1",
                 f"serve.inference.batching.enabled={'true' if mode == 'batched' else 'false'}",

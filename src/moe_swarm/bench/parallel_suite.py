@@ -4,7 +4,7 @@ Each world size is one group of worker processes (gloo on CPU, NCCL on GPUs; one
 that trains the same model three ways, interleaved repeat by repeat (DDP, FSDP2, EP; then the
 reverse order), so all three see the same machine load:
 - ``ddp``: torch ``DistributedDataParallel``, every rank holds every weight;
-- ``fsdp2``: :func:`moe_swarm.parallel.parallelize` with ``expert_parallel_size=1``;
+- ``fsdp2``: :func:`moe_swarm.scale.parallel.parallelize` with ``expert_parallel_size=1``;
 - ``ep``: ``parallelize`` with ``expert_parallel_size = world`` (each rank holds E / world experts,
   FSDP2 for the rest).
 
@@ -35,7 +35,7 @@ import torch
 from moe_swarm.bench.context import BenchContext, Case, SuiteUnavailable
 from moe_swarm.bench.model_shape import ModelShape
 from moe_swarm.bench.results import Row
-from moe_swarm.cluster import clean_env
+from moe_swarm.scale.cluster import clean_env
 
 SUITE = "parallel"
 LAYOUTS = ("ddp", "fsdp2", "ep")
@@ -161,7 +161,7 @@ def _worker(args: argparse.Namespace) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from moe_swarm.model import MoETransformer
-    from moe_swarm.parallel import ParallelConfig, clip_grad_norm_, parallelize
+    from moe_swarm.scale.parallel import ParallelConfig, clip_grad_norm_, parallelize
 
     setup = Setup(**json.loads(args.setup))
     torch.set_num_threads(args.threads)

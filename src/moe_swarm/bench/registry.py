@@ -51,12 +51,28 @@ def parallel(ctx: BenchContext) -> list[Case]:
     return parallel_suite.cases(ctx)
 
 
+def hf(ctx: BenchContext) -> list[Case]:
+    """Import/export of a Mixtral-shaped HF checkpoint vs transformers: seconds and peak RSS."""
+    from moe_swarm.bench import hf_suite
+
+    return hf_suite.cases(ctx)
+
+
+def data(ctx: BenchContext) -> list[Case]:
+    """The token loader (0/1/2 workers) vs the model's training tokens/s; prepare vs tokenizers' batch encoding."""
+    from moe_swarm.bench import data_suite
+
+    return data_suite.cases(ctx)
+
+
 SUITES: dict[str, Suite] = {
     "moe_layer": moe_layer,
     "generate": generate,
     "train_step": train_step,
     "swarm": swarm,
     "parallel": parallel,
+    "hf": hf,
+    "data": data,
 }
 
 

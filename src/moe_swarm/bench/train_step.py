@@ -92,7 +92,7 @@ class PlainLoop:
         batches: list[dict],
         compile: bool = False,
     ):
-        from moe_swarm.lit.lm_module import parameter_groups
+        from moe_swarm.training.lm_module import parameter_groups
 
         self.coefs = coefs  # the LightningModule's hparams: same loss coefficients and weight decay
         torch.manual_seed(ctx.seed)
@@ -179,7 +179,7 @@ GPU_QUICK = TrainSetup(1024, 12, 16, 1024, 16, 2, batch_size=8, seq_len=1024, st
 def eager_vs_compiled(ctx: BenchContext, setup: TrainSetup) -> list[Row]:
     """Plain-loop steps of one model eager and with per-block ``torch.compile`` (bf16-mixed on CUDA,
     fp32 on CPU), each with its MFU against a matmul peak measured in the same run."""
-    from moe_swarm.lit import lm_module as lm
+    from moe_swarm.training import lm_module as lm
 
     model_cfg = setup.model_config(setup.seq_len)
     batches = make_batches(setup, setup.steps + 1, ctx.seed)
@@ -239,7 +239,7 @@ def cases(ctx: BenchContext) -> list[Case]:
 
 def plain_vs_lightning(ctx: BenchContext) -> list[Row]:
     """The same model, data, loss and optimizer stepped by a plain loop and by the Lightning Trainer."""
-    from moe_swarm.lit import lm_module as lm  # Lightning: imported only when this suite runs
+    from moe_swarm.training import lm_module as lm  # Lightning: imported only when this suite runs
 
     setup = QUICK if ctx.quick else FULL
     repeats = ctx.repeats_or(full=3, quick=1)

@@ -43,6 +43,11 @@ class JobView:
         default_factory=dict, **_doc("latest value of every metric the job reported")
     )
     cancel_requested: bool = False
+    priority: int = field(default=0, **_doc("queued jobs start highest priority first, then oldest first"))
+    queue_position: int = field(
+        default=0, **_doc("1 = starts next; 0 = not waiting (running, finished, or not queued)")
+    )
+    restarts: int = field(default=0, **_doc("times a sidecar restart requeued it to resume its run"))
     finished: bool = field(default=False, **_doc("True once the state is SUCCEEDED, FAILED or CANCELLED"))
 
     def __post_init__(self) -> None:

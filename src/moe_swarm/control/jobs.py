@@ -31,15 +31,20 @@ from moe_swarm.control.exits import describe_exit, failure_reason
 from moe_swarm.control.job_kinds import (
     BenchmarkJob,
     BenchmarkRequest,
+    EvaluationJob,
+    EvaluationRequest,
     JobKind,
     TrainingJob,
     TrainingRequest,
 )
+from moe_swarm.control.job_store import SqliteJobRegistry
+from moe_swarm.control.job_view import JobView
+from moe_swarm.control.models import resolve_checkpoint_reference
 from moe_swarm.control.registry import JobRecord, JobRegistry, JobState, new_job_id
-from moe_swarm.control.settings import BenchmarkSettings, TrainingSettings
-from moe_swarm.control.supervisor import READ_CHUNK, ChildHooks, ProcessSupervisor
+from moe_swarm.control.settings import BenchmarkSettings, EvaluationSettings, TrainingSettings
+from moe_swarm.control.supervisor import READ_CHUNK, ChildHooks, ProcessSupervisor, stop_orphan, tail_offset
 from moe_swarm.control.validation import check_id
-from moe_swarm.layout import METRICS_LINES_ENV, parse_metrics_line
+from moe_swarm.store.layout import METRICS_LINES_ENV, parse_metrics_line
 
 log = logging.getLogger("moe_swarm.control.jobs")
 
@@ -60,9 +65,17 @@ class JobService:
         runs_dir: Path,
         conf_dir: Path,
         hidden_env: Sequence[str] = (),
+        job_store: str = "sqlite",
+        evaluation: EvaluationSettings | None = None,
+        checkpoint_roots: Sequence[str] = (),
     ) -> None:
         self.training_settings = training
-        self.registry = JobRegistry(state_dir / "jobs")
+        if job_store == "sqlite":
+            self.registry: JobRegistry = SqliteJobRegistry(state_dir / "jobs.sqlite3", state_dir / "jobs")
+        elif job_store == "json":
+            self.registry = JobRegistry(state_dir / "jobs")
+        else:
+            raise ValueError(f"serve.job_store={job_store!r} is not a job store; use 'sqlite' or 'json'")
         self.logs_dir = state_dir / "logs"
         self.work_dir = state_dir / "work"
         self.runs_dir = runs_dir
@@ -71,7 +84,14 @@ class JobService:
         self.hidden_env = tuple(hidden_env)
         self.training = TrainingJob(training, conf_dir=conf_dir, runs_dir=runs_dir, work_dir=self.work_dir)
         self.benchmark = BenchmarkJob(benchmark, work_dir=self.work_dir)
-        self.kinds: dict[str, JobKind] = {k.name: k for k in (self.training, self.benchmark)}
+        roots = [runs_dir, *(Path(r) for r in checkpoint_roots)]
+        self.evaluation = EvaluationJob(
+            evaluation or EvaluationSettings(),
+            resolve=lambda ref: resolve_checkpoint_reference(ref, self.registry, runs_dir, roots, _stem)[0],
+            runs_dir=runs_dir,
+            work_dir=self.work_dir,
+        )
+        self.kinds: dict[str, JobKind] = {k.name: k for k in (self.training, self.benchmark, self.evaluation)}
         self.supervisor = ProcessSupervisor(parse_metrics_line)
         self._tasks: dict[str, asyncio.Task] = {}
         self._signals: dict[str, asyncio.Event] = {}
@@ -81,17 +101,36 @@ class JobService:
 
     # ------------------------------------------------------------------ lifecycle
     def recover(self) -> list[JobRecord]:
-        """Load the registry; jobs a previous sidecar left running are marked FAILED (see registry)."""
-        return self.registry.recover()
+        """Load the registry. Training jobs a previous sidecar left PENDING or RUNNING are queued again
+        (``serve.training.resume_after_restart``): a child that outlived it is stopped first (SIGTERM, so it
+        checkpoints), and the job's next child resumes the run from its last checkpoint. Other jobs are
+        marked FAILED, saying why. Returns the jobs it changed; call :meth:`start_queued` next."""
+        return self.registry.recover(requeue=self._requeue_after_restart)
+
+    def _requeue_after_restart(self, rec: JobRecord) -> str:
+        if not self.training_settings.resume_after_restart or rec.kind != "training" or not rec.run_id:
+            return ""
+        if rec.cancel_requested:  # it was being cancelled: it stays stopped (FAILED, saying why)
+            return ""
+        was = rec.state.value + (f" (pid {rec.pid})" if rec.pid else "")
+        if rec.state is JobState.RUNNING and rec.pid:
+            stop_orphan(rec.pid, f"run_id={rec.run_id}", self.training_settings.cancel_grace_s)
+        return (
+            f"queued again after a sidecar restart (it was {was}): it resumes run {rec.run_id} from its "
+            "last checkpoint"
+        )
 
     @property
     def closing(self) -> bool:
         return self._closing
 
     async def shutdown(self, grace_s: float) -> None:
-        """Ask every running child to checkpoint and stop; SIGKILL what is left after ``grace_s``."""
+        """Ask every running child to checkpoint and stop; SIGKILL what is left after ``grace_s``. Queued
+        jobs stay PENDING in the registry: the next sidecar starts them."""
         self._closing = True
         for rec in self.registry.active():
+            if rec.job_id not in self._tasks:
+                continue
             self.cancel(
                 rec.job_id, reason="stopped because the sidecar is shutting down (SIGTERM)", grace_s=grace_s
             )
@@ -109,6 +148,14 @@ class JobService:
         if rec is None:
             raise NotFound(f"job {job_id!r} does not exist; list jobs with ListJobs (moe-swarm-ctl list)")
         return rec
+
+    def view(self, rec: JobRecord) -> JobView:
+        """What clients see of a job, with its place in the queue while it waits."""
+        position = 0
+        if rec.state is JobState.PENDING and rec.job_id not in self._tasks:
+            waiting = [j.job_id for j in self.registry.queue(rec.kind) if j.job_id not in self._tasks]
+            position = waiting.index(rec.job_id) + 1 if rec.job_id in waiting else 0
+        return rec.view(queue_position=position)
 
     def list(
         self, states: set[str] | None = None, kind: str | None = None, limit: int = 0
@@ -145,10 +192,20 @@ class JobService:
                 rec,
                 f"job {rec.job_id} was already started for request_id {rec.request_id!r}; it is {rec.state.value}",
             )
+        position = self.view(rec).queue_position
+        queued = (
+            f" (queued at position {position}, priority {rec.priority}: it starts when a training slot frees)"
+            if position
+            else ""
+        )
         return rec, (
-            f"job {rec.job_id} started: training {spec.config.kind} {spec.config.name!r} as run "
+            f"job {rec.job_id} started{queued}: training {spec.config.kind} {spec.config.name!r} as run "
             f"{rec.run_id}; follow it with WatchJob/TailLogs (moe-swarm-ctl logs -f {rec.job_id})"
         )
+
+    def submit_evaluation(self, request: EvaluationRequest) -> JobRecord:
+        """Start (or queue) ``moe-swarm-eval`` on a checkpoint; a repeated request_id returns the first job."""
+        return self._submit(self.evaluation, self.evaluation.validate(request))[0]
 
     def submit_benchmark(self, request: BenchmarkRequest) -> JobRecord:
         return self._submit(self.benchmark, self.benchmark.validate(request))[0]
@@ -197,10 +254,25 @@ class JobService:
         rec = kind.record(job_id, spec, self.log_path(job_id))
         self.registry.create(rec)
         Path(rec.log_path).touch()
-        task = asyncio.get_running_loop().create_task(self._supervise(kind, rec.job_id))
-        self._tasks[rec.job_id] = task
-        task.add_done_callback(lambda _t, job_id=rec.job_id: self._tasks.pop(job_id, None))
+        self.start_queued()
         return rec, True
+
+    def start_queued(self) -> None:
+        """Start queued (PENDING) jobs of every kind while the kind has free slots: highest priority first,
+        then oldest. Called after a submit, when a job ends, and after a restart."""
+        if self._closing:
+            return
+        for kind in self.kinds.values():
+            running = [j for j in self.registry.active(kind.name) if j.job_id in self._tasks]
+            waiting = [j for j in self.registry.queue(kind.name) if j.job_id not in self._tasks]
+            for rec in waiting[: max(0, kind.slots() - len(running))]:
+                task = asyncio.get_running_loop().create_task(self._supervise(kind, rec.job_id))
+                self._tasks[rec.job_id] = task
+                task.add_done_callback(lambda _t, job_id=rec.job_id: self._job_ended(job_id))
+
+    def _job_ended(self, job_id: str) -> None:
+        self._tasks.pop(job_id, None)
+        self.start_queued()
 
     # ------------------------------------------------------------------ cancel / wait
     def cancel(
@@ -209,6 +281,9 @@ class JobService:
         """Ask a job to checkpoint and stop. Repeatable; a finished job is returned unchanged."""
         rec = self.get(job_id)
         if rec.state.terminal or rec.cancel_requested:
+            return rec
+        if rec.state is JobState.PENDING and job_id not in self._tasks:  # waiting in the queue
+            self._finish(job_id, JobState.CANCELLED, f"{reason} (while queued; it never started)")
             return rec
         self.registry.update(job_id, cancel_requested=True, message=reason)
         self.supervisor.stop(job_id, self.training_settings.cancel_grace_s if grace_s is None else grace_s)
@@ -261,7 +336,7 @@ class JobService:
         if start < 0:
             raise InvalidArgument(f"offset={start} is negative; pass 0 (start of the log) or a byte offset")
         path = Path(rec.log_path or self.log_path(job_id))
-        offset = _tail_offset(path, tail_lines) if tail_lines else start
+        offset = tail_offset(path, tail_lines) if tail_lines else start
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while True:
             event = self._signal(job_id)
@@ -363,7 +438,8 @@ class JobService:
             state, message = JobState.FAILED, outcome.missing
             updates["log_tail"] = tail
         elif code == 0:
-            state, message = JobState.SUCCEEDED, f"finished{ckpt_note}"
+            note = kind.success_note(tail)
+            state, message = JobState.SUCCEEDED, f"{note or 'finished'}{ckpt_note}"
         else:
             state = JobState.FAILED
             message = f"the child process failed ({describe_exit(code)}): {failure_reason(tail)}"
@@ -376,21 +452,5 @@ class JobService:
         self._notify(job_id)
 
 
-def _tail_offset(path: Path, lines: int) -> int:
-    """Byte offset where the last ``lines`` lines of ``path`` start (looking back at most 1 MiB)."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return 0
-    window = min(size, 1024 * 1024)
-    with open(path, "rb") as f:
-        f.seek(size - window)
-        data = f.read(window)
-    cut = len(data)
-    if data.endswith(b"\n"):
-        cut -= 1
-    for _ in range(lines):
-        cut = data.rfind(b"\n", 0, cut)
-        if cut < 0:
-            return size - window
-    return size - window + cut + 1
+def _stem(path: Path) -> str:
+    return path.stem

@@ -3,8 +3,9 @@ model id gets.
 
 A model is named by a loaded model id, a job id or run id of a training job, or a checkpoint path inside
 the allowed roots (the training runs folder plus ``serve.inference.checkpoint_roots``). The default model
-is, in order: one loaded with ``make_default``, ``serve.inference.default_model``, else the newest
-checkpoint of a succeeded training job, so a client that only knows the seed RPCs can train, then infer.
+is explicit and never moves by itself: one pinned with ``make_default``, else ``serve.inference.default_model``,
+else the first training job that succeeded (pinned automatically, so a seed-only client can train, then
+infer, and a later smoke job never takes over). Every answer by the default says where it comes from.
 """
 
 from __future__ import annotations
@@ -22,16 +23,34 @@ from moe_swarm.control.errors import FailedPrecondition, InvalidArgument, NotFou
 from moe_swarm.control.registry import JobRegistry, JobState
 from moe_swarm.control.settings import InferenceSettings
 from moe_swarm.control.validation import ID_PATTERN, check_id, resolve_checkpoint_path
-from moe_swarm.layout import RunLayout, is_checkpoint
+from moe_swarm.store.layout import RunLayout, is_checkpoint
 
 if TYPE_CHECKING:
     from moe_swarm.data.tasks import Task
-    from moe_swarm.data.tokenizer import ByteTokenizer
+    from moe_swarm.data.tokenizer import Tokenizer
     from moe_swarm.model import MoETransformer
     from moe_swarm.swarm import StepChecker, StepSwarmConfig, SwarmConfig, ValueHead
 
 TEXT_PROMPT_FORMAT = "text model: any text; the answer is the swarm's consensus continuation of it"
 TEXT_EXAMPLE_PROMPT = "The list type"
+MAX_LISTED_CHECKPOINTS = 200
+AUTO_DEFAULT_SOURCE = (
+    "the first training job that succeeded (pinned automatically; pin another with "
+    "LoadModel make_default=true or serve.inference.default_model)"
+)
+
+
+@dataclass(frozen=True)
+class ServableCheckpoint:
+    """A checkpoint a request may name, read for its metadata only (ListModels.servable)."""
+
+    model_id: str
+    checkpoint: Path
+    task: str
+    prompt_format: str
+    example_prompt: str
+    global_step: int
+    max_seq_len: int
 
 
 @dataclass
@@ -42,7 +61,7 @@ class LoadedModel:
     checkpoint: Path
     model: MoETransformer
     hparams: dict
-    tokenizer: ByteTokenizer
+    tokenizer: Tokenizer
     canonical: Callable[[str], str]  # answer normaliser of the model's task
     base_swarm: SwarmConfig
     value_head: ValueHead | None
@@ -58,23 +77,50 @@ class LoadedModel:
     @property
     def prompt_format(self) -> str:
         """What a prompt for this model looks like (ModelInfo.prompt_format, error messages)."""
-        if self.task_obj is not None:
-            return f"task {self.task!r}: {self.task_obj.prompt_format()}"
-        if self.task:
-            return f"task {self.task!r} (unknown to this server version: prompts are not checked)"
-        return TEXT_PROMPT_FORMAT
+        return prompt_format_of(self.task, self.task_obj)
 
     @property
     def example_prompt(self) -> str:
-        if self.task_obj is not None:
-            import random
-
-            return self.task_obj.sample(random.Random(0)).prompt
-        return TEXT_EXAMPLE_PROMPT if not self.task else ""
+        return example_prompt_of(self.task, self.task_obj)
 
     def param_counts(self) -> tuple[int, int]:
         pc = self.model.count_parameters()
         return int(pc.total), int(pc.active)
+
+
+def prompt_format_of(task: str, task_obj: Task | None) -> str:
+    if task_obj is not None:
+        return f"task {task!r}: {task_obj.prompt_format()}"
+    if task:
+        return f"task {task!r} (unknown to this server version: prompts are not checked)"
+    return TEXT_PROMPT_FORMAT
+
+
+def example_prompt_of(task: str, task_obj: Task | None) -> str:
+    if task_obj is not None:
+        import random
+
+        return task_obj.sample(random.Random(0)).prompt
+    return TEXT_EXAMPLE_PROMPT if not task else ""
+
+
+def read_servable(path: Path, model_id: str) -> ServableCheckpoint:
+    """Blocking: a checkpoint's task and prompt format from its metadata (tensors memory-mapped, not read)."""
+    from moe_swarm.store.checkpoint import model_config_from_hparams, read_checkpoint, task_spec
+
+    ckpt = read_checkpoint(path, mmap=True)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    task, task_obj, _ = _task_of(task_spec(hparams))
+    model_cfg = model_config_from_hparams(hparams, path)
+    return ServableCheckpoint(
+        model_id=model_id,
+        checkpoint=path,
+        task=task,
+        prompt_format=prompt_format_of(task, task_obj),
+        example_prompt=example_prompt_of(task, task_obj),
+        global_step=int(ckpt.get("global_step") or hparams.get("global_step") or 0),
+        max_seq_len=int(model_cfg.max_seq_len),
+    )
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -100,8 +146,8 @@ def _task_of(spec: dict | None) -> tuple[str, Any, Any]:
 
 def read_model(path: Path, model_id: str, device: str) -> LoadedModel:
     """Blocking: read a training checkpoint (weights only, never pickle code) and prepare it for the swarm."""
-    from moe_swarm import checkpoint
-    from moe_swarm.data.tokenizer import ByteTokenizer
+    from moe_swarm.hf.tokenizer_files import checkpoint_tokenizer
+    from moe_swarm.store import checkpoint
     from moe_swarm.swarm import SwarmConfig, load_step_checker, load_swarm_state
 
     stamp = _stamp(path)
@@ -123,7 +169,7 @@ def read_model(path: Path, model_id: str, device: str) -> LoadedModel:
         checkpoint=path,
         model=ckpt.model,
         hparams=ckpt.hparams,
-        tokenizer=ByteTokenizer(),
+        tokenizer=checkpoint_tokenizer(ckpt.hparams),  # an imported model's tokenizer.json, else bytes
         canonical=canonical,
         base_swarm=base,
         value_head=head,
@@ -135,6 +181,40 @@ def read_model(path: Path, model_id: str, device: str) -> LoadedModel:
         file_stamp=stamp,
         step_checker=step_checker,
         step_swarm=step_swarm,
+    )
+
+
+def resolve_checkpoint_reference(
+    ref: str, registry: JobRegistry, runs_dir: Path, roots: list[Path], id_for_path: Callable[[Path], str]
+) -> tuple[Path, str]:
+    """(checkpoint path, suggested id) for a training job id, a run id or a checkpoint path under ``roots``."""
+    ref = ref.strip()
+    if not ref:
+        raise InvalidArgument("checkpoint is empty; pass a job id, run id or checkpoint path")
+    if "/" in ref or "\\" in ref or ref.endswith((".ckpt", ".pt")):
+        path = resolve_checkpoint_path(ref, roots)
+        return path, id_for_path(path)
+    check_id(ref, "model/checkpoint id", required=True)
+    job = registry.get(ref)
+    if job is not None:
+        if job.kind != "training":
+            raise InvalidArgument(f"job {ref} is a {job.kind} job; name a training job")
+        if not job.checkpoint or not is_checkpoint(job.checkpoint):
+            last = RunLayout(job.run_dir).existing_last_checkpoint() if job.run_dir else None
+            if last is not None:
+                return last, ref
+            raise FailedPrecondition(
+                f"training job {ref} ({job.state.value}) has no checkpoint yet; wait until it has "
+                f"saved one (WatchJob) or name another job"
+            )
+        return Path(job.checkpoint), ref
+    last = RunLayout.for_run(runs_dir, ref).existing_last_checkpoint()
+    if last is not None:
+        return last, ref
+    raise NotFound(
+        f"no loaded model, training job or run named {ref!r} (runs folder {runs_dir}); see "
+        f"ListModels / ListJobs, or pass a checkpoint path under {[str(r) for r in roots]} "
+        "(add folders with serve.inference.checkpoint_roots)"
     )
 
 
@@ -151,6 +231,8 @@ class ModelRepository:
         self._default_id: str | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._aliases: dict[str, str] = {}  # reference (path, ...) -> the id it was loaded under
+        self._last_default: str | None = None  # the default the previous default-using request got
+        self._servable: dict[Path, tuple[tuple[int, int], ServableCheckpoint]] = {}
 
     @staticmethod
     def _pick_device(device: str) -> str:
@@ -167,33 +249,7 @@ class ModelRepository:
     # ------------------------------------------------------------------ resolution
     def resolve_reference(self, ref: str) -> tuple[Path, str]:
         """(checkpoint path, suggested model id) for a job id, run id or checkpoint path."""
-        ref = ref.strip()
-        if not ref:
-            raise InvalidArgument("checkpoint is empty; pass a job id, run id or checkpoint path")
-        if "/" in ref or "\\" in ref or ref.endswith((".ckpt", ".pt")):
-            path = resolve_checkpoint_path(ref, self.roots)
-            return path, self._id_for_path(path)
-        check_id(ref, "model/checkpoint id", required=True)
-        job = self.registry.get(ref)
-        if job is not None:
-            if job.kind != "training":
-                raise InvalidArgument(f"job {ref} is a {job.kind} job; name a training job")
-            if not job.checkpoint or not is_checkpoint(job.checkpoint):
-                last = RunLayout(job.run_dir).existing_last_checkpoint() if job.run_dir else None
-                if last is not None:
-                    return last, ref
-                raise FailedPrecondition(
-                    f"training job {ref} ({job.state.value}) has no checkpoint yet; wait until it has "
-                    f"saved one (WatchJob) or name another job"
-                )
-            return Path(job.checkpoint), ref
-        last = RunLayout.for_run(self.runs_dir, ref).existing_last_checkpoint()
-        if last is not None:
-            return last, ref
-        raise NotFound(
-            f"no loaded model, training job or run named {ref!r}; see ListModels / ListJobs, "
-            f"or pass a checkpoint path under {[str(r) for r in self.roots]}"
-        )
+        return resolve_checkpoint_reference(ref, self.registry, self.runs_dir, self.roots, self._id_for_path)
 
     def _id_for_path(self, path: Path) -> str:
         try:
@@ -216,9 +272,24 @@ class ModelRepository:
             if j.checkpoint and is_checkpoint(j.checkpoint)
         ]
         if done:
-            newest = max(done, key=lambda j: (j.finished_unix, j.job_id))
-            return newest.job_id, "newest succeeded training job"
+            first = min(done, key=lambda j: (j.finished_unix, j.job_id))
+            return first.job_id, AUTO_DEFAULT_SOURCE
         return None
+
+    def default_source(self) -> str:
+        ref = self.default_reference()
+        return ref[1] if ref else ""
+
+    def note_default_use(self, model_id: str) -> str:
+        """Called for each answer by the default model: a notice when the default changed since the
+        previous such answer ("" otherwise), so callers are told instead of silently moved."""
+        previous, self._last_default = self._last_default, model_id
+        if previous is None or previous == model_id:
+            return ""
+        return (
+            f"the default model changed from {previous!r} to {model_id!r} ({self.default_source()}); "
+            "name a model to keep using one"
+        )
 
     # ------------------------------------------------------------------ loading
     async def get(self, ref: str) -> LoadedModel:
@@ -302,6 +373,32 @@ class ModelRepository:
         except Exception:  # reported as unknown here; a request gets the precise error
             return ref[0], ""
         return model_id, str(path)
+
+    def servable(self) -> list[ServableCheckpoint]:
+        """Blocking: every checkpoint under the runs folder (each run's last.ckpt) and the checkpoint roots,
+        with its task and prompt format (read once per file version)."""
+        found: dict[Path, str] = {}
+        if self.runs_dir.is_dir():
+            for run in sorted(self.runs_dir.iterdir()):
+                last = RunLayout(run).existing_last_checkpoint()
+                if last is not None:
+                    found.setdefault(last.resolve(), run.name)
+        for root in self.roots[1:]:
+            for path in sorted(Path(root).rglob("*")) if Path(root).is_dir() else []:
+                if path.suffix in (".ckpt", ".pt") and is_checkpoint(path):
+                    found.setdefault(path.resolve(), self._id_for_path(path))
+        out = []
+        for path, model_id in list(found.items())[:MAX_LISTED_CHECKPOINTS]:
+            try:
+                stamp = _stamp(path)
+                cached = self._servable.get(path)
+                if cached is None or cached[0] != stamp:
+                    cached = (stamp, read_servable(path, model_id))
+                    self._servable[path] = cached
+                out.append(cached[1])
+            except (ValueError, OSError):  # not a moe-swarm checkpoint, or it went away: not servable
+                continue
+        return out
 
     def default_id(self) -> str:
         return self._default_target()[0]

@@ -12,13 +12,14 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from moe_swarm.atomic import atomic_write_text
 from moe_swarm.control.job_view import JobView
+from moe_swarm.store.atomic import atomic_write_text
 
 
 class JobState(str, Enum):
@@ -41,7 +42,7 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
 }
-JOB_KINDS = ("training", "benchmark")
+JOB_KINDS = ("training", "benchmark", "evaluation")
 
 
 class InvalidTransition(RuntimeError):
@@ -74,15 +75,18 @@ class JobRecord:
     cancel_requested: bool = False
     log_path: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0  # queued jobs start highest priority first, then oldest first
+    restarts: int = 0  # times a sidecar restart requeued it to resume
 
-    def view(self) -> JobView:
+    def view(self, queue_position: int = 0) -> JobView:
         return JobView(
             job_id=self.job_id, kind=self.kind, state=self.state.value, config_path=self.config_path,
             overrides=list(self.overrides), run_id=self.run_id, request_id=self.request_id,
             created_unix=self.created_unix, started_unix=self.started_unix, finished_unix=self.finished_unix,
             pid=self.pid, exit_code=self.exit_code, message=self.message, log_tail=list(self.log_tail),
             run_dir=self.run_dir, checkpoint=self.checkpoint, metrics=dict(self.metrics),
-            cancel_requested=self.cancel_requested,
+            cancel_requested=self.cancel_requested, priority=self.priority, queue_position=queue_position,
+            restarts=self.restarts,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,7 +103,7 @@ class JobRecord:
 
 
 def new_job_id(kind: str) -> str:
-    prefix = {"training": "train", "benchmark": "bench"}.get(kind, kind)
+    prefix = {"training": "train", "benchmark": "bench", "evaluation": "eval"}.get(kind, kind)
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
@@ -111,7 +115,7 @@ class JobRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
         self._jobs: dict[str, JobRecord] = {}
 
-    # --- persistence -------------------------------------------------------------------------------
+    # --- persistence (one JSON file per job; control.job_store keeps them in SQLite instead) -------
     def _path(self, job_id: str) -> Path:
         return self.root / f"{job_id}.json"
 
@@ -120,21 +124,41 @@ class JobRegistry:
             self._path(rec.job_id), json.dumps(rec.to_dict(), indent=1, sort_keys=True), durable=durable
         )
 
-    def recover(self, now: float | None = None) -> list[JobRecord]:
-        """Load every job from disk; jobs left PENDING/RUNNING by a previous sidecar become FAILED.
+    def _load(self) -> list[JobRecord]:
+        """Every stored job; unreadable files are skipped with a note (and kept)."""
+        out = []
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                out.append(JobRecord.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+            except (OSError, ValueError, TypeError) as exc:
+                print(f"moe-swarm-serve: skipping unreadable job record {path}: {exc}", flush=True)
+        return out
 
-        Returns the jobs that were marked FAILED. Unreadable files are skipped with a note (and kept).
+    def recover(
+        self, now: float | None = None, requeue: Callable[[JobRecord], str] | None = None
+    ) -> list[JobRecord]:
+        """Load every job; jobs left PENDING/RUNNING by a previous sidecar become FAILED, saying why,
+        unless ``requeue`` returns a message for one: then it is PENDING again (queued to start anew).
+
+        Returns the jobs that were marked FAILED or requeued.
         """
         now = time.time() if now is None else now
         recovered: list[JobRecord] = []
-        for path in sorted(self.root.glob("*.json")):
-            try:
-                rec = JobRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError, TypeError) as exc:
-                print(f"moe-swarm-serve: skipping unreadable job record {path}: {exc}", flush=True)
-                continue
+        for rec in self._load():
             self._jobs[rec.job_id] = rec
             if not rec.state.terminal:
+                requeued = requeue(rec) if requeue is not None else ""
+                if requeued:
+                    rec.state, rec.pid, rec.cancel_requested, rec.message = (
+                        JobState.PENDING,
+                        0,
+                        False,
+                        requeued,
+                    )
+                    rec.restarts += 1
+                    self._save(rec)
+                    recovered.append(rec)
+                    continue
                 previous = rec.state.value
                 rec.state = JobState.FAILED
                 rec.finished_unix = now
@@ -178,6 +202,11 @@ class JobRegistry:
 
     def active(self, kind: str | None = None) -> list[JobRecord]:
         return [j for j in self._jobs.values() if not j.state.terminal and (kind is None or j.kind == kind)]
+
+    def queue(self, kind: str) -> list[JobRecord]:
+        """PENDING jobs of a kind in the order they start: highest priority first, then oldest first."""
+        pending = [j for j in self._jobs.values() if j.state is JobState.PENDING and j.kind == kind]
+        return sorted(pending, key=lambda j: (-j.priority, j.created_unix, j.job_id))
 
     # --- changes -----------------------------------------------------------------------------------
     def create(self, rec: JobRecord) -> JobRecord:

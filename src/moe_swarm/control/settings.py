@@ -15,16 +15,21 @@ class TrainingSettings:
     """How training jobs are started and what a remote request may change."""
 
     # argv prefix of the training child; a leading "python" is this interpreter (sys.executable)
-    command: list[str] = field(default_factory=lambda: ["python", "-m", "moe_swarm.train"])
+    command: list[str] = field(default_factory=lambda: ["python", "-m", "moe_swarm.cli.train"])
     # the Hydra config the command composes: requests are composed and validated against it at submit
     # time (INVALID_ARGUMENT for a typo). None: no submit-time check (a command that is not moe-swarm's)
     config_name: str | None = "train"
     conf_dir: str | None = None  # holds experiment/; None = moe_swarm.config.config_dir()
-    runs_dir: str | None = None  # None = <state_dir>/runs
+    runs_dir: str | None = None  # None = the CLI's: $MOE_SWARM_RUNS_DIR or runs (from the working directory)
     cwd: str | None = None  # working directory of the children; None = the server's
     config_roots: list[str] = field(default_factory=list)
     default_experiment: str | None = "quickstart"
     max_concurrent: int = 1
+    # training requests beyond max_concurrent wait PENDING in a queue (priority, then age); 0 = refuse them
+    max_queued: int = 16
+    # after a sidecar crash, jobs it left PENDING/RUNNING are queued again and resume their run's last
+    # checkpoint (false: they are marked FAILED, the behaviour before the queue)
+    resume_after_restart: bool = True
     addable_keys: list[str] = field(default_factory=list)
     path_keys: list[str] = field(default_factory=lambda: ["data.paths", "data.bin_path"])
     data_roots: list[str] = field(default_factory=list)
@@ -48,6 +53,17 @@ class BenchmarkSettings:
     max_samples: int = 50
     timeout_s: float = 900.0
     threads: int = 1
+
+
+@dataclass
+class EvaluationSettings:
+    """Evaluation jobs: ``moe-swarm-eval`` on a checkpoint the sidecar may name, as a child process."""
+
+    command: list[str] = field(default_factory=lambda: ["python", "-m", "moe_swarm.cli.eval"])
+    max_concurrent: int = 1
+    max_queued: int = 8
+    default_em_problems: int = 200  # exact-match problems of a reasoning run when a request says none
+    max_em_problems: int = 5000
 
 
 @dataclass

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,3 +145,60 @@ class ProcessSupervisor:
         Only called while the child has not been reaped, so the group id is still ours."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
+
+
+ORPHAN_GRACE_S = 60.0  # at most this long for a previous sidecar's child to checkpoint and exit
+
+
+def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" in status  # a zombie has exited; whoever adopted it reaps it
+
+
+def stop_orphan(pid: int, marker: str, grace_s: float) -> bool:
+    """Stop a child a previous sidecar left running (it outlived a crash of its parent): SIGTERM, so
+    training saves its checkpoint and exits, then SIGKILL of its process group after ``grace_s`` (at most
+    ORPHAN_GRACE_S). Only when its command line still holds ``marker`` (e.g. ``run_id=X``), so a reused
+    pid is never touched. Blocking; returns True when such a child was found."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    if marker.encode() not in cmdline.split(b"\0") or _gone(pid):
+        return False
+    log.warning("a child of the previous sidecar is still running (pid %d); stopping it", pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + min(grace_s, ORPHAN_GRACE_S)
+    while time.monotonic() < deadline and not _gone(pid):
+        time.sleep(0.1)
+    if not _gone(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not _gone(pid):
+            time.sleep(0.1)
+    return True
+
+
+def tail_offset(path: Path, lines: int) -> int:
+    """Byte offset where the last ``lines`` lines of ``path`` start (looking back at most 1 MiB)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    window = min(size, 1024 * 1024)
+    with open(path, "rb") as f:
+        f.seek(size - window)
+        data = f.read(window)
+    cut = len(data)
+    if data.endswith(b"\n"):
+        cut -= 1
+    for _ in range(lines):
+        cut = data.rfind(b"\n", 0, cut)
+        if cut < 0:
+            return size - window
+    return size - window + cut + 1

@@ -20,7 +20,7 @@ import yaml
 
 from moe_swarm.control.errors import InvalidArgument, NotFound, PermissionDenied
 from moe_swarm.control.experiments import experiment_names
-from moe_swarm.layout import is_checkpoint
+from moe_swarm.store.layout import is_checkpoint
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -34,6 +34,7 @@ SERVER_OWNED_KEYS = {
     "hydra": "Hydra's own settings (hydra.*) cannot be changed remotely",
 }
 CONFIG_SUFFIXES = (".yaml", ".yml")
+CHECKPOINT_ROOTS_KEY = "serve.inference.checkpoint_roots"
 MAX_CONFIG_BYTES = 256 * 1024
 
 
@@ -334,12 +335,21 @@ def resolve_checkpoint_path(value: str, roots: Sequence[str | os.PathLike]) -> P
     for p in candidates:
         if not is_within(p, root_paths):
             raise PermissionDenied(
-                f"checkpoint {value[:200]!r} is outside the allowed checkpoint roots {[str(r) for r in root_paths]}"
+                f"checkpoint {value[:200]!r} is outside the allowed checkpoint roots "
+                f"{[str(r) for r in root_paths]}; put it under one of them or add its folder to "
+                f"{CHECKPOINT_ROOTS_KEY}"
             )
+    if not path.is_absolute():  # as the README writes it: runs/<id>/checkpoints/last.ckpt, from here
+        also = [Path.cwd() / path] + [r.parent / path for r in root_paths if path.parts[0] == r.name]
+        candidates += [p for p in also if is_within(p, root_paths)]
     for p in candidates:
         if is_checkpoint(p):
             return Path(os.path.realpath(p))
-    raise NotFound(f"checkpoint {value[:200]!r} does not exist under {[str(r) for r in root_paths]}")
+    raise NotFound(
+        f"checkpoint {value[:200]!r} does not exist under the checkpoint roots {[str(r) for r in root_paths]} "
+        f"(the runs folder and {CHECKPOINT_ROOTS_KEY}); a relative path may start with the runs folder, "
+        f"as in runs/<run_id>/checkpoints/last.ckpt"
+    )
 
 
 def check_range(value: int | float, what: str, low: float, high: float) -> None:

@@ -1,6 +1,6 @@
 """Byte-level tokenizer, corpora and exact-match reasoning tasks: plain Python + PyTorch, no framework.
 
-The Lightning DataModules that serve them to a Trainer live in :mod:`moe_swarm.lit.datamodules`.
+The Lightning DataModules that serve them to a Trainer live in :mod:`moe_swarm.training.datamodules`.
 """
 
 from moe_swarm.data.corpora import CORPUS_NAMES, load_corpus, read_bin, split_train_val, write_bin

@@ -1,7 +1,7 @@
 """Write a moe-swarm model as a Hugging Face folder that ``AutoModelForCausalLM.from_pretrained`` loads.
 
 The folder (config.json with the family's standard ``model_type``, generation_config.json,
-model.safetensors or shards with their index) is written into a temporary sibling and renamed into
+model.safetensors or shards with their index, the tokenizer files) is written into a temporary sibling and renamed into
 place, so a failed export leaves nothing behind.
 """
 
@@ -15,15 +15,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
 from torch import Tensor
 
-from moe_swarm.checkpoint import load_checkpoint
 from moe_swarm.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
 from moe_swarm.hf.families import HFError, choose_family, config_to_hf
 from moe_swarm.hf.importer import INDEX, SINGLE
+from moe_swarm.hf.safetensors_io import write_tensors
+from moe_swarm.hf.tokenizer_files import export_tokenizer_files
 from moe_swarm.hf.weights import Slot, expected_hf_shape, extract, shard_groups, weight_plan
 from moe_swarm.model.transformer import MoETransformer
+from moe_swarm.store.checkpoint import load_checkpoint
 
 DEFAULT_SHARD_BYTES = 5 * 2**30
 
@@ -65,13 +66,20 @@ def export_model(
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         gen = {k: v for k, v in special.items() if v is not None}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
-        # Shards are materialised one at a time: peak memory is the model plus one shard.
+        for name, text in export_tokenizer_files(model.cfg.vocab_size, hf_meta).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        # Tensors are produced and written one at a time: peak memory is the model plus one tensor.
         sizes = {name: _nbytes(slot, state) for name, slot in plan.items()}
         groups = shard_groups(sizes, max_shard_bytes)
         weight_map = {}
         for i, names in enumerate(groups, start=1):
             file = SINGLE if len(groups) == 1 else f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-            save_file({n: extract(plan[n], state) for n in names}, str(tmp / file), metadata={"format": "pt"})
+            specs = [
+                (n, expected_hf_shape(plan[n], state[plan[n].ours]), state[plan[n].ours].dtype) for n in names
+            ]
+            write_tensors(
+                tmp / file, specs, lambda n: extract(plan[n], state)
+            )  # one tensor in memory at a time
             weight_map.update(dict.fromkeys(names, file))
         if len(groups) > 1:
             index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}

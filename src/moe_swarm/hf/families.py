@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from moe_swarm.errors import UserError
 from moe_swarm.model.config import MoEConfig, RouterConfig, TransformerConfig
 
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
@@ -31,7 +32,7 @@ EXPERT_NAMES = {
 }
 
 
-class HFError(ValueError):
+class HFError(UserError, ValueError):
     """A Hugging Face folder or export request this model cannot honour; the message names the file/key."""
 
 

@@ -1,8 +1,9 @@
 """Read a Hugging Face MoE folder (config.json + safetensors) into an ``MoETransformer``.
 
 The model is built on the meta device and every destination tensor is allocated once; HF tensors are
-copied in as they are read from the (memory-mapped) shards, per-expert ones straight into their row
-of the stacked expert pool, so peak memory stays about one copy of the model.
+read one at a time with plain file reads (no memory map: :mod:`moe_swarm.hf.safetensors_io`) and copied
+in, per-expert ones straight into their row of the stacked expert pool, so peak memory is one copy of
+the model plus its largest tensor.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
-from moe_swarm.checkpoint import save_model_checkpoint
 from moe_swarm.hf.families import HFError, config_from_hf
+from moe_swarm.hf.safetensors_io import ShardReader
+from moe_swarm.hf.tokenizer_files import read_tokenizer_files
 from moe_swarm.hf.weights import expected_hf_shape, is_fused_layout, place, weight_plan
 from moe_swarm.model.config import TransformerConfig
 from moe_swarm.model.transformer import MoETransformer, rope_tables
+from moe_swarm.store.checkpoint import save_model_checkpoint
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -54,17 +56,18 @@ def tensor_files(folder: Path) -> dict[str, Path]:
     single = folder / SINGLE
     if not single.is_file():
         raise HFError(f"{folder}: neither {SINGLE} nor {INDEX}")
-    with safe_open(single, "pt") as f:
-        return dict.fromkeys(f.keys(), single)
+    return dict.fromkeys(ShardReader(single).keys(), single)
 
 
 def load_hf_model(
-    folder: str | Path, dtype: torch.dtype | None = None
+    folder: str | Path, dtype: torch.dtype | None = None, cfg: TransformerConfig | None = None
 ) -> tuple[MoETransformer, dict[str, Any]]:
     """The model of a HF folder (eval mode, CPU) and its config.json dict. ``dtype`` None keeps the
-    checkpoint's dtype (of the embedding); otherwise every tensor is cast while it is copied."""
+    checkpoint's dtype (of the embedding); otherwise every tensor is cast while it is copied. ``cfg``:
+    config.json's architecture with run-time settings changed (``moe_swarm.hf.init_from``)."""
     folder = Path(folder)
-    hf, cfg = read_hf_config(folder)
+    hf, from_json = read_hf_config(folder)
+    cfg = cfg or from_json
     files = tensor_files(folder)
     names = [n for n in files if not n.endswith(_IGNORED_SUFFIXES)]
     if cfg.tie_weights:  # some tied checkpoints also store the head: it is the embedding by definition
@@ -77,11 +80,7 @@ def load_hf_model(
     if missing:
         raise HFError(f"{folder}: tensor {missing[0]} missing ({len(missing)} missing in all)")
     if dtype is None:
-        with safe_open(files["model.embed_tokens.weight"], "pt") as f:
-            dtype = f.get_slice("model.embed_tokens.weight").get_dtype()
-            dtype = getattr(
-                torch, {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(dtype, "float32")
-            )
+        dtype = ShardReader(files["model.embed_tokens.weight"]).dtype("model.embed_tokens.weight")
     with torch.device("meta"):
         model = MoETransformer(cfg)
     state = {k: torch.empty(v.shape, dtype=dtype) for k, v in model.state_dict().items()}
@@ -92,14 +91,14 @@ def load_hf_model(
     for name in names:
         by_file.setdefault(files[name], []).append(name)
     for file, file_names in by_file.items():
-        with safe_open(file, "pt") as f:
-            for name in file_names:
-                slot = plan[name]
-                want = expected_hf_shape(slot, state[slot.ours])
-                got = tuple(f.get_slice(name).get_shape())
-                if got != want:
-                    raise HFError(f"{file}: tensor {name} has shape {got}, config.json implies {want}")
-                place(slot, f.get_tensor(name), state)
+        reader = ShardReader(file)
+        for name in file_names:
+            slot = plan[name]
+            want = expected_hf_shape(slot, state[slot.ours])
+            got = reader.shape(name)
+            if got != want:
+                raise HFError(f"{file}: tensor {name} has shape {got}, config.json implies {want}")
+            place(slot, reader.read(name), state)  # one tensor in flight: peak = model + largest tensor
     if cfg.tie_weights:
         state["lm_head.weight"] = state["embed.weight"]
     model.load_state_dict(state, assign=True)
@@ -120,10 +119,21 @@ def special_token_ids(folder: Path, hf: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def hf_metadata(folder: Path, hf: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint keeps of its HF source (``hyper_parameters["hf"]``): the family, special ids and
+    the tokenizer files' text (checked against the vocabulary), so export and inference can use them."""
+    meta = {"model_type": hf["model_type"], "source": str(folder), **special_token_ids(folder, hf)}
+    tokenizer = read_tokenizer_files(folder, int(hf["vocab_size"]))
+    if tokenizer:
+        meta["tokenizer"] = tokenizer
+    return meta
+
+
 def import_hf(folder: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Convert a HF folder into a moe-swarm checkpoint at ``out`` (written atomically)."""
     folder = Path(folder)
-    model, hf = load_hf_model(folder, dtype)
-    hparams = {"hf": {"model_type": hf["model_type"], "source": str(folder), **special_token_ids(folder, hf)}}
-    save_model_checkpoint(out, model, hparams)
+    hf, _ = read_hf_config(folder)
+    meta = hf_metadata(folder, hf)  # a tokenizer that does not fit fails before the weights are read
+    model, _ = load_hf_model(folder, dtype)
+    save_model_checkpoint(out, model, {"hf": meta})
     return Path(out)

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from moe_swarm.serve.client import DEFAULT_TARGET
+from moe_swarm.serve.client import DEFAULT_TARGET, explain_details
 from moe_swarm.serve.proto import mcp_pb2_grpc
 
 
@@ -80,7 +80,7 @@ class Sidecar:
                 f"the moe-swarm sidecar at {self.config.target} is unreachable ({e.details()}); start it with "
                 "`moe-swarm-serve` or point this server at it with --target / MOE_SWARM_TARGET",
             )
-        return SidecarError(code.name, e.details() or code.name)
+        return SidecarError(code.name, explain_details(code.name, e.details() or code.name))
 
     async def call(
         self, method: str, request: Any, token: str | None = None, timeout: float | None = None

@@ -20,6 +20,35 @@ def _transport_security(args: argparse.Namespace, port: int) -> Any:
                                      allowed_origins=sorted(origins | set(args.allowed_origin)))  # fmt: skip
 
 
+def sidecar_auth_problem(sidecar: Any) -> str:
+    """Why HTTP clients could not be served with the sidecar's tokens ("" = none found): a sidecar with
+    auth off accepts any token, so it cannot vouch for one. An unreachable sidecar is no reason to
+    refuse (it may start later); its tokens are checked on each request."""
+    import asyncio
+
+    from moe_swarm.mcp.backend import Sidecar, SidecarError
+    from moe_swarm.serve.proto import mcp_pb2 as pb
+
+    async def ask() -> str:
+        probe = Sidecar(sidecar.config)
+        try:
+            info = await probe.call("GetServerInfo", pb.GetServerInfoRequest(), timeout=10)
+        except SidecarError:  # UNAUTHENTICATED: auth is on; anything else: checked per request
+            return ""
+        finally:
+            await probe.close()
+        if info.auth_enabled:
+            return ""
+        return (
+            f"the sidecar at {sidecar.config.target} runs with auth off (serve.auth.enabled=false), so it "
+            "cannot vouch for the bearer tokens of HTTP clients and every request would get 401. Turn the "
+            "sidecar's auth on (MOE_SWARM_TOKENS), or pass --no-auth to serve HTTP without tokens on a "
+            "trusted host"
+        )
+
+    return asyncio.run(ask())
+
+
 def serve_http(args: argparse.Namespace, sidecar: Any) -> int:
     import anyio
     import uvicorn
@@ -30,6 +59,10 @@ def serve_http(args: argparse.Namespace, sidecar: Any) -> int:
 
     if bool(args.certfile) != bool(args.keyfile):
         print("moe-swarm-mcp: error: --certfile and --keyfile go together", file=sys.stderr)
+        return 2
+    problem = "" if args.no_auth else sidecar_auth_problem(sidecar)
+    if problem:
+        print(f"moe-swarm-mcp: error: {problem}", file=sys.stderr)
         return 2
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -48,7 +81,11 @@ def serve_http(args: argparse.Namespace, sidecar: Any) -> int:
     if not args.no_auth:
         kwargs["token_verifier"] = SidecarTokenVerifier(sidecar)
         kwargs["auth"] = AuthSettings(
-            issuer_url=base, resource_server_url=f"{base}{args.path}", required_scopes=["read"]
+            issuer_url=base,
+            resource_server_url=f"{base}{args.path}",
+            required_scopes=["read"],
+            # the sidecar validates each token itself (SidecarTokenVerifier); its tokens carry no resource
+            validate_token_resource=False,
         )
     mcp = build_server(sidecar, **kwargs)
     app = mcp.streamable_http_app(streamable_http_path=args.path, transport_security=_transport_security(args, port),

@@ -25,6 +25,36 @@ class ExperimentList(BaseModel):
     experiments: list[Experiment]
 
 
+class RunSummary(BaseModel):
+    run_id: str
+    experiment: str = Field("", description="the experiment it was launched with ('' = unknown)")
+    status: str = Field("", description="summary.json's status, or the state of the job that has it now")
+    global_step: int = 0
+    max_steps: int = Field(0, description="trainer.max_steps of its newest launch (0 = unknown)")
+    metric: str = Field("", description="the optimised metric, e.g. val/bpb")
+    metric_value: float | None = Field(None, description="its value at the end of the run")
+    checkpoint: str = ""
+    job_ids: list[str] = Field(
+        default_factory=list, description="this sidecar's jobs on the run, newest first"
+    )
+
+
+class RunList(BaseModel):
+    runs: list[RunSummary]
+
+
+class DeletedRun(BaseModel):
+    run_id: str
+    run_dir: str = Field(description="the folder that was removed")
+    bytes_freed: int
+
+
+def run_from_proto(r: mcp_pb2.RunSummary) -> RunSummary:
+    fields = {name: getattr(r, name) for name in RunSummary.model_fields if name != "metric_value"}
+    fields["job_ids"] = list(r.job_ids)
+    return RunSummary(**fields, metric_value=r.metric_value if r.HasField("metric_value") else None)
+
+
 def _model_of(view: type) -> type[BaseModel]:
     """A pydantic model with a dataclass's fields, each field's ``doc`` metadata as its description
     (so the tool's output schema documents it): the MCP side of the core's one view, not a copy."""
@@ -55,7 +85,7 @@ class WaitResult(BaseModel):
 class LogPage(BaseModel):
     job_id: str
     text: str
-    offset: int = Field(description="byte offset of `text` in the log")
+    offset: int = Field(description="byte offset in the log where this page starts (metrics lines left out)")
     next_offset: int = Field(description="pass as `offset` to read on from here")
     lines: int
     more: bool = Field(description="True when the log continues past this page")
@@ -75,6 +105,17 @@ class BenchmarkResult(BaseModel):
 InferenceResult = _model_of(CoreInferenceResult)
 
 
+class InferenceAnswer(InferenceResult):  # type: ignore[valid-type, misc]
+    """The answer plus, when no model was named, which default answered and whether it changed."""
+
+    default_model_source: str = Field(
+        "", description="set when no model was named: why `model_id` is the default"
+    )
+    default_model_notice: str = Field(
+        "", description="set when the default model changed since the previous answer by the default"
+    )
+
+
 class Model(BaseModel):
     model_id: str
     checkpoint: str
@@ -87,11 +128,17 @@ class Model(BaseModel):
     is_default: bool
     device: str
     max_seq_len: int
+    loaded: bool = Field(False, description="in memory now (in `servable`)")
 
 
 class ModelList(BaseModel):
-    models: list[Model]
+    models: list[Model] = Field(description="models loaded in memory")
     default_model_id: str = Field(description="the model a request without `model` gets ('' = none yet)")
+    default_model_source: str = Field("", description="why it is the default (pinned by whom)")
+    servable: list[Model] = Field(
+        default_factory=list,
+        description="every checkpoint a request may name (loaded or not), with its task and prompt format",
+    )
 
 
 def model_from_proto(m: mcp_pb2.ModelInfo) -> Model:
@@ -106,7 +153,7 @@ def benchmark_from_proto(r: mcp_pb2.BenchmarkResponse) -> BenchmarkResult:
     )
 
 
-def inference_from_proto(r: mcp_pb2.InferResponse) -> InferenceResult:  # type: ignore[valid-type]
+def inference_from_proto(r: mcp_pb2.InferResponse) -> InferenceAnswer:
     """The sidecar's InferResponse as the core's result (the wire calls the answer ``output``)."""
     nested = ("answer", "votes", "steps")
     same = {
@@ -114,7 +161,9 @@ def inference_from_proto(r: mcp_pb2.InferResponse) -> InferenceResult:  # type: 
     }
     same.update(answer=r.output, votes=[Vote(v.answer, v.weight) for v in r.votes],
                 steps=[Step(s.text, s.vote_share) for s in r.steps])  # fmt: skip
-    return InferenceResult(**same)
+    return InferenceAnswer(
+        **same, default_model_source=r.default_model_source, default_model_notice=r.default_model_notice
+    )
 
 
 def as_json(model: BaseModel | dict[str, Any]) -> str:

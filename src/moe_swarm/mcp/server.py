@@ -30,20 +30,23 @@ from moe_swarm.mcp.backend import Sidecar, SidecarError
 from moe_swarm.mcp.calls import caller_token, job_result, log_page, tool_error
 from moe_swarm.mcp.models import (
     BenchmarkResult,
+    DeletedRun,
     Experiment,
     ExperimentList,
-    InferenceResult,
+    InferenceAnswer,
     Job,
     JobList,
     LogPage,
     Model,
     ModelList,
+    RunList,
     WaitResult,
     benchmark_from_proto,
     inference_from_proto,
     model_from_proto,
+    run_from_proto,
 )
-from moe_swarm.mcp.resources import register_prompts, register_resources
+from moe_swarm.mcp.resources import SidecarMCPServer, register_prompts, register_resources
 from moe_swarm.serve.proto import mcp_pb2 as pb
 
 log = logging.getLogger("moe_swarm.mcp")
@@ -52,7 +55,7 @@ MAX_WAIT_S = 600.0
 PROGRESS_INTERVAL_S = 1.0
 MAX_LOG_LINES = 1000
 BENCHMARK_TIMEOUT_S = 1800.0
-JOB_POLL_S = 1.0
+JOB_DISCOVERY_S = 30.0  # how often the job watcher looks for jobs started elsewhere
 STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 
 
@@ -84,57 +87,89 @@ def _max_steps(config_yaml: str) -> int | None:
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
-def _progress_message(job: Job, step: float | None, max_steps: int | None) -> str:
+def _progress_message(job: Job, step: float | None, max_steps: int | None, eta_s: float | None = None) -> str:
     parts = [job.state.lower()]
     if step is not None:
         parts.append(f"step {int(step)}" + (f"/{max_steps}" if max_steps else ""))
     for key in ("train/loss", "val/loss", "val/bpb", "val/em"):
         if key in job.metrics:
             parts.append(f"{key} {job.metrics[key]:.4g}")
+    if "train/tokens_per_s" in job.metrics:
+        parts.append(f"{job.metrics['train/tokens_per_s']:,.0f} tokens/s")
+    if eta_s is not None and not job.finished:
+        parts.append(f"ETA {int(eta_s) // 60}:{int(eta_s) % 60:02d}")
     return ", ".join(parts)
+
+
+def _eta_s(
+    first: tuple[float, float] | None, now: float, step: float | None, max_steps: int | None
+) -> float | None:
+    """Seconds left at the step rate seen since ``first`` = (time, step) of this wait's first step."""
+    if first is None or step is None or not max_steps or step <= first[1] or now <= first[0]:
+        return None
+    return (max_steps - step) * (now - first[0]) / (step - first[1])
 
 
 def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
     """The MCP server over ``sidecar``. ``server_kwargs`` go to :class:`MCPServer` (auth, verifier)."""
     bus = InMemorySubscriptionBus()
 
-    async def poll_job_states() -> None:
-        """Publish a resource-updated event for moe://jobs/{id} whenever a job changes state.
+    watched: dict[str, asyncio.Task] = {}
 
-        Uses this server's own sidecar token; without one the sidecar refuses and the watcher stops (HTTP
-        callers still get updates from their own wait_for_job calls). An unreachable sidecar: back off."""
-        states: dict[str, str] = {}
-        delay = JOB_POLL_S
+    async def follow(job_id: str) -> None:
+        """Publish resource-updated events for one job from its WatchJob stream until it finishes."""
+        last = None
+        try:
+            async for event in sidecar.stream("WatchJob", pb.WatchJobRequest(job_id=job_id)):
+                if last is not None and event.job.state != last:
+                    for uri in (f"moe://jobs/{job_id}", f"moe://jobs/{job_id}/metrics"):
+                        await bus.publish(ResourceUpdated(uri=uri))
+                last = event.job.state
+        except SidecarError as e:
+            log.debug("job watcher for %s: %s", job_id, e.message)
+        finally:
+            watched.pop(job_id, None)
+
+    def watch(job_id: str) -> None:
+        if job_id not in watched:
+            watched[job_id] = asyncio.create_task(follow(job_id))
+
+    async def discover_jobs() -> None:
+        """Follow every active job through the sidecar's WatchJob stream (no per-second polling): jobs this
+        server starts are followed at once; others are found by a ListJobs of active jobs every
+        JOB_DISCOVERY_S. Uses this server's own sidecar token; without one the sidecar refuses and the
+        watcher stops (HTTP callers still get updates from their own wait_for_job calls)."""
+        delay = JOB_DISCOVERY_S
+        active = [pb.JobState.Value("PENDING"), pb.JobState.Value("RUNNING")]
         while True:
             try:
-                listed = await sidecar.call("ListJobs", pb.ListJobsRequest(limit=50))
+                listed = await sidecar.call("ListJobs", pb.ListJobsRequest(states=active, limit=50))
             except SidecarError as e:
                 if e.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
                     log.info("job watcher stopped: the sidecar refused this server's token (%s)", e.message)
                     return
                 log.debug("job watcher: %s", e.message)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 120.0)
             else:
-                delay = JOB_POLL_S
+                delay = JOB_DISCOVERY_S
                 for j in listed.jobs:
-                    state = pb.JobState.Name(j.state)
-                    if j.job_id in states and states[j.job_id] != state:
-                        for uri in (f"moe://jobs/{j.job_id}", f"moe://jobs/{j.job_id}/metrics"):
-                            await bus.publish(ResourceUpdated(uri=uri))
-                    states[j.job_id] = state
+                    watch(j.job_id)
             await asyncio.sleep(delay)
 
     @contextlib.asynccontextmanager
     async def lifespan(_server: MCPServer) -> AsyncIterator[dict]:
-        task = asyncio.create_task(poll_job_states())
+        task = asyncio.create_task(discover_jobs())
         try:
             yield {}
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for t in [task, *watched.values()]:
+                t.cancel()
+            for t in [task, *watched.values()]:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
 
-    mcp = MCPServer(
+    mcp = SidecarMCPServer(
+        sidecar,
         name="moe-swarm",
         title="moe-swarm control",
         instructions=INSTRUCTIONS,
@@ -169,17 +204,64 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
         annotations=STARTS,
     )
     async def start_training(
-        experiment: str, overrides: list[str] | None = None, run_id: str = "", request_id: str = ""
+        experiment: str,
+        overrides: list[str] | None = None,
+        run_id: str = "",
+        request_id: str = "",
+        priority: int = 0,
     ) -> Job:
-        """``run_id`` names the run directory (the same id resumes it); ``request_id`` makes retries safe."""
+        """``run_id`` names the run directory (the same id resumes it); ``request_id`` makes retries safe;
+        when the training slots are taken the job waits in the queue (``queue_position``), higher
+        ``priority`` first."""
         resp = await call(
             "StartTraining",
             pb.TrainRequest(
-                config_path=experiment, overrides=overrides or [], run_id=run_id, request_id=request_id
+                config_path=experiment,
+                overrides=overrides or [],
+                run_id=run_id,
+                request_id=request_id,
+                priority=priority,
             ),
             timeout=120,
         )
+        watch(resp.job_id)  # resource-updated events from its WatchJob stream
         return job_result(resp.job)
+
+    @mcp.tool(
+        description="List the runs under the sidecar's runs folder (also those trained from the CLI), newest "
+        "first: experiment, status, steps, final metric, checkpoint.",
+        annotations=READ,
+    )
+    async def list_runs(limit: int = 50) -> RunList:
+        if not 1 <= limit <= 500:
+            raise ToolError(f"limit={limit} is out of range; use 1..500")
+        resp = await call("ListRuns", pb.ListRunsRequest(limit=limit))
+        return RunList(runs=[run_from_proto(r) for r in resp.runs])
+
+    @mcp.tool(
+        description="Delete a run's folder (checkpoints, logs, plots) for good; confirm must repeat the run id. "
+        "A run with an active job is refused.",
+        annotations=STOPS,
+    )
+    async def delete_run(run_id: str, confirm: str = "") -> DeletedRun:
+        resp = await call("DeleteRun", pb.DeleteRunRequest(run_id=run_id, confirm=confirm))
+        return DeletedRun(run_id=resp.run_id, run_dir=resp.run_dir, bytes_freed=resp.bytes_freed)
+
+    @mcp.tool(
+        description="Evaluate a checkpoint (a training job id, run id or path) as a job: loss, bits per byte, "
+        "perplexity and, for reasoning runs, exact match; follow it with wait_for_job, read them in its metrics.",
+        annotations=STARTS,
+    )
+    async def start_evaluation(
+        checkpoint: str, split: str = "val", em_problems: int | None = None, max_batches: int = 0
+    ) -> Job:
+        """``split``: val, or test for reasoning runs; ``em_problems``: None = the server's default."""
+        request = pb.EvaluationRequest(checkpoint=checkpoint, split=split, max_batches=max_batches)
+        if em_problems is not None:
+            request.em_problems = em_problems
+        job = await call("StartEvaluation", request)
+        watch(job.job_id)
+        return job_result(job)
 
     @mcp.tool(description="Get one job: state, failure reason, latest metrics, checkpoint.", annotations=READ)
     async def get_job(job_id: str) -> Job:
@@ -191,8 +273,10 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
         benchmark (or ''); ``limit``: 1..500."""
         if state and state.upper() not in STATES:
             raise ToolError(f"state {state!r} is not a job state; use one of {', '.join(STATES)} or ''")
-        if kind and kind.lower() not in ("training", "benchmark"):
-            raise ToolError(f"kind {kind!r} is not a job kind; use 'training', 'benchmark' or ''")
+        if kind and kind.lower() not in ("training", "benchmark", "evaluation"):
+            raise ToolError(
+                f"kind {kind!r} is not a job kind; use 'training', 'benchmark', 'evaluation' or ''"
+            )
         if not 1 <= limit <= 500:
             raise ToolError(f"limit={limit} is out of range; use 1..500")
         request = pb.ListJobsRequest(limit=limit)
@@ -216,6 +300,7 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
         state = job.state
         max_steps: int | None = None
         last_sent = 0.0
+        first_step: tuple[float, float] | None = None  # (time, step) when this wait first saw a step
         try:
             with anyio.move_on_after(timeout_s):
                 async for event in sidecar.stream(
@@ -229,11 +314,14 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
                     if max_steps is None and job.kind == "training" and job.run_id and step is not None:
                         max_steps = await _run_max_steps(sidecar, job.run_id)
                     now = time.monotonic()
+                    if step is not None and first_step is None:
+                        first_step = (now, float(step))
                     if job.finished or now - last_sent >= PROGRESS_INTERVAL_S:
                         last_sent = now
                         total = float(max_steps) if max_steps else None
+                        eta = _eta_s(first_step, now, step, max_steps)
                         await ctx.report_progress(
-                            float(step or 0), total, _progress_message(job, step, max_steps)
+                            float(step or 0), total, _progress_message(job, step, max_steps, eta)
                         )
                     if job.finished:
                         break
@@ -287,7 +375,7 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
         seed: int | None = None,
         model: str = "",
         mode: str = "",
-    ) -> InferenceResult:
+    ) -> InferenceAnswer:
         """0 / None = the server's defaults; ``model``: a model id, job id, run id or checkpoint path;
         ``mode``: "answers" (default, vote on whole answers) or "steps" (the step-level swarm)."""
         request = pb.InferRequest(
@@ -302,12 +390,17 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
         return inference_from_proto(await call("RunInference", request, timeout=300))
 
     @mcp.tool(
-        description="List loaded models with their task and prompt format, and the default.", annotations=READ
+        description="List every servable checkpoint (loaded or not) with its task and prompt format, the "
+        "loaded models, and the default model with why it is the default.",
+        annotations=READ,
     )
     async def list_models() -> ModelList:
         resp = await call("ListModels", pb.ListModelsRequest())
         return ModelList(
-            models=[model_from_proto(m) for m in resp.models], default_model_id=resp.default_model_id
+            models=[model_from_proto(m) for m in resp.models],
+            default_model_id=resp.default_model_id,
+            default_model_source=resp.default_model_source,
+            servable=[model_from_proto(m) for m in resp.servable],
         )
 
     @mcp.tool(

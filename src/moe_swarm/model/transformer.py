@@ -48,6 +48,19 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
+def document_layout(document_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions that restart at each document start, and the (B, 1, T, T) mask that lets a token see
+    only earlier tokens of its own document (for packed sequences)."""
+    b, t = document_ids.shape
+    index = torch.arange(t, device=document_ids.device).expand(b, t)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    positions = index - torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    same_doc = document_ids[:, :, None] == document_ids[:, None, :]
+    causal = torch.ones(t, t, dtype=torch.bool, device=document_ids.device).tril()
+    return positions, (same_doc & causal)[:, None]
+
+
 class CausalSelfAttention(nn.Module):
     """Causal attention with RoPE; grouped-query when ``n_kv_heads < n_heads`` (the cache holds only the
     ``n_kv_heads`` key/value heads). ``qkv`` is one fused projection, rows ordered q, k, v."""
@@ -94,9 +107,16 @@ class CausalSelfAttention(nn.Module):
             return k, v
         return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None, doc_mask: Tensor | None = None
+    ) -> Tensor:
         b, t, _ = x.shape
         q, k, v = self._qkv(x, cos, sin)
+        if doc_mask is not None:  # packed documents: causal and within one document ((B, 1, T, T) bool)
+            k, v = self._expand_kv(k, v)
+            drop = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=doc_mask, dropout_p=drop)
+            return self.proj(y.transpose(1, 2).reshape(b, t, -1))
         past = 0
         if cache is not None:
             past = cache.length
@@ -144,8 +164,10 @@ class Block(nn.Module):
             self.ffn = SwiGLU(cfg.d_model, cfg.resolved_dense_d_ff, out_init_std=out_std)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, cache, pad_mask, control, with_aux=True) -> tuple[Tensor, MoEAux | None]:
-        x = x + self.resid_drop(self.attn(self.attn_norm(x), cos, sin, cache))
+    def forward(
+        self, x, cos, sin, cache, pad_mask, control, with_aux=True, doc_mask=None
+    ) -> tuple[Tensor, MoEAux | None]:
+        x = x + self.resid_drop(self.attn(self.attn_norm(x), cos, sin, cache, doc_mask))
         h = self.ffn_norm(x)
         if self.is_moe:
             y, aux = self.ffn(h, pad_mask, control, compute_aux=with_aux)
@@ -248,10 +270,13 @@ class MoETransformer(nn.Module):
         prefix_embeds: Tensor | None = None,
         last_only: bool = False,
         with_aux: bool = True,
+        document_ids: Tensor | None = None,
     ) -> ModelOutput:
         """``idx``: (B, T) token ids. ``prefix_embeds``: optional (B, S, d) slots placed before the
         tokens (swarm thought injection); logits/targets refer to the token positions only.
-        ``with_aux=False`` skips router losses/stats (``aux`` is then empty): for decoding."""
+        ``with_aux=False`` skips router losses/stats (``aux`` is then empty): for decoding.
+        ``document_ids``: optional (B, T) ids of the packed document each token belongs to (equal ids
+        are contiguous): attention stays inside a document and RoPE positions restart at its start."""
         b, t = idx.shape
         x = self.embed(idx)
         s = 0
@@ -270,11 +295,17 @@ class MoETransformer(nn.Module):
         positions = torch.arange(past, past + total, device=idx.device).expand(b, total)
         cos = self.rope_cos[past : past + total][None, None]
         sin = self.rope_sin[past : past + total][None, None]
+        doc_mask = None
+        if document_ids is not None:
+            if cache is not None or prefix_embeds is not None:
+                raise ValueError("document_ids work on a plain forward pass (no cache, no prefix_embeds)")
+            restart, doc_mask = document_layout(document_ids)
+            cos, sin = self.rope_cos[restart][:, None], self.rope_sin[restart][:, None]
         control = routing.for_tokens(positions) if routing is not None else None
         x = self.drop(x)
         aux: list[MoEAux] = []
         for block in self.blocks:
-            x, a = block(x, cos, sin, cache, pad_mask, control, with_aux)
+            x, a = block(x, cos, sin, cache, pad_mask, control, with_aux, doc_mask)
             if a is not None:
                 aux.append(a)
         if cache is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moe_swarm.layout import RunLayout
+from moe_swarm.store.layout import RunLayout
 from moe_swarm.swarm.evaluation import find_comparison
 
 
@@ -392,7 +392,7 @@ def output_dir(checkpoint: str | Path, out_dir: str | Path | None = None) -> Pat
 
 def write_report(report: dict[str, Any], out_dir: Path) -> Path:
     """Write ``results.json``, ``results.md`` and each level's plot into ``out_dir``; returns ``out_dir``."""
-    from moe_swarm.atomic import atomic_write_text
+    from moe_swarm.store.atomic import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "results.json", json.dumps(report, indent=2, allow_nan=True))

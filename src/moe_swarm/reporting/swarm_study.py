@@ -16,8 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
-from moe_swarm.atomic import atomic_write_text
 from moe_swarm.reporting.swarm import _ci
+from moe_swarm.store.atomic import atomic_write_text
 from moe_swarm.swarm.statistics import holm_adjust, two_level_bootstrap_ci
 
 COMPARISONS = (

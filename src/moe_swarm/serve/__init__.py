@@ -5,3 +5,10 @@ jobs, models and server info; standard health and reflection. A thin servicer: t
 core's (:mod:`moe_swarm.control`); ``service`` translates messages (``convert``) and ``status`` maps the
 core's exceptions to status codes. See docs/control_plane.md.
 """
+
+import os
+
+# gRPC's core logs connection events such as "Got goaway [2] ..." (the peer closed an idle or stopping
+# connection) on stderr at INFO; they are not errors of this program. Set before grpc starts; a user's own
+# GRPC_VERBOSITY (e.g. DEBUG to debug the transport) wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

@@ -31,7 +31,10 @@ MIN_TOKEN_CHARS = 16
 SCOPES = ("read", "train", "infer")
 _SERVICE = "/mcp.MCPControl/"
 METHOD_SCOPES = {
-    **{_SERVICE + m: "train" for m in ("StartTraining", "CancelJob", "RunBenchmark")},
+    **{
+        _SERVICE + m: "train"
+        for m in ("StartTraining", "CancelJob", "RunBenchmark", "DeleteRun", "StartEvaluation")
+    },
     **{_SERVICE + m: "infer" for m in ("RunInference", "LoadModel")},
 }  # every other method (queries, reflection) needs "read"
 # The scopes of the token that authorised the current RPC (all scopes when auth is off).

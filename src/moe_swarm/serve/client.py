@@ -6,6 +6,7 @@ own asyncio client (:mod:`moe_swarm.mcp.backend`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,20 @@ from moe_swarm.serve.proto import mcp_pb2, mcp_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 TERMINAL = {mcp_pb2.SUCCEEDED, mcp_pb2.FAILED, mcp_pb2.CANCELLED}
+_TOO_LARGE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
+
+
+def explain_details(code_name: str, details: str) -> str:
+    """gRPC's own refusals in the server's words: a message over the transport limit never reaches the
+    servicer, so its prompt-length check cannot answer; say what the limits are instead."""
+    found = _TOO_LARGE.search(details or "")
+    if code_name == "RESOURCE_EXHAUSTED" and found:
+        return (
+            f"the request is {int(found[1]):,} bytes, more than the sidecar accepts ({int(found[2]):,} bytes, "
+            "serve.max_message_bytes); a prompt may have at most serve.inference.max_prompt_chars characters "
+            "(2048 by default): send a shorter prompt"
+        )
+    return details
 
 
 class Client:

@@ -8,12 +8,17 @@ the sidecar's replies back into the core's :class:`~moe_swarm.control.job_view.J
 from __future__ import annotations
 
 from moe_swarm.control.inference import InferenceRequest, InferenceResult
-from moe_swarm.control.job_kinds import BenchmarkRequest, TrainingRequest
+from moe_swarm.control.job_kinds import BenchmarkRequest, EvaluationRequest, TrainingRequest
 from moe_swarm.control.job_view import JobView
-from moe_swarm.control.models import LoadedModel
+from moe_swarm.control.models import LoadedModel, ServableCheckpoint
+from moe_swarm.control.runs import RunSummaryView
 from moe_swarm.serve.proto import mcp_pb2
 
-KIND_TO_PROTO = {"training": mcp_pb2.TRAINING, "benchmark": mcp_pb2.BENCHMARK}
+KIND_TO_PROTO = {
+    "training": mcp_pb2.TRAINING,
+    "benchmark": mcp_pb2.BENCHMARK,
+    "evaluation": mcp_pb2.EVALUATION,
+}
 PROTO_TO_KIND = {v: k for k, v in KIND_TO_PROTO.items()}
 
 
@@ -36,6 +41,9 @@ def job_to_proto(view: JobView) -> mcp_pb2.Job:
         checkpoint=view.checkpoint,
         metrics=view.metrics,
         cancel_requested=view.cancel_requested,
+        priority=view.priority,
+        queue_position=view.queue_position,
+        restarts=view.restarts,
     )
     if view.exit_code is not None:
         job.exit_code = view.exit_code
@@ -62,6 +70,9 @@ def job_from_proto(j: mcp_pb2.Job) -> JobView:
         checkpoint=j.checkpoint,
         metrics=dict(j.metrics),
         cancel_requested=j.cancel_requested,
+        priority=j.priority,
+        queue_position=j.queue_position,
+        restarts=j.restarts,
     )
 
 
@@ -71,7 +82,7 @@ def job_states_from_proto(states: list[int]) -> set[str]:
 
 def training_from_proto(r: mcp_pb2.TrainRequest) -> TrainingRequest:
     return TrainingRequest(config_path=r.config_path, overrides=list(r.overrides), run_id=r.run_id,
-                           request_id=r.request_id)  # fmt: skip
+                           request_id=r.request_id, priority=r.priority)  # fmt: skip
 
 
 def benchmark_from_proto(r: mcp_pb2.BenchmarkRequest) -> BenchmarkRequest:
@@ -130,3 +141,41 @@ def model_to_proto(m: LoadedModel, default_id: str) -> mcp_pb2.ModelInfo:
         prompt_format=m.prompt_format,
         example_prompt=m.example_prompt,
     )
+
+
+def servable_to_proto(
+    c: ServableCheckpoint, loaded: dict[str, LoadedModel], default_id: str, default_checkpoint: str
+) -> mcp_pb2.ModelInfo:
+    """A checkpoint on disk; a loaded one is reported as loaded, under the id it was loaded with."""
+    m = loaded.get(str(c.checkpoint))
+    if m is not None:
+        info = model_to_proto(m, default_id)
+        info.loaded = True
+        return info
+    return mcp_pb2.ModelInfo(
+        model_id=c.model_id,
+        checkpoint=str(c.checkpoint),
+        task=c.task,
+        global_step=c.global_step,
+        is_default=bool(default_checkpoint) and str(c.checkpoint) == default_checkpoint,
+        max_seq_len=c.max_seq_len,
+        prompt_format=c.prompt_format,
+        example_prompt=c.example_prompt,
+    )
+
+
+def run_summary_to_proto(r: RunSummaryView) -> mcp_pb2.RunSummary:
+    out = mcp_pb2.RunSummary(
+        run_id=r.run_id, experiment=r.experiment, status=r.status, global_step=r.global_step,
+        max_steps=r.max_steps, metric=r.metric, checkpoint=r.checkpoint, job_ids=r.job_ids,
+        updated_unix=r.updated_unix,
+    )  # fmt: skip
+    if r.metric_value is not None:
+        out.metric_value = r.metric_value
+    return out
+
+
+def evaluation_from_proto(r: mcp_pb2.EvaluationRequest) -> EvaluationRequest:
+    em = r.em_problems if r.HasField("em_problems") else None
+    return EvaluationRequest(checkpoint=r.checkpoint, split=r.split or "val", em_problems=em,
+                             max_batches=r.max_batches, request_id=r.request_id)  # fmt: skip

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from moe_swarm.serve.client import Client
+from moe_swarm.serve.client import Client, explain_details
 from moe_swarm.serve.ctl_commands import build_parser
 
 
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe raises here, inside the handler below, not at exit
         return code
     except grpc.RpcError as e:
-        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        print(f"error: {e.code().name}: {explain_details(e.code().name, e.details())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

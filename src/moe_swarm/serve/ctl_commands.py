@@ -85,7 +85,8 @@ def follow_job(client: Client, job_id: str, as_json: bool) -> mcp_pb2.Job:
 def cmd_train(client: Client, args: argparse.Namespace) -> int:
     request_id = args.request_id or uuid.uuid4().hex
     resp = client.call("StartTraining", mcp_pb2.TrainRequest(
-        config_path=args.config, overrides=args.overrides, run_id=args.run_id or "", request_id=request_id))  # fmt: skip
+        config_path=args.config, overrides=args.overrides, run_id=args.run_id or "", request_id=request_id,
+        priority=args.priority))  # fmt: skip
     if args.json:
         _dump(resp)
     else:
@@ -180,6 +181,10 @@ def _print_inference(resp: mcp_pb2.InferResponse) -> None:
     print(f"# model {resp.model_id}; vote share {resp.vote_share:.2f} ({votes}); {resp.agents} agents, "
           f"{resp.rounds_used} round(s), {resp.forward_passes} agent-forward-passes, {resp.flops:.3g} FLOPs, "
           f"batch of {resp.batch_size}", file=sys.stderr)  # fmt: skip
+    if resp.default_model_source:
+        print(f"# the default model: {resp.default_model_source}", file=sys.stderr)
+    if resp.default_model_notice:
+        print(f"# note: {resp.default_model_notice}", file=sys.stderr)
 
 
 def cmd_models(client: Client, args: argparse.Namespace) -> int:
@@ -189,9 +194,15 @@ def cmd_models(client: Client, args: argparse.Namespace) -> int:
 
 def _print_models(resp: mcp_pb2.ListModelsResponse) -> None:
     print(f"default: {resp.default_model_id or '(none)'} {resp.default_checkpoint}".rstrip())
-    for m in resp.models:
-        print(f"  {m.model_id:<40} {m.params_total:>12,} params ({m.params_active:,} active)  step {m.global_step}  "
-              f"{m.task or 'text'}  {m.checkpoint}")  # fmt: skip
+    if resp.default_model_source:
+        print(f"  ({resp.default_model_source})")
+    loaded = {m.checkpoint for m in resp.models}
+    unloaded = [m for m in resp.servable if not m.loaded and m.checkpoint not in loaded]
+    for m in list(resp.models) + unloaded:
+        size = (
+            f"{m.params_total:>12,} params ({m.params_active:,} active)" if m.params_total else "(not loaded)"
+        )
+        print(f"  {m.model_id:<40} {size}  step {m.global_step}  {m.task or 'text'}  {m.checkpoint}")
         print(
             f"      prompt: {m.prompt_format}" + (f"; e.g. {m.example_prompt!r}" if m.example_prompt else "")
         )
@@ -293,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.max_steps=200")
     t.add_argument("--run-id", help="run id (same id = resume from its last checkpoint)")
     t.add_argument("--request-id", help="idempotency key (default: a new random id)")
+    t.add_argument(
+        "--priority", type=int, default=0, help="queue priority when the slots are taken (default 0)"
+    )
     t.add_argument("--wait", "-w", action="store_true", help="follow the job until it finishes")
     t.set_defaults(func=cmd_train)
 

@@ -142,9 +142,13 @@ async def start_server(settings: ServeSettings) -> RunningServer:
         runs_dir=settings.runs_path,
         conf_dir=settings.conf_path,
         hidden_env=[settings.auth.token_env],
+        job_store=settings.job_store,
+        evaluation=settings.evaluation,
+        checkpoint_roots=settings.inference.checkpoint_roots,
     )
     for rec in jobs.recover():
-        log.warning("job %s marked FAILED on startup: %s", rec.job_id, rec.message)
+        log.warning("job %s %s on startup: %s", rec.job_id, rec.state.value, rec.message)
+    jobs.start_queued()
     models = ModelRepository(settings.inference, jobs.registry, jobs.runs_dir)
     executor = ThreadPoolExecutor(
         max_workers=max(1, settings.inference.workers), thread_name_prefix="moe-infer"

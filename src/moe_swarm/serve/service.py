@@ -7,18 +7,21 @@ translates messages.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 
 import moe_swarm
+from moe_swarm.control.errors import InvalidArgument
 from moe_swarm.control.experiments import list_experiments
 from moe_swarm.control.inference import InferenceService
 from moe_swarm.control.jobs import JobService
 from moe_swarm.control.models import ModelRepository
-from moe_swarm.control.runs import run_view
+from moe_swarm.control.runs import delete_run, list_runs, run_plot, run_view
 from moe_swarm.serve import convert
 from moe_swarm.serve.auth import CALLER_SCOPES
 from moe_swarm.serve.observability import RpcStats, annotate
@@ -55,7 +58,7 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
         rec, text = await self.jobs.submit_training(convert.training_from_proto(request))
         annotate(job_id=rec.job_id)
         return mcp_pb2.TrainResponse(
-            success=True, log=text, job_id=rec.job_id, job=convert.job_to_proto(rec.view())
+            success=True, log=text, job_id=rec.job_id, job=convert.job_to_proto(self.jobs.view(rec))
         )
 
     @unary
@@ -70,31 +73,35 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
     async def RunInference(self, request: mcp_pb2.InferRequest, context) -> mcp_pb2.InferResponse:
         on_model = lambda model_id: annotate(model_id=model_id)  # noqa: E731
         result = await self.inference.infer(convert.inference_from_proto(request), on_model=on_model)
-        return convert.inference_to_proto(result)
+        response = convert.inference_to_proto(result)
+        if not request.model_id:  # answered by the default: say which and why, and when it changed
+            response.default_model_source = self.models.default_source()
+            response.default_model_notice = self.models.note_default_use(result.model_id)
+        return response
 
     # ================================================================ jobs
     @unary
     async def GetJob(self, request: mcp_pb2.GetJobRequest, context) -> mcp_pb2.Job:
         annotate(job_id=request.job_id)
-        return convert.job_to_proto(self.jobs.get(request.job_id).view())
+        return convert.job_to_proto(self.jobs.view(self.jobs.get(request.job_id)))
 
     @unary
     async def ListJobs(self, request: mcp_pb2.ListJobsRequest, context) -> mcp_pb2.ListJobsResponse:
         states = convert.job_states_from_proto(list(request.states))
         kind = convert.PROTO_TO_KIND.get(request.kind) if request.kind else None
         jobs = self.jobs.list(states, kind, request.limit)
-        return mcp_pb2.ListJobsResponse(jobs=[convert.job_to_proto(j.view()) for j in jobs])
+        return mcp_pb2.ListJobsResponse(jobs=[convert.job_to_proto(self.jobs.view(j)) for j in jobs])
 
     @unary
     async def CancelJob(self, request: mcp_pb2.CancelJobRequest, context) -> mcp_pb2.Job:
         annotate(job_id=request.job_id)
-        return convert.job_to_proto(self.jobs.cancel(request.job_id).view())
+        return convert.job_to_proto(self.jobs.view(self.jobs.cancel(request.job_id)))
 
     @streaming
     async def WatchJob(self, request: mcp_pb2.WatchJobRequest, context) -> AsyncIterator[mcp_pb2.JobEvent]:
         annotate(job_id=request.job_id)
         async for kind, rec, metrics in self.jobs.watch(request.job_id):
-            yield mcp_pb2.JobEvent(type=EVENT_TYPES[kind], job=convert.job_to_proto(rec.view()), metrics=metrics,
+            yield mcp_pb2.JobEvent(type=EVENT_TYPES[kind], job=convert.job_to_proto(self.jobs.view(rec)), metrics=metrics,
                                    time_unix=time.time())  # fmt: skip
 
     @streaming
@@ -115,10 +122,16 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
     @unary
     async def ListModels(self, request: mcp_pb2.ListModelsRequest, context) -> mcp_pb2.ListModelsResponse:
         default_id = self.models.default_id()
+        servable = await asyncio.get_running_loop().run_in_executor(None, self.models.servable)
+        loaded = {str(m.checkpoint.resolve()): m for m in self.models.loaded()}
+        default_checkpoint = self.models.default_checkpoint()
+        resolved_default = str(Path(default_checkpoint).resolve()) if default_checkpoint else ""
         return mcp_pb2.ListModelsResponse(
             models=[convert.model_to_proto(m, default_id) for m in self.models.loaded()],
             default_model_id=default_id,
-            default_checkpoint=self.models.default_checkpoint(),
+            default_checkpoint=default_checkpoint,
+            default_model_source=self.models.default_source(),
+            servable=[convert.servable_to_proto(c, loaded, default_id, resolved_default) for c in servable],
         )
 
     # ================================================================ server
@@ -135,7 +148,7 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
             cuda_available=torch.cuda.is_available(),
             cuda_device_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
             models=[convert.model_to_proto(m, default_id) for m in self.models.loaded()],
-            running_jobs=[convert.job_to_proto(j.view()) for j in self.jobs.registry.active()],
+            running_jobs=[convert.job_to_proto(self.jobs.view(j)) for j in self.jobs.registry.active()],
             rpc_stats=[mcp_pb2.RpcStats(**row) for row in self.stats.snapshot()],
             uptime_s=time.time() - self.started,
             auth_enabled=self.settings.auth.enabled,
@@ -162,7 +175,35 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
         view = run_view(self.jobs.runs_dir, self.jobs.registry, request.run_id)
         annotate(run_id=view.run_id)
         return mcp_pb2.RunInfo(run_id=view.run_id, run_dir=str(view.run_dir), config_yaml=view.config_yaml,
-                               summary_json=view.summary_json, checkpoint=view.checkpoint, job_ids=view.job_ids)  # fmt: skip
+                               summary_json=view.summary_json, checkpoint=view.checkpoint, job_ids=view.job_ids,
+                               plots=view.plots)  # fmt: skip
+
+    @unary
+    async def GetRunPlot(self, request: mcp_pb2.GetRunPlotRequest, context) -> mcp_pb2.RunPlot:
+        annotate(run_id=request.run_id)
+        data = run_plot(self.jobs.runs_dir, self.jobs.registry, request.run_id, request.name)
+        return mcp_pb2.RunPlot(name=request.name, mime_type="image/png", data=data)
+
+    @unary
+    async def DeleteRun(self, request: mcp_pb2.DeleteRunRequest, context) -> mcp_pb2.DeleteRunResponse:
+        annotate(run_id=request.run_id)
+        folder, size = delete_run(self.jobs.runs_dir, self.jobs.registry, request.run_id, request.confirm)
+        return mcp_pb2.DeleteRunResponse(run_id=request.run_id, run_dir=str(folder), bytes_freed=size)
+
+    @unary
+    async def StartEvaluation(self, request: mcp_pb2.EvaluationRequest, context) -> mcp_pb2.Job:
+        rec = self.jobs.submit_evaluation(convert.evaluation_from_proto(request))
+        annotate(job_id=rec.job_id)
+        return convert.job_to_proto(self.jobs.view(rec))
+
+    @unary
+    async def ListRuns(self, request: mcp_pb2.ListRunsRequest, context) -> mcp_pb2.ListRunsResponse:
+        if request.limit < 0:
+            raise InvalidArgument(f"limit={request.limit} is negative; pass 0 (all) or N > 0")
+        runs = await asyncio.get_running_loop().run_in_executor(
+            None, list_runs, self.jobs.runs_dir, self.jobs.registry, request.limit
+        )
+        return mcp_pb2.ListRunsResponse(runs=[convert.run_summary_to_proto(r) for r in runs])
 
     @unary
     async def GetBenchmarkResults(self, request: mcp_pb2.GetJobRequest, context) -> mcp_pb2.BenchmarkResponse:

@@ -9,13 +9,19 @@ Tests and embedding programs build :class:`ServeSettings` directly; the command 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from moe_swarm.control.settings import BenchmarkSettings, InferenceSettings, TrainingSettings
+from moe_swarm.control.settings import (
+    BenchmarkSettings,
+    EvaluationSettings,
+    InferenceSettings,
+    TrainingSettings,
+)
 
 # The line `moe-swarm-serve` prints on stdout once it accepts RPCs, followed by its address.
 READY_PREFIX = "moe-swarm serving on "
@@ -44,6 +50,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 50051
     state_dir: str = "serve-state"
+    job_store: str = "sqlite"  # "sqlite" (<state_dir>/jobs.sqlite3) or "json" (one file per job)
     max_message_bytes: int = 4 * 1024 * 1024
     max_concurrent_rpcs: int = 256
     grace_s: float = 10.0
@@ -55,6 +62,7 @@ class ServeSettings:
     tls: TLSSettings = field(default_factory=TLSSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     inference: InferenceSettings = field(default_factory=InferenceSettings)
 
     @property
@@ -63,7 +71,11 @@ class ServeSettings:
 
     @property
     def runs_path(self) -> Path:
-        return Path(self.training.runs_dir).resolve() if self.training.runs_dir else self.state_path / "runs"
+        """The runs folder the CLI uses too (``paths.runs_dir``: ``$MOE_SWARM_RUNS_DIR`` or ``runs``, from
+        the working directory), so runs trained with ``make train`` are served, unless set explicitly."""
+        if self.training.runs_dir:
+            return Path(self.training.runs_dir).resolve()
+        return Path(os.environ.get("MOE_SWARM_RUNS_DIR") or "runs").resolve()
 
     @property
     def conf_path(self) -> Path:

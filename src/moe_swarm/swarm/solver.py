@@ -113,7 +113,7 @@ class SwarmSolver:
     """Runs the swarm loop for a model (see docs/swarm.md).
 
     ``tokenizer`` needs ``encode(text, bos=True)``, ``decode(ids, stop_at_eos=True)`` and the ``EOS``
-    and ``PAD`` ids (``moe_swarm.data.ByteTokenizer``). ``canonical`` maps a decoded answer to the form
+    and ``PAD`` ids (``moe_swarm.data.tokenizer.load_tokenizer``: the byte tokenizer or a tokenizer.json). ``canonical`` maps a decoded answer to the form
     votes are counted in (e.g. ``task.canonical``). ``value_head`` is required when ``cfg.score`` is
     ``"value"`` or ``"both"``.
     """
@@ -145,7 +145,7 @@ class SwarmSolver:
 
     # ------------------------------------------------------------------ encoding
     def encode(self, prompts: Sequence[PromptLike]) -> list[list[int]]:
-        """Strings become ``[BOS] + bytes``; token-id lists/tensors are taken as they are (BOS included)."""
+        """Strings become ``[BOS] + their token ids``; token-id lists/tensors are taken as they are (BOS included)."""
         vocab = self.model.cfg.vocab_size
         out = []
         for i, p in enumerate(prompts):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from moe_swarm.atomic import atomic_torch_save
+from moe_swarm.store.atomic import atomic_torch_save
 from moe_swarm.swarm.checker import StepChecker
 from moe_swarm.swarm.config import SwarmConfig
 from moe_swarm.swarm.steps import StepSwarmConfig

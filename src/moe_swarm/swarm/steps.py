@@ -193,7 +193,12 @@ class StepSwarm:
         self.model, self.cfg, self.tok, self.task, self.checker = model, cfg, tokenizer, task, checker
         self.buffer = buffer if buffer is not None else ThoughtBuffer()
         self.cost = ModelCost.from_model(model)
-        self.sep = tokenizer.encode(STEP_SEPARATOR)[0]
+        sep = tokenizer.encode(STEP_SEPARATOR)
+        if len(sep) != 1:  # steps end at this one token (a tokenizer.json may merge or split it)
+            raise ValueError(
+                f"the step swarm needs {STEP_SEPARATOR!r} to be one token; {tokenizer!r} gives {sep}"
+            )
+        self.sep = sep[0]
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()

@@ -21,6 +21,7 @@ class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_KIND_UNSPECIFIED: _ClassVar[JobKind]
     TRAINING: _ClassVar[JobKind]
     BENCHMARK: _ClassVar[JobKind]
+    EVALUATION: _ClassVar[JobKind]
 JOB_STATE_UNSPECIFIED: JobState
 PENDING: JobState
 RUNNING: JobState
@@ -30,18 +31,21 @@ CANCELLED: JobState
 JOB_KIND_UNSPECIFIED: JobKind
 TRAINING: JobKind
 BENCHMARK: JobKind
+EVALUATION: JobKind
 
 class TrainRequest(_message.Message):
-    __slots__ = ("config_path", "overrides", "run_id", "request_id")
+    __slots__ = ("config_path", "overrides", "run_id", "request_id", "priority")
     CONFIG_PATH_FIELD_NUMBER: _ClassVar[int]
     OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     config_path: str
     overrides: _containers.RepeatedScalarFieldContainer[str]
     run_id: str
     request_id: str
-    def __init__(self, config_path: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    priority: int
+    def __init__(self, config_path: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., request_id: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class TrainResponse(_message.Message):
     __slots__ = ("success", "log", "job_id", "job")
@@ -92,7 +96,7 @@ class InferRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., agents: _Optional[int] = ..., rounds: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., model_id: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class InferResponse(_message.Message):
-    __slots__ = ("output", "vote_share", "votes", "forward_passes", "generated_tokens", "flops", "rounds_used", "agents", "model_id", "batch_size", "steps")
+    __slots__ = ("output", "vote_share", "votes", "forward_passes", "generated_tokens", "flops", "rounds_used", "agents", "model_id", "batch_size", "steps", "default_model_source", "default_model_notice")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     VOTE_SHARE_FIELD_NUMBER: _ClassVar[int]
     VOTES_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +108,8 @@ class InferResponse(_message.Message):
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_NOTICE_FIELD_NUMBER: _ClassVar[int]
     output: str
     vote_share: float
     votes: _containers.RepeatedCompositeFieldContainer[Vote]
@@ -115,7 +121,9 @@ class InferResponse(_message.Message):
     model_id: str
     batch_size: int
     steps: _containers.RepeatedCompositeFieldContainer[Step]
-    def __init__(self, output: _Optional[str] = ..., vote_share: _Optional[float] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., forward_passes: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., flops: _Optional[float] = ..., rounds_used: _Optional[int] = ..., agents: _Optional[int] = ..., model_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ...) -> None: ...
+    default_model_source: str
+    default_model_notice: str
+    def __init__(self, output: _Optional[str] = ..., vote_share: _Optional[float] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., forward_passes: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., flops: _Optional[float] = ..., rounds_used: _Optional[int] = ..., agents: _Optional[int] = ..., model_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., default_model_source: _Optional[str] = ..., default_model_notice: _Optional[str] = ...) -> None: ...
 
 class Step(_message.Message):
     __slots__ = ("text", "vote_share")
@@ -151,7 +159,7 @@ class BenchmarkResult(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., value: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "kind", "state", "config_path", "overrides", "run_id", "request_id", "created_unix", "started_unix", "finished_unix", "pid", "exit_code", "message", "log_tail", "run_dir", "checkpoint", "metrics", "cancel_requested")
+    __slots__ = ("job_id", "kind", "state", "config_path", "overrides", "run_id", "request_id", "created_unix", "started_unix", "finished_unix", "pid", "exit_code", "message", "log_tail", "run_dir", "checkpoint", "metrics", "cancel_requested", "priority", "queue_position", "restarts")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +185,9 @@ class Job(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: JobKind
     state: JobState
@@ -195,7 +206,10 @@ class Job(_message.Message):
     checkpoint: str
     metrics: _containers.ScalarMap[str, float]
     cancel_requested: bool
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., config_path: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., request_id: _Optional[str] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., log_tail: _Optional[_Iterable[str]] = ..., run_dir: _Optional[str] = ..., checkpoint: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., cancel_requested: _Optional[bool] = ...) -> None: ...
+    priority: int
+    queue_position: int
+    restarts: int
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., config_path: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., request_id: _Optional[str] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., log_tail: _Optional[_Iterable[str]] = ..., run_dir: _Optional[str] = ..., checkpoint: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., cancel_requested: _Optional[bool] = ..., priority: _Optional[int] = ..., queue_position: _Optional[int] = ..., restarts: _Optional[int] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -291,7 +305,7 @@ class LoadModelRequest(_message.Message):
     def __init__(self, checkpoint: _Optional[str] = ..., model_id: _Optional[str] = ..., make_default: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "checkpoint", "params_total", "params_active", "task", "global_step", "loaded_unix", "is_default", "device", "max_seq_len", "prompt_format", "example_prompt")
+    __slots__ = ("model_id", "checkpoint", "params_total", "params_active", "task", "global_step", "loaded_unix", "is_default", "device", "max_seq_len", "prompt_format", "example_prompt", "loaded")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +318,7 @@ class ModelInfo(_message.Message):
     MAX_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     EXAMPLE_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     checkpoint: str
     params_total: int
@@ -316,21 +331,26 @@ class ModelInfo(_message.Message):
     max_seq_len: int
     prompt_format: str
     example_prompt: str
-    def __init__(self, model_id: _Optional[str] = ..., checkpoint: _Optional[str] = ..., params_total: _Optional[int] = ..., params_active: _Optional[int] = ..., task: _Optional[str] = ..., global_step: _Optional[int] = ..., loaded_unix: _Optional[float] = ..., is_default: _Optional[bool] = ..., device: _Optional[str] = ..., max_seq_len: _Optional[int] = ..., prompt_format: _Optional[str] = ..., example_prompt: _Optional[str] = ...) -> None: ...
+    loaded: bool
+    def __init__(self, model_id: _Optional[str] = ..., checkpoint: _Optional[str] = ..., params_total: _Optional[int] = ..., params_active: _Optional[int] = ..., task: _Optional[str] = ..., global_step: _Optional[int] = ..., loaded_unix: _Optional[float] = ..., is_default: _Optional[bool] = ..., device: _Optional[str] = ..., max_seq_len: _Optional[int] = ..., prompt_format: _Optional[str] = ..., example_prompt: _Optional[str] = ..., loaded: _Optional[bool] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "default_model_id", "default_checkpoint")
+    __slots__ = ("models", "default_model_id", "default_checkpoint", "default_model_source", "servable")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SERVABLE_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     default_model_id: str
     default_checkpoint: str
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model_id: _Optional[str] = ..., default_checkpoint: _Optional[str] = ...) -> None: ...
+    default_model_source: str
+    servable: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model_id: _Optional[str] = ..., default_checkpoint: _Optional[str] = ..., default_model_source: _Optional[str] = ..., servable: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()
@@ -424,17 +444,105 @@ class GetRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("run_id", "run_dir", "config_yaml", "summary_json", "checkpoint", "job_ids")
+    __slots__ = ("run_id", "run_dir", "config_yaml", "summary_json", "checkpoint", "job_ids", "plots")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_DIR_FIELD_NUMBER: _ClassVar[int]
     CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    PLOTS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     run_dir: str
     config_yaml: str
     summary_json: str
     checkpoint: str
     job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, run_id: _Optional[str] = ..., run_dir: _Optional[str] = ..., config_yaml: _Optional[str] = ..., summary_json: _Optional[str] = ..., checkpoint: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    plots: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., run_dir: _Optional[str] = ..., config_yaml: _Optional[str] = ..., summary_json: _Optional[str] = ..., checkpoint: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ..., plots: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetRunPlotRequest(_message.Message):
+    __slots__ = ("run_id", "name")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    name: str
+    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class RunPlot(_message.Message):
+    __slots__ = ("name", "mime_type", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    mime_type: str
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., mime_type: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class DeleteRunRequest(_message.Message):
+    __slots__ = ("run_id", "confirm")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    confirm: str
+    def __init__(self, run_id: _Optional[str] = ..., confirm: _Optional[str] = ...) -> None: ...
+
+class DeleteRunResponse(_message.Message):
+    __slots__ = ("run_id", "run_dir", "bytes_freed")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_DIR_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    run_dir: str
+    bytes_freed: int
+    def __init__(self, run_id: _Optional[str] = ..., run_dir: _Optional[str] = ..., bytes_freed: _Optional[int] = ...) -> None: ...
+
+class EvaluationRequest(_message.Message):
+    __slots__ = ("checkpoint", "split", "em_problems", "max_batches", "request_id")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    EM_PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    split: str
+    em_problems: int
+    max_batches: int
+    request_id: str
+    def __init__(self, checkpoint: _Optional[str] = ..., split: _Optional[str] = ..., em_problems: _Optional[int] = ..., max_batches: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class RunSummary(_message.Message):
+    __slots__ = ("run_id", "experiment", "status", "global_step", "max_steps", "metric", "metric_value", "checkpoint", "job_ids", "updated_unix")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    METRIC_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    experiment: str
+    status: str
+    global_step: int
+    max_steps: int
+    metric: str
+    metric_value: float
+    checkpoint: str
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    updated_unix: float
+    def __init__(self, run_id: _Optional[str] = ..., experiment: _Optional[str] = ..., status: _Optional[str] = ..., global_step: _Optional[int] = ..., max_steps: _Optional[int] = ..., metric: _Optional[str] = ..., metric_value: _Optional[float] = ..., checkpoint: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ..., updated_unix: _Optional[float] = ...) -> None: ...
+
+class ListRunsResponse(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[RunSummary]
+    def __init__(self, runs: _Optional[_Iterable[_Union[RunSummary, _Mapping]]] = ...) -> None: ...

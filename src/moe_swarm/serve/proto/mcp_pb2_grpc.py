@@ -104,6 +104,26 @@ class MCPControlStub:
                 request_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.BenchmarkResponse.FromString,
                 _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/mcp.MCPControl/ListRuns',
+                request_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
+        self.StartEvaluation = channel.unary_unary(
+                '/mcp.MCPControl/StartEvaluation',
+                request_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.EvaluationRequest.SerializeToString,
+                response_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetRunPlot = channel.unary_unary(
+                '/mcp.MCPControl/GetRunPlot',
+                request_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetRunPlotRequest.SerializeToString,
+                response_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.RunPlot.FromString,
+                _registered_method=True)
+        self.DeleteRun = channel.unary_unary(
+                '/mcp.MCPControl/DeleteRun',
+                request_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.DeleteRunRequest.SerializeToString,
+                response_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.DeleteRunResponse.FromString,
+                _registered_method=True)
 
 
 class MCPControlServicer:
@@ -208,6 +228,36 @@ class MCPControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRuns(self, request, context):
+        """Every run under the runs folder (the CLI's and the sidecar's), newest first: status, steps, metric.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartEvaluation(self, request, context):
+        """Evaluate a checkpoint (moe-swarm-eval: loss, bits per byte, perplexity, exact match) as a job; its
+        report becomes the job's metrics. Queued like training when its slots are taken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRunPlot(self, request, context):
+        """A plot of a run (loss.png, expert_load.png) as PNG bytes; RunInfo.plots names them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRun(self, request, context):
+        """Delete a run's folder (checkpoints, logs, plots). `confirm` must repeat the run id; a run with an
+        active job is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MCPControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -280,6 +330,26 @@ def add_MCPControlServicer_to_server(servicer, server):
                     servicer.GetBenchmarkResults,
                     request_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetJobRequest.FromString,
                     response_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.BenchmarkResponse.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ListRunsRequest.FromString,
+                    response_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'StartEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartEvaluation,
+                    request_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.EvaluationRequest.FromString,
+                    response_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.Job.SerializeToString,
+            ),
+            'GetRunPlot': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunPlot,
+                    request_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetRunPlotRequest.FromString,
+                    response_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.RunPlot.SerializeToString,
+            ),
+            'DeleteRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRun,
+                    request_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.DeleteRunRequest.FromString,
+                    response_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.DeleteRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -660,6 +730,114 @@ class MCPControl:
             '/mcp.MCPControl/GetBenchmarkResults',
             moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetJobRequest.SerializeToString,
             moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.BenchmarkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp.MCPControl/ListRuns',
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ListRunsRequest.SerializeToString,
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp.MCPControl/StartEvaluation',
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.EvaluationRequest.SerializeToString,
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunPlot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp.MCPControl/GetRunPlot',
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetRunPlotRequest.SerializeToString,
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.RunPlot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp.MCPControl/DeleteRun',
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.DeleteRunRequest.SerializeToString,
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.DeleteRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

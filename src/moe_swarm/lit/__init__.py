@@ -1,1 +1,0 @@
-"""Lightning-aware code: LightningModules, callbacks and schedules (the only Lightning imports)."""
