@@ -108,7 +108,10 @@ def test_checkpoint_with_a_misspelt_model_key_is_refused(tmp_path):
 @pytest.mark.parametrize("router", ["softmax_topk", "sigmoid_bias", "switch"])
 def test_every_experiment_and_router_group_composes_into_a_strict_config(tmp_path, experiment, router):
     cfg = compose_cfg("train", [f"experiment={experiment}", f"router={router}"], tmp_path)
-    model = TransformerConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    # init_from says where weights come from (a Hugging Face folder), not an architecture key
+    assert model_cfg.pop("init_from") is None
+    model = TransformerConfig.from_dict(model_cfg)
     assert model.moe.router.mode == {"switch": "softmax_topk"}.get(router, router)
     assert model.moe.router.top_k == (1 if router == "switch" else 2)
 
