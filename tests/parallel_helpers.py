@@ -54,9 +54,9 @@ def run_reference(shards: int, steps: int, state_out: Path) -> None:
 
 
 def run_ranks(
-    world: int, args: list[str], tmp: Path, timeout: float = 90, expect_ok: bool = True
+    world: int, args: list[str], tmp: Path, timeout: float = 90, expect_ok: bool = True, child: Path = CHILD
 ) -> list[str]:
-    """Start ``world`` ranks of the child (one process each) and wait; each must exit 0 (or not, with
+    """Start ``world`` ranks of ``child`` (one process each) and wait; each must exit 0 (or not, with
     ``expect_ok=False``), within ``timeout`` (a hang fails the test), without an exit-time abort."""
     port = str(free_port())
     procs = []
@@ -67,7 +67,7 @@ def run_ranks(
             procs.append(
                 (
                     subprocess.Popen(
-                        [sys.executable, str(CHILD), *args, "--world", str(world)],
+                        [sys.executable, str(child), *args, "--world", str(world)],
                         env=env,
                         stdout=f,
                         stderr=subprocess.STDOUT,

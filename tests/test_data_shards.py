@@ -250,3 +250,25 @@ def test_cli_prints_the_training_command_and_exits_1_on_bad_input(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 1 and "b.jsonl:1: no field 'text'" in proc.stderr
+
+
+def test_each_source_reads_its_own_field(tmp_path, capsys):
+    from moe_swarm.cli.prepare import main
+
+    web = tmp_path / "web.jsonl"
+    web.write_text("".join(json.dumps({"content": f"web {i}", "text": "no"}) + "\n" for i in range(5)))
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps({"body": f"chat {i}"}) + "\n" for i in range(3)))
+    books = tmp_path / "books.parquet"
+    pq.write_table(pa.table({"text": [f"book {i}" for i in range(4)]}), books)
+    out = tmp_path / "out"
+    args = ["--input", f"web={web}", f"chat={chat}", f"books={books}", "--out-dir", str(out)]
+    main([*args, "--field", "web=content", "--field", "chat=body"])  # books keeps the default, text
+    assert documents(out, "web") == [f"web {i}" for i in range(5)]
+    assert documents(out, "chat") == [f"chat {i}" for i in range(3)]
+    assert documents(out, "books") == [f"book {i}" for i in range(4)]
+    fields = {s["name"]: s["field"] for s in read_manifest(out)["sources"]}
+    assert fields == {"web": "content", "chat": "body", "books": "text"}
+    with pytest.raises(SystemExit):
+        main([*args, "--field", "blog=content"])
+    assert "--field names source(s) ['blog'] that no --input has" in capsys.readouterr().err

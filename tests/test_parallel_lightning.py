@@ -1,6 +1,7 @@
 """trainer=model_parallel end to end: Lightning's ModelParallelStrategy runs the project's parallelize
-(FSDP2 + expert parallelism) in 2 CPU processes (gloo), writes a sharded last.ckpt that resumes and
-that the project's one loader reads, with routing state identical on every rank."""
+(FSDP2 + expert parallelism) in 2 CPU processes (gloo) on prepared token shards (data=tokens, document
+masking on), writes a sharded last.ckpt that resumes (the loader position included) and that the
+project's one loader reads, with routing state identical on every rank."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from moe_swarm.data.prepare import prepare
 from moe_swarm.scale.cluster import clean_env
 from moe_swarm.store.checkpoint import load_checkpoint
 from moe_swarm.store.sharded import export_consolidated, is_sharded_checkpoint
@@ -23,9 +25,12 @@ ARGS = [
     "model.n_heads=2",
     "model.moe.d_ff=32",
     "model.moe.num_experts=4",
+    "data=tokens",  # prepared token shards, streamed per rank (FSDP2 + EP ranks are data-parallel ranks)
     "data.batch_size=4",
     "data.block_size=32",
     "data.val_windows=2",
+    "data.val_fraction=0.1",
+    "data.packing.mask_documents=true",
     "trainer.enable_progress_bar=false",
     "trainer.val_check_interval=2",
     "logger=csv",
@@ -35,13 +40,41 @@ ARGS = [
 ]
 
 
+def _prepare(tmp: Path) -> Path:
+    """Token shards of a small JSONL corpus (byte tokenizer), written once per run folder."""
+    out = tmp / "tokens"
+    if not out.exists():
+        src = tmp / "docs.jsonl"
+        docs = [
+            f"document {i}: " + "the quick brown fox jumps over the lazy dog " * (1 + i % 5)
+            for i in range(300)
+        ]
+        src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+        prepare([("docs", str(src))], out)
+    return out
+
+
+def _loader_state(last: Path) -> dict:
+    """The token loader's position in a sharded last.ckpt (Lightning keeps loop state in meta.pt)."""
+    meta = torch.load(last / "meta.pt", map_location="cpu", weights_only=False)
+    (state,) = meta["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    return {"sequences": state["sequences"], "world_size": state["world_size"]}
+
+
 def _train(tmp: Path, steps: int) -> str:
     env = clean_env(os.environ)
     for name in ("RUN_ID", "NODE_RANK", "NUM_NODES", "DEVICES", "MASTER_PORT"):
         env.pop(name, None)
     env.update({"MOE_SWARM_RUNS_DIR": str(tmp), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"})
     proc = subprocess.run(
-        [sys.executable, "-m", "moe_swarm.cli.train", *ARGS, f"trainer.max_steps={steps}"],
+        [
+            sys.executable,
+            "-m",
+            "moe_swarm.cli.train",
+            *ARGS,
+            f"data.path={_prepare(tmp)}",
+            f"trainer.max_steps={steps}",
+        ],
         cwd=tmp,
         env=env,
         capture_output=True,
@@ -66,6 +99,7 @@ def test_model_parallel_trainer_trains_resumes_and_its_sharded_checkpoint_loads_
     assert any(k.endswith("experts.w1") for k in digests[0]["tensors"])
     loaded = load_checkpoint(last)  # the folder itself, consolidated in memory
     assert loaded.global_step == 4
+    assert _loader_state(last) == {"sequences": 4 * 2 * 4, "world_size": 2}  # steps x ranks x batch
     assert loaded.model.moe_layers[0].router.bias.abs().sum() > 0, "the sigmoid bias moved"
     exported = load_checkpoint(export_consolidated(last, tmp_path / "consolidated.ckpt"))
     for name, tensor in loaded.model.state_dict().items():
@@ -76,3 +110,4 @@ def test_model_parallel_trainer_trains_resumes_and_its_sharded_checkpoint_loads_
     out = _train(tmp_path, steps=6)  # same run id: resumes from the sharded folder
     assert f"resuming run mp from {last}" in out
     assert load_checkpoint(last).global_step == 6
+    assert _loader_state(last) == {"sequences": 6 * 2 * 4, "world_size": 2}  # continued, not restarted

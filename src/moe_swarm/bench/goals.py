@@ -30,6 +30,9 @@ GOALS = (
     Goal("moe_layer: ours >= 1.2x HF's fastest experts backend", r"^moe_layer/[^/]+/hf_best_over_ours_[^/]+$", ">=", 1.2),
     Goal("moe_layer: ours / dense floor <= 1.3 at the Mixtral shape", r"^moe_layer/mixtral_[^/]+/ours_bf16_over_floor$", "<=", 1.3),
     Goal("moe_layer: ours / dense floor <= 1.5 at the fine-grained shapes", r"^moe_layer/(olmoe|qwen3)_[^/]+/ours_bf16_over_floor$", "<=", 1.5),
+    Goal("hf: import at least as fast as transformers' from_pretrained", r"^hf/mixtral_[^/]+_d4096_[^/]+/import_over_transformers$", "<=", 1.0),
+    Goal("hf: export at least as fast as transformers' save_pretrained", r"^hf/mixtral_[^/]+_d4096_[^/]+/export_over_transformers$", "<=", 1.0),
+    Goal("hf: import peak RSS above baseline <= 1.25x the checkpoint's bytes", r"^hf/mixtral_[^/]+_d4096_[^/]+/import_rss_over_checkpoint$", "<=", 1.25),
     Goal("train_step: compiled >= 1.15x eager (GPU model)", r"^train_step/[^/]+/compiled_speedup$", ">=", 1.15),
     Goal("train_step: >= 30% MFU compiled on the GPU", r"^train_step/d1024[^/]+/compiled_mfu$", ">=", 0.30),
 )  # fmt: skip

@@ -8,7 +8,9 @@ between import and export through ``/proc/self/clear_refs``) is theirs alone. Di
 (``os.sync``, untimed) before each timed step, so neither side pays for the other's writes. ``--quick``
 uses a small model of the same family.
 
-Rows per case: ``import_s`` / ``export_s`` (reference: transformers' seconds), ``import_peak_rss_gb`` /
+Each side runs ``repeats`` times (3 full, 1 quick), alternating which goes first; rows are medians.
+Rows per case: ``import_s`` / ``export_s`` (reference: transformers' seconds), the per-round ratios
+``import_over_transformers`` / ``export_over_transformers`` (goal <= 1), ``import_peak_rss_gb`` /
 ``export_peak_rss_gb`` (reference: transformers' peak), and ``import_rss_over_checkpoint`` (peak RSS
 above the child's baseline after its imports, over the checkpoint's bytes; the goal is <= 1.25).
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -146,37 +150,55 @@ def _spawn(ctx: BenchContext, *args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def run(ctx: BenchContext, shape: dict) -> list[Row]:
     name = case_name(shape)
+    repeats = ctx.repeats_or(3, 1)
+    rounds: dict[str, list[dict]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory(prefix="moe-swarm-bench-hf-") as tmp:
         folder = Path(tmp) / "checkpoint"
         nbytes = _spawn(ctx, "write", json.dumps(shape), str(folder))["bytes"]
-        measured = {}
-        for side in SIDES:  # each side reads the same files (already in the page cache after the write)
-            measured[side] = _spawn(ctx, side, str(folder), str(Path(tmp) / f"out_{side}"))
-    ours, ref = measured["ours"], measured["transformers"]
+        for r in range(repeats):  # sides alternate, and each round swaps who goes first
+            for side in SIDES if r % 2 == 0 else tuple(reversed(SIDES)):
+                out = Path(tmp) / f"out_{side}"
+                rounds[side].append(_spawn(ctx, side, str(folder), str(out)))
+                shutil.rmtree(out, ignore_errors=True)
+
+    def med(side: str, key: str) -> float:
+        return _median([m[key] for m in rounds[side]])
+
+    def over(side: str, phase: str) -> float:
+        return _median([max(m[f"{phase}_peak"] - m[f"{phase}_base"], 4096) / nbytes for m in rounds[side]])
+
     config = {
         **shape,
         "dtype": "bfloat16",
         "checkpoint_bytes": nbytes,
-        "peak_reset": ours["peak_reset"] and ref["peak_reset"],
+        "repeats": repeats,
+        "peak_reset": all(m["peak_reset"] for side in SIDES for m in rounds[side]),
     }
     gb = 2**30
 
-    def row(metric: str, mine: float, theirs: float, unit: str, ref_metric: str) -> Row:
+    def row(metric: str, mine: float, theirs: float, unit: str, ref_metric: str, **kw) -> Row:
         return ctx.row(SUITE, f"{name}/{metric}", mine, unit, reference=f"{SUITE}/{name}/{ref_metric}",
-                       reference_value=theirs, higher_is_better=False, config=config)  # fmt: skip
+                       reference_value=theirs, higher_is_better=False, config=config, **kw)  # fmt: skip
 
-    def over(side: dict, phase: str) -> float:
-        return max(side[f"{phase}_peak"] - side[f"{phase}_base"], 4096) / nbytes
-
+    ratios = {  # per round, ours over transformers in the same round
+        phase: [o[f"{phase}_s"] / t[f"{phase}_s"] for o, t in zip(rounds["ours"], rounds["transformers"])]
+        for phase in ("import", "export")
+    }
     return [
-        row("import_s", ours["import_s"], ref["import_s"], "s", "transformers_from_pretrained_s"),
-        row("export_s", ours["export_s"], ref["export_s"], "s", "transformers_save_pretrained_s"),
-        row("import_peak_rss_gb", ours["import_peak"] / gb, ref["import_peak"] / gb, "GiB", "transformers_import_peak_rss_gb"),
-        row("export_peak_rss_gb", ours["export_peak"] / gb, ref["export_peak"] / gb, "GiB", "transformers_export_peak_rss_gb"),
-        row("import_rss_over_checkpoint", over(ours, "import"), over(ref, "import"), "x", "transformers_import_rss_over_checkpoint"),
-        row("export_rss_over_checkpoint", over(ours, "export"), over(ref, "export"), "x", "transformers_export_rss_over_checkpoint"),
+        row("import_s", med("ours", "import_s"), med("transformers", "import_s"), "s", "transformers_from_pretrained_s"),
+        row("export_s", med("ours", "export_s"), med("transformers", "export_s"), "s", "transformers_save_pretrained_s"),
+        row("import_over_transformers", _median(ratios["import"]), 1.0, "x", "transformers_from_pretrained", samples=ratios["import"]),
+        row("export_over_transformers", _median(ratios["export"]), 1.0, "x", "transformers_save_pretrained", samples=ratios["export"]),
+        row("import_peak_rss_gb", med("ours", "import_peak") / gb, med("transformers", "import_peak") / gb, "GiB", "transformers_import_peak_rss_gb"),
+        row("export_peak_rss_gb", med("ours", "export_peak") / gb, med("transformers", "export_peak") / gb, "GiB", "transformers_export_peak_rss_gb"),
+        row("import_rss_over_checkpoint", over("ours", "import"), over("transformers", "import"), "x", "transformers_import_rss_over_checkpoint"),
+        row("export_rss_over_checkpoint", over("ours", "export"), over("transformers", "export"), "x", "transformers_export_rss_over_checkpoint"),
     ]  # fmt: skip
 
 

@@ -3,6 +3,9 @@
     moe-swarm-convert from-hf DIR OUT.ckpt [--dtype bfloat16]   # a checkpoint training/serving loads
     moe-swarm-convert to-hf CKPT OUT_DIR [--max-shard-gb 5]     # a folder transformers loads
 
+CKPT: a Lightning .ckpt, a sharded checkpoint folder (trainer=model_parallel), or a swarm.ckpt (the
+generator is exported; its checker stays in the .ckpt).
+
 Errors (:class:`moe_swarm.hf.HFError`, :class:`moe_swarm.store.checkpoint.CheckpointError`) are printed as
 one line naming the file or key, with exit status 2; nothing partial is left at OUT.
 """
@@ -36,14 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    notes: list[str] = []
     try:
         if args.command == "from-hf":
             out = import_hf(args.folder, args.out, DTYPES.get(args.dtype) if args.dtype else None)
         else:
-            out = export_hf(args.ckpt, args.out, max_shard_bytes=int(args.max_shard_gb * 2**30))
+            out = export_hf(args.ckpt, args.out, int(args.max_shard_gb * 2**30), notes)
     except (HFError, CheckpointError) as exc:
         print(f"moe-swarm-convert: error: {exc}", file=sys.stderr)
         return 2
+    for note in notes:
+        print(f"moe-swarm-convert: note: {note}", file=sys.stderr)
     print(out)
     return 0
 

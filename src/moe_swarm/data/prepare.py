@@ -15,7 +15,7 @@ import multiprocessing
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,20 +144,27 @@ def prepare(
     *,
     tokenizer: str = "byte",
     text_field: str = "text",
+    fields: Mapping[str, str] | None = None,
     workers: int = 1,
     unit_bytes: int = 64 << 20,
     progress: Callable[[int, int, int], None] | None = None,
 ) -> PrepareResult:
-    """Tokenize ``inputs`` ((name, path) pairs) into ``out_dir``; see the module docstring."""
+    """Tokenize ``inputs`` ((name, path) pairs) into ``out_dir``; see the module docstring.
+    ``text_field``: the JSONL field / column of every source that ``fields`` (name -> field) does not
+    name."""
     names = [n for n, _ in inputs]
     if len(set(names)) != len(names):
         raise SourceError(f"source names must be unique, got {names}; name them NAME=PATH")
+    fields = dict(fields or {})
+    unknown = sorted(set(fields) - set(names))
+    if unknown:
+        raise SourceError(f"--field names source(s) {unknown} that no --input has (sources: {names})")
     out = Path(out_dir)
     shard_dir = out / fmt.SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     fmt.remove_stale_temporaries(out)
     fmt.remove_stale_temporaries(shard_dir)
-    sources = [open_source(name, path, text_field) for name, path in inputs]
+    sources = [open_source(name, path, fields.get(name, text_field)) for name, path in inputs]
     units = {s.name: plan_units(s, unit_bytes) for s in sources}
     tok = _resolve_tokenizer(tokenizer, out, sources, units)
     dtype = fmt.token_dtype(tok.vocab_size)
@@ -300,22 +307,44 @@ def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
         "or a datasets save_to_disk folder (one source each)",
     )
     add("--out-dir", type=Path, default=None, help="folder for shards/ and manifest.json")
-    add("--field", default="text", help="JSONL field / Parquet or Arrow column (default: text)")
+    add(
+        "--field",
+        action="append",
+        default=None,
+        help="JSONL field / Parquet or Arrow column: FIELD for every source, or NAME=FIELD for one "
+        "(repeatable; default: text)",
+    )
     add("--tokenizer", default="byte", help="byte | PATH/tokenizer.json | bpe:VOCAB (trained here)")
     add("--workers", type=int, default=1, help="worker processes (default: 1)")
     add("--shard-mb", type=float, default=64.0, help="input MB per shard (default: 64)")
 
 
+def parse_fields(specs: list[str]) -> tuple[str, dict[str, str]]:
+    """``--field`` values -> (the default field, NAME -> FIELD for the sources given one)."""
+    default, per_source = "text", {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep:
+            default = spec
+        elif not name or not value:
+            raise SourceError(f"--field {spec!r}: give FIELD or NAME=FIELD")
+        else:
+            per_source[name] = value
+    return default, per_source
+
+
 def prepare_from_args(args: argparse.Namespace) -> PrepareResult:
     """Run :func:`prepare` for parsed CLI flags, with a progress display and SIGTERM -> exit 143."""
     exit_on_sigterm()
+    text_field, fields = parse_fields(args.field or [])
     reporter = ProgressReporter()
     try:
         return prepare(
             [parse_input(spec) for spec in args.input],
             args.out_dir,
             tokenizer=args.tokenizer,
-            text_field=args.field,
+            text_field=text_field,
+            fields=fields,
             workers=args.workers,
             unit_bytes=int(args.shard_mb * (1 << 20)),
             progress=reporter,

@@ -92,8 +92,21 @@ def export_model(
     return out
 
 
-def export_hf(ckpt: str | Path, out: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
-    """Convert a moe-swarm checkpoint (a .ckpt, or a sharded checkpoint folder) into a HF folder."""
+def export_hf(
+    ckpt: str | Path,
+    out: str | Path,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    notes: list[str] | None = None,
+) -> Path:
+    """Convert a moe-swarm checkpoint (a Lightning .ckpt, a sharded checkpoint folder, or a swarm.ckpt)
+    into a HF folder. What the HF format cannot carry (a swarm checkpoint's checker) is appended to
+    ``notes`` as a sentence for the user."""
     loaded = load_checkpoint(ckpt)
     meta = loaded.hparams.get("hf") if isinstance(loaded.hparams.get("hf"), dict) else None
-    return export_model(loaded.model, out, meta, max_shard_bytes)
+    path = export_model(loaded.model, out, meta, max_shard_bytes)
+    if loaded.swarm_state is not None and notes is not None:
+        notes.append(
+            f"{ckpt} is a swarm checkpoint: the generator was exported; its swarm state (checker, step "
+            "settings) has no place in a Hugging Face folder, so keep the .ckpt for moe-swarm-swarm-eval"
+        )
+    return path

@@ -243,7 +243,8 @@ def config_to_hf(cfg: TransformerConfig, family: str, special: Mapping[str, Any]
             sliding_window=None,
         )
         if family == "qwen2_moe":
-            out.update(shared_expert_intermediate_size=m.shared_expert_d_ff, qkv_bias=cfg.qkv_bias)
+            # n shared experts of width d are one of width n * d (concatenated hidden units; MoELayer).
+            out.update(shared_expert_intermediate_size=m.shared_d_ff, qkv_bias=cfg.qkv_bias)
         else:
             out.update(head_dim=cfg.resolved_head_dim, attention_bias=False)
     return out

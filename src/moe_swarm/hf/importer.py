@@ -25,7 +25,7 @@ from moe_swarm.store.checkpoint import save_model_checkpoint
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 # Buffers old transformers versions saved; derived, never weights.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def read_hf_config(folder: Path) -> tuple[dict[str, Any], TransformerConfig]:
@@ -69,7 +69,7 @@ def load_hf_model(
     hf, from_json = read_hf_config(folder)
     cfg = cfg or from_json
     files = tensor_files(folder)
-    names = [n for n in files if not n.endswith(_IGNORED_SUFFIXES)]
+    names = [n for n in files if not n.endswith(IGNORED_SUFFIXES)]
     if cfg.tie_weights:  # some tied checkpoints also store the head: it is the embedding by definition
         names = [n for n in names if n != "lm_head.weight"]
     plan = weight_plan(cfg, hf["model_type"], fused_experts=is_fused_layout(names))

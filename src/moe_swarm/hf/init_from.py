@@ -17,6 +17,7 @@ import torch
 
 from moe_swarm.hf.families import HFError
 from moe_swarm.hf.importer import hf_metadata, load_hf_model, read_hf_config
+from moe_swarm.hf.parallel_load import check_folder
 from moe_swarm.model.config import TransformerConfig
 from moe_swarm.model.transformer import MoETransformer
 
@@ -79,4 +80,20 @@ def init_model(
     return model.train(), meta
 
 
-__all__ = ["RUN_TIME_KEYS", "init_model", "merged_config"]
+def init_model_deferred(
+    folder: str | Path, conf_model: Mapping[str, Any]
+) -> tuple[MoETransformer, dict[str, Any]]:
+    """Like :func:`init_model`, but the model is built on the meta device and only checked against the
+    folder (every tensor present with its shape, from the safetensors headers): the caller shards it
+    first where it will be sharded, then fills it with :func:`moe_swarm.hf.parallel_load.load_local_shards`,
+    so that under ``trainer=model_parallel`` each rank reads only its slices."""
+    folder = Path(folder)
+    hf, cfg = merged_config(folder, conf_model)
+    meta = hf_metadata(folder, hf)
+    with torch.device("meta"):
+        model = MoETransformer(cfg)
+    check_folder(model, folder)
+    return model.train(), meta
+
+
+__all__ = ["RUN_TIME_KEYS", "init_model", "init_model_deferred", "merged_config"]

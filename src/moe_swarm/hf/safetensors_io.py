@@ -59,6 +59,7 @@ class ShardReader:
         header.pop("__metadata__", None)
         self.start = 8 + n
         self.entries: dict[str, dict] = header
+        self.bytes_read = 0  # tensor bytes read so far (per-rank slice reading is checked with it)
 
     def keys(self) -> list[str]:
         return list(self.entries)
@@ -74,8 +75,27 @@ class ShardReader:
 
     def read(self, name: str) -> Tensor:
         """The tensor ``name`` in a buffer of its own (the file is not kept mapped)."""
+        shape = self.shape(name)
+        return self.read_rows(name, 0, shape[0] if shape else 1) if shape else self._read_all(name)
+
+    def read_rows(self, name: str, start: int, stop: int) -> Tensor:
+        """Rows ``start:stop`` of dimension 0 of ``name``: one contiguous byte range of the file, so a
+        rank that holds a slice reads only its slice."""
+        shape, dtype = self.shape(name), self.dtype(name)
+        if not 0 <= start <= stop <= shape[0]:
+            raise ValueError(f"{self.path}: rows {start}:{stop} of {name} (it has {shape[0]})")
+        row = math.prod(shape[1:]) * torch.empty((), dtype=dtype).element_size()
+        begin = self.entries[name]["data_offsets"][0] + start * row
+        out_shape = (stop - start, *shape[1:])
+        buf = self._read_bytes(name, begin, (stop - start) * row)
+        return buf.view(dtype).reshape(out_shape) if buf.numel() else torch.empty(out_shape, dtype=dtype)
+
+    def _read_all(self, name: str) -> Tensor:
         begin, end = self.entries[name]["data_offsets"]
-        buf = torch.empty(end - begin, dtype=torch.uint8)
+        return self._read_bytes(name, begin, end - begin).view(self.dtype(name)).reshape(self.shape(name))
+
+    def _read_bytes(self, name: str, begin: int, nbytes: int) -> Tensor:
+        buf = torch.empty(nbytes, dtype=torch.uint8)
         view = memoryview(buf.numpy())
         with open(self.path, "rb", buffering=0) as f:
             f.seek(self.start + begin)
@@ -85,8 +105,8 @@ class ShardReader:
                 if not got:
                     raise SafetensorsFormatError(f"{self.path}: tensor {name} is cut short (file truncated)")
                 done += got
-        dtype, shape = self.dtype(name), self.shape(name)
-        return buf.view(dtype).reshape(shape) if buf.numel() else torch.empty(shape, dtype=dtype)
+        self.bytes_read += nbytes
+        return buf
 
 
 def write_tensors(

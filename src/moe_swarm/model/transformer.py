@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from moe_swarm.model.config import DEFAULT_VOCAB_SIZE, MoEConfig, RouterConfig, TransformerConfig
 from moe_swarm.model.decoding import GenerationResult, sample_next
 from moe_swarm.model.decoding import generate as decoding_generate
+from moe_swarm.model.document_attention import Documents, document_attention
 from moe_swarm.model.kv_cache import KVCache
 from moe_swarm.model.moe import MoEAux, MoELayer, SwiGLU
 from moe_swarm.model.router import RoutingControl
@@ -108,14 +109,13 @@ class CausalSelfAttention(nn.Module):
         return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None, doc_mask: Tensor | None = None
+        self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None, doc_mask: Documents | None = None
     ) -> Tensor:
         b, t, _ = x.shape
         q, k, v = self._qkv(x, cos, sin)
-        if doc_mask is not None:  # packed documents: causal and within one document ((B, 1, T, T) bool)
-            k, v = self._expand_kv(k, v)
+        if doc_mask is not None:  # packed documents: causal and within one document
             drop = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=doc_mask, dropout_p=drop)
+            y = document_attention(q, k, v, doc_mask.ids, doc_mask.mask, drop)
             return self.proj(y.transpose(1, 2).reshape(b, t, -1))
         past = 0
         if cache is not None:
@@ -299,7 +299,8 @@ class MoETransformer(nn.Module):
         if document_ids is not None:
             if cache is not None or prefix_embeds is not None:
                 raise ValueError("document_ids work on a plain forward pass (no cache, no prefix_embeds)")
-            restart, doc_mask = document_layout(document_ids)
+            restart, mask = document_layout(document_ids)
+            doc_mask = Documents(document_ids, mask)
             cos, sin = self.rope_cos[restart][:, None], self.rope_sin[restart][:, None]
         control = routing.for_tokens(positions) if routing is not None else None
         x = self.drop(x)
