@@ -11,7 +11,7 @@ IMAGE ?= moe-swarm:0.1.0
 TORCH_INDEX_URL ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train swarm swarm-study swarm-answers test test-fast bench bench-quick bench-serve serve lint format docker-build fly-deploy k8s-render k8s-apply clean
+.PHONY: help install train swarm swarm-study moe-study swarm-answers test test-fast bench bench-quick bench-serve serve lint format docker-build fly-deploy k8s-render k8s-apply clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -31,29 +31,45 @@ train: $(STAMP) ## run the main job on the CPU (experiment=quickstart); extra Hy
 SWARM_RUN ?= swarm
 RUNS := $(or $(MOE_SWARM_RUNS_DIR),runs)
 SWARM_FAMILY ?=
+SWARM_TASK ?=
+SWARM_TASK_KWARGS ?= {scratchpad: true}
 SWARM_EXPERIMENT = reasoning_steps$(if $(SWARM_FAMILY),_$(SWARM_FAMILY))
+SWARM_BASE = $(if $(SWARM_TASK),experiment=reasoning_steps_task data.task=$(SWARM_TASK) 'data.task_kwargs=$(SWARM_TASK_KWARGS)',experiment=$(SWARM_EXPERIMENT))
 SWARM_TEST ?= 500
-swarm: $(STAMP) ## step-level swarm: scratchpad base (experiment=reasoning_steps) -> step checker -> eval vs controls, runs/<SWARM_RUN>-*
-	$(BIN)/moe-swarm-train experiment=$(SWARM_EXPERIMENT) run_id=$(SWARM_RUN)-base trainer.enable_progress_bar=false threads=1 $(ARGS)
-	$(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$(SWARM_RUN)-base/checkpoints/last.ckpt swarm_objective=step_checker run_id=$(SWARM_RUN)-checker trainer.enable_progress_bar=false threads=1
+SWARM_FAMILIES ?= mul arith chase
+# the step checker: full (a fine-tuned model copy + head) | trunk (a head on the generator's hidden states)
+SWARM_CHECKER ?= full
+swarm: $(STAMP) ## step-level swarm: scratchpad base (experiment=reasoning_steps; SWARM_FAMILY=arith|chase, or SWARM_TASK=package.module:Class) -> step checker -> eval vs controls, runs/<SWARM_RUN>-*
+	$(BIN)/moe-swarm-train $(SWARM_BASE) run_id=$(SWARM_RUN)-base trainer.enable_progress_bar=false threads=1 $(ARGS)
+	$(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$(SWARM_RUN)-base/checkpoints/last.ckpt swarm_objective=step_checker module.kind=$(SWARM_CHECKER) run_id=$(SWARM_RUN)-checker trainer.enable_progress_bar=false threads=1
 	$(BIN)/moe-swarm-swarm-eval checkpoint=$(RUNS)/$(SWARM_RUN)-checker/checkpoints/swarm.ckpt mode=steps n_test=$(SWARM_TEST) threads=1
 
-swarm-study: $(STAMP) ## the step swarm, unchanged, on 3 base-model seeds x 3 families (mul, arith, reach); long
-	for fam in mul arith reach; do for seed in 1 2 3; do \
-	  exp=reasoning_steps; [ $$fam = mul ] || exp=reasoning_steps_$$fam; run=study-$$fam-s$$seed; \
-	  $(BIN)/moe-swarm-train experiment=$$exp seed=$$seed run_id=$$run-base trainer.enable_progress_bar=false threads=1 || exit 1; \
-	  $(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$$run-base/checkpoints/last.ckpt swarm_objective=step_checker run_id=$$run-checker trainer.enable_progress_bar=false threads=1 || exit 1; \
+swarm-study: $(STAMP) ## the step swarm, unchanged, on 3 base-model seeds x SWARM_FAMILIES (mul arith chase; a package.module:Class works too); long
+	for fam in $(SWARM_FAMILIES); do for seed in 1 2 3; do \
+	  case $$fam in \
+	    *:*) base="experiment=reasoning_steps_task data.task=$$fam"; kw='data.task_kwargs=$(SWARM_TASK_KWARGS)';; \
+	    mul) base=experiment=reasoning_steps; kw=;; \
+	    *) base=experiment=reasoning_steps_$$fam; kw=;; \
+	  esac; run=study-$$(echo $$fam | tr ':.' '--')-s$$seed; \
+	  $(BIN)/moe-swarm-train $$base $${kw:+"$$kw"} seed=$$seed run_id=$$run-base trainer.enable_progress_bar=false threads=1 || exit 1; \
+	  $(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$$run-base/checkpoints/last.ckpt swarm_objective=step_checker module.kind=$(SWARM_CHECKER) run_id=$$run-checker trainer.enable_progress_bar=false threads=1 || exit 1; \
 	  $(BIN)/moe-swarm-swarm-eval checkpoint=$(RUNS)/$$run-checker/checkpoints/swarm.ckpt mode=steps n_test=$(SWARM_TEST) problem_seed=$$seed threads=1 || exit 1; \
 	done; done
 	$(BIN)/python -m moe_swarm.reporting.swarm_study $(RUNS)/study-*-checker/swarm_eval --out $(RUNS)/swarm-study
+
+moe-study: $(STAMP) ## dense vs MoE at equal active params: E 4..64, fine-grained + shared experts, 3 seeds; ~45 min on 2 cores
+	$(BIN)/python -m moe_swarm.reporting.moe_study run --out $(RUNS)/moe-study --jobs 2 $(ARGS)
+	$(BIN)/python -m moe_swarm.reporting.moe_study stepcost --out $(RUNS)/moe-study --threads 1
+	$(BIN)/python -m moe_swarm.reporting.moe_study report --out $(RUNS)/moe-study
 
 swarm-answers: $(STAMP) ## answer-level baseline: base MoE (experiment=reasoning_swarm) -> value head -> swarm eval
 	$(BIN)/moe-swarm-train experiment=reasoning_swarm run_id=$(SWARM_RUN)-answers-base trainer.enable_progress_bar=false $(ARGS)
 	$(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$(SWARM_RUN)-answers-base/checkpoints/last.ckpt run_id=$(SWARM_RUN)-answers-head trainer.enable_progress_bar=false
 	$(BIN)/moe-swarm-swarm-eval checkpoint=$(RUNS)/$(SWARM_RUN)-answers-head/checkpoints/swarm.ckpt threads=1
 
-test: $(STAMP) ## run the whole test suite
-	$(BIN)/python -m pytest $(ARGS)
+TEST_WORKERS ?= 2
+test: $(STAMP) ## run the whole test suite (TEST_WORKERS=2 processes, whole files each; TEST_WORKERS=0: one process)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
 
 test-fast: $(STAMP) ## run the tests not marked slow (skips multi-process, sweep and wheel-build tests)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)

@@ -1,6 +1,8 @@
 """Shared test settings: one intra-op thread (2-core CI machines), deterministic seeds."""
 
 import os
+import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +112,29 @@ def restore_environ():
     yield os.environ
     os.environ.clear()
     os.environ.update(saved)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port() -> int:
+    """A free TCP port for a rendezvous (MASTER_PORT, torchrun's endpoint) that a test binds seconds later.
+
+    Drawn at random below the kernel's ephemeral range, so no process's outgoing connection can take it
+    in the meantime (one from ``bind(0)`` is an ephemeral port: with two test workers, some other test's
+    gloo or gRPC connection can be handed it before the rendezvous binds, EADDRINUSE)."""
+    low = _ephemeral_low()
+    draw = random.SystemRandom()
+    for _ in range(200):
+        port = draw.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port found below the ephemeral range ({low})")

@@ -41,8 +41,14 @@ def tiny_config(**overrides) -> TransformerConfig:
     return from_dict(flat) if from_dict is not None else TransformerConfig(**flat)
 
 
-def moe_config(num_experts: int) -> MoEConfig:
-    return MoEConfig(num_experts=num_experts, d_ff=16, router=RouterConfig(mode="sigmoid_bias", top_k=2))
+def moe_config(num_experts: int, granularity: int = 1, shared: int = 0) -> MoEConfig:
+    return MoEConfig(
+        num_experts=num_experts,
+        d_ff=16,
+        granularity=granularity,
+        num_shared_experts=shared,
+        router=RouterConfig(mode="sigmoid_bias", top_k=2),
+    )
 
 
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,15 +64,15 @@ def loss_of(model: MoETransformer, idx: torch.Tensor, tgt: torch.Tensor) -> torc
 
 def ep_layer(args, rank: int, world: int) -> dict:
     torch.manual_seed(0)
-    layer = MoELayer(16, moe_config(args.experts))
+    layer = MoELayer(16, moe_config(args.experts, args.granularity, args.shared))
     if args.no_tokens:  # experts of the last rank are never chosen: that rank receives zero rows
         layer.router.bias[args.experts // 2 :] = -100.0
-    ref = MoELayer(16, moe_config(args.experts))
+    ref = MoELayer(16, moe_config(args.experts, args.granularity, args.shared))
     ref.load_state_dict(layer.state_dict())
     x_all = torch.randn(world, 3, 5, 16, generator=torch.Generator().manual_seed(1))
     g_all = torch.randn(world, 3, 5, 16, generator=torch.Generator().manual_seed(2))
     cfg = ParallelConfig(expert_parallel_size=world)
-    cfg.check(world, args.experts)  # the clear error for a non-dividing expert count
+    cfg.check(world, layer.experts.num_experts)  # the clear error for a non-dividing expert count
     mesh = build_mesh(cfg, "cpu", world)
     layer.experts = ExpertParallelPool(layer.experts, mesh.ep)
     # --autocast: bf16 autocast as under trainer.precision=bf16-mixed (the expert GEMMs run in bf16).
@@ -99,7 +105,7 @@ def ep_layer(args, rank: int, world: int) -> dict:
     with torch.no_grad():  # how far the same layer in fp32 is: > 0 shows the autocast run was bf16
         y32 = ref(xr.detach())[0].float()
         fp32_gap = ((y32 - yr.detach().float()).abs().max() / y32.abs().max()).item()  # relative
-    counts = torch.zeros(args.experts)
+    counts = torch.zeros(layer.experts.num_experts)
     with torch.no_grad():
         routed = ref.router(xr.detach().reshape(-1, 16))
         counts.scatter_add_(0, routed.indices.reshape(-1), torch.ones(routed.indices.numel()))
@@ -186,6 +192,8 @@ def main() -> None:
     p.add_argument("--ep", type=int, default=1)
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--no-tokens", action="store_true")
+    p.add_argument("--granularity", type=int, default=1)
+    p.add_argument("--shared", type=int, default=0)
     p.add_argument("--autocast", action="store_true")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--optim", choices=["adamw", "sgd"], default="adamw")

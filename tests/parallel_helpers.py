@@ -5,7 +5,6 @@ comparing the state dicts the ranks write."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port  # noqa: F401 (re-exported for the parallel tests)
 
 from moe_swarm.scale.cluster import clean_env
 
 CHILD = Path(__file__).with_name("parallel_child.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def child_env(**extra: str) -> dict[str, str]:

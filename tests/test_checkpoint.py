@@ -11,8 +11,8 @@ import zipfile
 import pytest
 import torch
 
+from moe_swarm.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from moe_swarm.model.transformer import MoETransformer
-from moe_swarm.store.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from moe_swarm.store.checkpoint import (
     CheckpointError,
     load_checkpoint,

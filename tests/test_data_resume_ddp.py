@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, free_port
 from data_stream_helpers import read_steps
 
 from moe_swarm.data.packing import Position
@@ -46,6 +46,7 @@ def _train(runs: Path, run_id: str, record: Path, data: Path, exit_at: int | Non
     env = clean_env(os.environ)
     for name in ("RUN_ID", "NODE_RANK", "NUM_NODES", "DEVICES", "MASTER_PORT"):
         env.pop(name, None)
+    env["MASTER_PORT"] = str(free_port())  # below the ephemeral range: no other test can take it
     tests = str(Path(__file__).parent)
     env.update(
         {

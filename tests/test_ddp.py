@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, free_port
 
 from moe_swarm.scale.cluster import ClusterConfigError, ClusterSpec, clean_env
 from moe_swarm.scale.fault import WorldSizeCheck, check_nodes_agree
@@ -29,12 +28,6 @@ TINY = [
     "callbacks.replica_check.every_n_train_steps=1",  # compare ranks after every optimizer step
 ]
 NODE = [*TINY, "trainer=multinode", "cluster=env", "trainer.accelerator=cpu", "validate_before_fit=false"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(runs: Path, **extra: str) -> dict[str, str]:
@@ -112,7 +105,7 @@ def test_two_process_ddp_on_cpu_ends_with_identical_parameters_and_biases(tmp_pa
 
 @pytest.mark.slow
 def test_two_nodes_on_loopback_both_finish_and_leave_one_checkpoint(tmp_path):
-    port = str(_free_port())
+    port = str(free_port())
     args = [*NODE, "trainer.max_steps=4", "trainer.val_check_interval=2", "run_id=two-nodes"]
     nodes = [
         _launch(args, tmp_path, f"node{r}", NUM_NODES="2", DEVICES="1", NODE_RANK=str(r), MASTER_PORT=port)
@@ -135,7 +128,7 @@ def test_two_nodes_on_loopback_both_finish_and_leave_one_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_nodes_that_disagree_on_the_node_count_both_exit_fast_naming_the_values(tmp_path):
-    port = str(_free_port())
+    port = str(free_port())
     args = [*NODE, "trainer.max_steps=4", "run_id=mismatch", "trainer.strategy.timeout.seconds=60"]
     nodes = [
         _launch(args, tmp_path, "node0", NUM_NODES="2", DEVICES="1", NODE_RANK="0", MASTER_PORT=port),
@@ -154,7 +147,7 @@ def test_nodes_that_disagree_on_the_node_count_both_exit_fast_naming_the_values(
 def test_a_missing_node_fails_after_the_rendezvous_timeout_with_the_values(tmp_path):
     args = [*NODE, "trainer.max_steps=4", "run_id=alone", "trainer.strategy.timeout.seconds=5"]
     node0 = _launch(
-        args, tmp_path, "node0", NUM_NODES="2", DEVICES="1", NODE_RANK="0", MASTER_PORT=str(_free_port())
+        args, tmp_path, "node0", NUM_NODES="2", DEVICES="1", NODE_RANK="0", MASTER_PORT=str(free_port())
     )
     [(rc, out)] = _finish([node0], timeout=60)
     assert rc != 0
@@ -176,7 +169,7 @@ def _spec(rank: int, port: int, num_nodes: int = 2) -> ClusterSpec:
     ],
 )
 def test_start_up_check_names_what_the_nodes_disagree_on(node1_kwargs, expected):
-    port = _free_port()
+    port = free_port()
     views = [{"run_id": "r", "resuming": False}, {"run_id": "r", "resuming": False, **node1_kwargs}]
 
     def node(rank: int) -> str:
@@ -193,7 +186,7 @@ def test_start_up_check_names_what_the_nodes_disagree_on(node1_kwargs, expected)
 
 
 def test_start_up_check_passes_when_nodes_agree_and_skips_single_node_and_device_children():
-    port = _free_port()
+    port = free_port()
     with ThreadPoolExecutor(2) as pool:
         futures = [
             pool.submit(
@@ -203,11 +196,9 @@ def test_start_up_check_passes_when_nodes_agree_and_skips_single_node_and_device
         ]
         assert [f.result() for f in futures] == [None, None]
     # No store is contacted (nothing listens on this port): one node, or a per-device child process.
+    check_nodes_agree(_spec(0, free_port(), num_nodes=1), run_id="r", resuming=False, timeout_s=1, environ={})
     check_nodes_agree(
-        _spec(0, _free_port(), num_nodes=1), run_id="r", resuming=False, timeout_s=1, environ={}
-    )
-    check_nodes_agree(
-        _spec(1, _free_port()), run_id="r", resuming=False, timeout_s=1, environ={"LOCAL_RANK": "1"}
+        _spec(1, free_port()), run_id="r", resuming=False, timeout_s=1, environ={"LOCAL_RANK": "1"}
     )
 
 

@@ -31,10 +31,10 @@ TINY = ["model.d_model=32", "data.batch_size=4", "data.block_size=32", "trainer.
         "validate_before_fit=false", "trainer.max_steps=6", "trainer.val_check_interval=3",
         "trainer.log_every_n_steps=1"]  # fmt: skip
 TOOLS = {"list_experiments", "start_training", "list_runs", "delete_run", "start_evaluation", "get_job", "list_jobs", "wait_for_job", "cancel_job", "tail_logs",
-         "run_benchmark", "run_inference", "list_models", "load_model"}  # fmt: skip
+         "run_benchmark", "run_inference", "list_models", "load_model", "start_sweep", "get_sweep_results"}  # fmt: skip
 TEMPLATES = {"moe://jobs/{job_id}", "moe://jobs/{job_id}/logs", "moe://jobs/{job_id}/metrics",
              "moe://runs/{run_id}/config", "moe://runs/{run_id}/summary", "moe://runs/{run_id}/plots/{name}",
-             "moe://bench/{job_id}/results",
+             "moe://bench/{job_id}/results", "moe://sweeps/{job_id}/results",
              "moe://experiments/{name}"}  # fmt: skip
 
 

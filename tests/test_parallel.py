@@ -22,10 +22,17 @@ TOL = 1e-5
 # ---- expert-parallel layer ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["balanced", "a-rank-receives-no-tokens", "bf16-autocast"])
+@pytest.mark.parametrize(
+    "variant", ["balanced", "a-rank-receives-no-tokens", "bf16-autocast", "fine-grained-and-shared"]
+)
 def test_ep_layer_outputs_and_all_gradients_equal_one_process_on_two_ranks(tmp_path, variant):
     result = tmp_path / "result.json"
-    flags = {"balanced": [], "a-rank-receives-no-tokens": ["--no-tokens"], "bf16-autocast": ["--autocast"]}
+    flags = {
+        "balanced": [],
+        "a-rank-receives-no-tokens": ["--no-tokens"],
+        "bf16-autocast": ["--autocast"],
+        "fine-grained-and-shared": ["--granularity", "2", "--shared", "1"],  # 8 experts, top-4, + 1 shared
+    }
     run_ranks(2, ["ep_layer", "--result", str(result), *flags[variant]], tmp_path)
     res = json.loads(result.read_text())
     for name, err in res["max_abs_err"].items():

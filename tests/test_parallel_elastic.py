@@ -60,10 +60,11 @@ def _children(pid: int) -> list[int]:
 def test_moe_swarm_train_under_torchrun_restarts_a_killed_rank_from_the_sharded_last_ckpt(tmp_path: Path):
     """The real entry point: cluster=torchelastic keeps torchrun's variables for Lightning, the
     killed group restarts, and the new attempt resumes from the sharded last.ckpt to the end."""
-    from test_parallel_lightning import ARGS
+    from test_parallel_lightning import ARGS, _prepare
 
     args = [a for a in ARGS if not a.startswith(("run_id=", "callbacks.replica_check", "router="))]
     args += [
+        f"data.path={_prepare(tmp_path)}",
         "cluster=torchelastic",
         "trainer.max_steps=6",
         "callbacks.last_checkpoint.every_n_steps=2",

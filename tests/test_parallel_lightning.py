@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import free_port
 
 from moe_swarm.data.prepare import prepare
 from moe_swarm.scale.cluster import clean_env
@@ -65,6 +66,7 @@ def _train(tmp: Path, steps: int) -> str:
     env = clean_env(os.environ)
     for name in ("RUN_ID", "NODE_RANK", "NUM_NODES", "DEVICES", "MASTER_PORT"):
         env.pop(name, None)
+    env["MASTER_PORT"] = str(free_port())  # below the ephemeral range: no other test can take it
     env.update({"MOE_SWARM_RUNS_DIR": str(tmp), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"})
     proc = subprocess.run(
         [

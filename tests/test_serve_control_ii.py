@@ -25,7 +25,7 @@ def test_a_typod_override_gets_the_clis_did_you_mean_not_hydras_plus_hint(tmp_pa
     with BackgroundServer(settings) as srv:
         conn = Conn(srv.address)
         cases = {  # the model's own check names the key in its right place, as the CLI does
-            "model.num_expert=16": "unknown model config key model.num_expert. Did you mean model.moe.num_experts?",
+            "model.num_expert=16": "unknown model config key model.num_expert. Did you mean model.moe.num_experts",
             "trainer.max_stepz=5": "Did you mean ",
         }
         for override, expected in cases.items():

@@ -1,4 +1,5 @@
-"""`moe-swarm-serve` as a real process: ready line, graceful SIGTERM, restart recovery of the job registry."""
+"""`moe-swarm-serve` as a real process: ready line, graceful SIGTERM, restart recovery of the job registry;
+no gRPC "goaway" chatter on anyone's stderr (issue 21) while ctl and MCP clients are connected."""
 
 import json
 import os
@@ -37,7 +38,68 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
 
 
-def test_sigterm_drains_rpcs_stops_jobs_with_a_checkpoint_and_exits_zero(tmp_path, processes):
+def _goaway(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "goaway" in line.lower()]
+
+
+class Clients:
+    """moe-swarm-ctl following a job's log and its events, and an MCP stdio session, as real processes."""
+
+    def __init__(self, address: str, job_id: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("GRPC_VERBOSITY", "MOE_SWARM_TOKEN")}
+        ctl = [sys.executable, "-m", "moe_swarm.serve.ctl", "--target", address]
+        pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.follow = subprocess.Popen([*ctl, "logs", "-f", job_id], **pipes)
+        self.watch = subprocess.Popen([*ctl, "watch", job_id], **pipes)
+        self.mcp = subprocess.Popen([sys.executable, "-m", "moe_swarm.mcp", "--target", address],
+                                    stdin=subprocess.PIPE, **pipes)  # fmt: skip
+        hello = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        }
+        assert "result" in self.ask(1, "initialize", hello)
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        waited = self.ask(
+            2, "tools/call", {"name": "wait_for_job", "arguments": {"job_id": job_id, "timeout_s": 1}}
+        )
+        assert not waited["result"].get("isError"), waited
+        assert self.follow.stdout.readline().startswith("fake training")  # the log stream is open
+        self.follow.send_signal(signal.SIGINT)  # a client that goes away mid-stream
+        self.follow.wait(timeout=60)
+
+    def send(self, message: dict) -> None:
+        self.mcp.stdin.write(json.dumps(message) + "\n")
+        self.mcp.stdin.flush()
+
+    def ask(self, i: int, method: str, params: dict) -> dict:
+        self.send({"jsonrpc": "2.0", "id": i, "method": method, "params": params})
+        return json.loads(self.mcp.stdout.readline())
+
+    def close(self) -> dict[str, str]:
+        """After the sidecar stopped: the MCP session says it is unreachable; every client's stderr."""
+        gone = self.ask(3, "tools/call", {"name": "list_jobs", "arguments": {}})
+        assert gone["result"]["isError"] and "unreachable" in gone["result"]["content"][0]["text"], gone
+        self.mcp.stdin.close()
+        self.mcp.wait(timeout=60)
+        self.watch.wait(timeout=60)
+        return {"ctl logs -f": self.follow.stderr.read(), "ctl watch": self.watch.stderr.read(),
+                "mcp": self.mcp.stderr.read()}  # fmt: skip
+
+
+def test_the_grpc_verbosity_default_is_error_and_an_explicit_one_wins():
+    code = "import os, moe_swarm.mcp; print(os.environ['GRPC_VERBOSITY'])"
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    default = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    chosen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**env, "GRPC_VERBOSITY": "DEBUG"})  # fmt: skip
+    assert (default.stdout.strip(), chosen.stdout.strip()) == ("ERROR", "DEBUG")
+
+
+def test_sigterm_drains_rpcs_stops_jobs_with_a_checkpoint_and_exits_zero(tmp_path, processes, monkeypatch):
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)  # every process gets the project's own default
     state = tmp_path / "state"
     srv = ServerProcess(state, "serve.grace_s=30", "serve.job_store=json")  # reads the JSON record below
     processes.append(srv)
@@ -65,9 +127,12 @@ def test_sigterm_drains_rpcs_stops_jobs_with_a_checkpoint_and_exits_zero(tmp_pat
     watcher = threading.Thread(target=follow, daemon=True)
     watcher.start()
     wait_until(lambda: events or errors, timeout=30, what="watch snapshot")
+    clients = Clients(srv.address, job.job_id)
 
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.proc.wait(timeout=90) == 0, "".join(srv.stderr)
+    stderr = {**clients.close(), "sidecar": "".join(srv.stderr)}
+    assert {name: _goaway(text) for name, text in stderr.items()} == {name: [] for name in stderr}
     watcher.join(timeout=30)
     assert not errors, errors
     assert events[-1].job.state == pb.CANCELLED  # the in-flight stream finished normally

@@ -225,5 +225,12 @@ def test_step_level_report_holds_the_engines_numbers(model, checker):
         float(STEP_TASK.score(r.answer, p.answer)) for r, p in zip(control, problems)
     ]
     assert row["independent_forward_passes"] == pytest.approx(sum(r.forward_passes for r in control) / 3)
-    assert len([c for c in b["comparisons"] if "p_holm" in c]) == 2
+    at_flops = independent_vote_at_budget(
+        model, TOK, prompts, [r.flops for r in direct], agents, canonical=STEP_TASK.canonical, unit="flops"
+    )  # the same control matched on the swarm's FLOPs
+    assert level["per_problem"]["independent_majority_at_flops@2"] == [
+        float(STEP_TASK.score(r.answer, p.answer)) for r, p in zip(at_flops, problems)
+    ]
+    assert row["independent_at_flops_flops"] == pytest.approx(sum(r.flops for r in at_flops) / 3)
+    assert len([c for c in b["comparisons"] if "p_holm" in c]) == 3  # vs greedy, vs majority at FP and FLOPs
     assert set(level["ranking"]["2"]) == {"checker", "logprob"} and level["checker"] is True

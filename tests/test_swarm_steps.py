@@ -217,6 +217,7 @@ def test_step_level_eval_reports_swarm_controls_and_targets(checker_run, tmp_pat
         "steps.wave_agents=2",
         "steps.max_step_tokens=10",
         "bootstrap.samples=200",
+        "step_level.selector.n_val=4",
         f"out_dir={out}",
     ]
     report = run_eval(compose_cfg("swarm_eval", args, tmp_path))
@@ -243,14 +244,84 @@ def test_step_level_eval_reports_swarm_controls_and_targets(checker_run, tmp_pat
         "step_swarm - independent_checker",
     } <= names
     primary = [c for c in bucket["comparisons"] if "p_holm" in c]
-    assert len(primary) == 4 and all(c["p_holm"] >= c["p_value"] for c in primary)
+    assert len(primary) == 6 and all(c["p_holm"] >= c["p_value"] for c in primary)  # 3 per N
+    assert {
+        "step_swarm - independent_majority_at_flops",
+        "step_swarm - independent_checker_at_flops",
+    } <= names
+    for row in bucket["grid"]:  # matched on FLOPs: the control's FLOPs land near the swarm's
+        assert 0.0 <= row["independent_majority_at_flops"] <= 1.0
+        assert abs(row["independent_at_flops_flops"] - row["flops"]) <= 0.5 * row["flops"]
     assert {t["target"].split(" >=")[0] for t in saved["targets"]} == {
         "step_swarm - greedy",
         "step_swarm - independent_majority",
+        "step_swarm - independent_majority_at_flops",
     }
+    assert "Matched on FLOPs" in (out / "results.md").read_text()
+    sel = saved["step_level"]["selector"]  # fitted on val items only (the eval's own items excluded)
+    assert sel["split"] == "val" and sel["problems"] == 4
+    if sel["choice_groups"]:
+        assert all(0.0 <= row["step_swarm_selector"] <= 1.0 for row in bucket["grid"])
+        assert "step_swarm_selector - independent_majority_at_flops" in names
+    assert "Step selector" in (out / "results.md").read_text()
     assert (out / "steps_em_vs_forward_passes.png").read_bytes()[:4] == b"\x89PNG"
     assert "Step-level swarm config" in (out / "results.md").read_text()
     assert report["written_to"] == str(out)
     ranking = saved["step_level"]["ranking"]["4"]
     assert set(ranking) == {"checker", "logprob"}
     assert all(math.isnan(r["auc_within"]) or 0 <= r["auc_within"] <= 1 for r in ranking.values())
+
+
+def test_trunk_checker_trains_on_the_frozen_generator_and_the_swarm_costs_what_the_control_costs(
+    checker_run, tmp_path
+):
+    from moe_swarm.cli.swarm_eval import run_eval
+    from moe_swarm.cli.swarm_train import swarm_train
+    from moe_swarm.swarm import TrunkStepChecker
+
+    s = swarm_train(
+        compose_cfg(
+            "swarm_train",
+            [
+                f"checkpoint={checker_run['base']}",
+                "swarm_objective=step_checker",
+                "module.kind=trunk",
+                "run_id=steps-trunk",
+                "data.n_train=16",
+                "data.n_val=4",
+                "data.batch_size=32",
+                "data.rollout.num_agents=4",
+                "data.rollout.wave_agents=4",
+                "data.rollout.max_step_tokens=10",
+                "trainer.max_steps=10",
+                "trainer.val_check_interval=10",
+                "trainer.enable_progress_bar=false",
+                "validate_before_fit=false",
+            ],
+            tmp_path,
+        )
+    )
+    assert s["status"] == "succeeded" and "val/checker_auc_within" in s["metrics"]
+    checker, _ = load_step_checker(s["checkpoint"])
+    assert isinstance(checker, TrunkStepChecker)
+    loaded, base = load_checkpoint(s["checkpoint"]), load_checkpoint(checker_run["base"])
+    for a, b in zip(loaded.model.state_dict().values(), base.model.state_dict().values()):
+        assert torch.equal(a, b)  # the generator is the trunk, and it is frozen
+    out = tmp_path / "eval"
+    args = [f"checkpoint={s['checkpoint']}", "mode=steps", "split=train", "n_test=6", "step_level.agents=[4]"]
+    args += ["step_level.max_new_tokens=24", "steps.wave_agents=2", "steps.max_step_tokens=10"]
+    args += [
+        "bootstrap.samples=100",
+        "step_level.ablation_votes=[]",
+        "step_level.selector=null",
+        f"out_dir={out}",
+    ]
+    report = run_eval(compose_cfg("swarm_eval", args, tmp_path))
+    row = next(iter(report["step_level"]["buckets"].values()))["grid"][0]
+    assert row["checker_evaluations"] > 0
+    # no forward pass per check: the step swarm and the control sample the same kind of rows; the swarm's
+    # shared prefix even saves attention FLOPs. Bounded by the control's own rounding to whole samples.
+    per_fp = row["independent_flops"] / row["independent_forward_passes"]
+    assert row["flops"] <= 1.15 * (
+        row["independent_flops"] + per_fp * abs(row["forward_passes"] - row["independent_forward_passes"])
+    )

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from moe_swarm.cli.train import train
 from moe_swarm.config import config_dir
+from moe_swarm.data.corpora import load_corpus, write_bin
 from moe_swarm.store.checkpoint import load_model
 
 CONF = config_dir()
@@ -75,6 +76,12 @@ def test_fast_dev_run_every_experiment_on_cpu(experiment, tmp_path):
         ]
     if experiment == "moe_parallel":  # one process here: expert groups of one rank
         overrides.append("module.parallel.expert_parallel_size=1")
+    if experiment == "moe_study":  # make moe-study writes its corpus; here a small one of the same kind
+        corpus = tmp_path / "corpus.bin"
+        write_bin(load_corpus("pydoc", max_bytes=120_000), corpus)
+        overrides += [f"data.bin_path={corpus}", "data.block_size=64", "model.max_seq_len=64"]
+    if experiment == "reasoning_steps_task":  # the task is the user's choice: a built-in one here
+        overrides += ["data.task=mul", "data.task_kwargs={scratchpad: true}"]
     cfg = compose_cfg(overrides, tmp_path)
     summary = train(cfg)
     assert summary["status"] == "succeeded" and summary["global_step"] == 1

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from moe_swarm.store.atomic import atomic_write_text
+from moe_swarm.atomic import atomic_write_text
 
 
 def rows_to_json(rows: list) -> list[dict]:

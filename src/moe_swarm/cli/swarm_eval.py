@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from moe_swarm.config import config_dir, register_resolvers
-from moe_swarm.data import get_task
+from moe_swarm.data.tasks import task_from_spec
 from moe_swarm.reporting.swarm import markdown, output_dir, write_report
 from moe_swarm.store.checkpoint import load_checkpoint
 from moe_swarm.swarm.eval_grids import evaluate
@@ -35,9 +35,9 @@ def run_eval(cfg: DictConfig) -> dict:
     spec = OmegaConf.to_container(cfg.task, resolve=True) if cfg.task is not None else ckpt.task
     if not spec:
         raise ValueError(
-            f"{cfg.checkpoint} names no reasoning task; pass task={{name: mul, kwargs: {{...}}}}"
+            f"{cfg.checkpoint} names no reasoning task; pass task=mul or task=package.module:Class"
         )
-    task = get_task(spec["name"], **dict(spec.get("kwargs") or {}))
+    task, spec = task_from_spec(spec)  # a built-in name or a package.module:Class plug-in
     plain = OmegaConf.to_container(cfg, resolve=True)
     state = plain["swarm_state"] or ckpt.swarm_state
 

@@ -38,6 +38,7 @@ class InferenceRequest:
     temperature: float | None = None
     seed: int | None = None
     mode: str = ""  # "answers" (or "") | "steps"
+    messages: tuple[tuple[str, str], ...] = ()  # (role, content): a chat instead of a prompt
 
 
 @dataclass(frozen=True)
@@ -254,21 +255,47 @@ class InferenceService:
         self, request: InferenceRequest, on_model: Callable[[str], None] | None = None
     ) -> InferenceResult:
         """Check the request, pick its model (``on_model`` is told which), solve it in a batch."""
-        prompt = request.prompt
-        limit = self.settings.max_prompt_chars
-        if not prompt:
-            raise InvalidArgument("prompt is empty; pass the text to answer")
-        if len(prompt) > limit:
-            raise InvalidArgument(f"prompt is {len(prompt)} characters; this server's limit is {limit}")
+        self.check_size(request)
         params, seed = self.params(request)
         loaded = await self.models.get(request.model_id)
         if on_model is not None:
             on_model(loaded.model_id)
+        prompt = self.prompt_text(loaded, request)
         self.check_prompt(loaded, prompt, params)
         key = (loaded.model_id, loaded.file_stamp, params)
         raw, batch_size = await self.batcher.submit(key, (loaded, prompt, seed))
         result = VOTE_UNITS[params.mode].result(raw)
         return replace(result, agents=params.agents, model_id=loaded.model_id, batch_size=batch_size)
+
+    def check_size(self, request: InferenceRequest) -> None:
+        """A prompt (or chat) is there and within ``max_prompt_chars``; checked before any model loads."""
+        limit = self.settings.max_prompt_chars
+        if request.prompt and request.messages:
+            raise InvalidArgument("the request has both a prompt and chat messages; send one of them")
+        size = len(request.prompt) + sum(len(role) + len(content) for role, content in request.messages)
+        if not size:
+            raise InvalidArgument("prompt is empty; pass the text to answer (or chat messages)")
+        if size > limit:
+            what = "prompt is" if request.prompt else "the chat messages are"
+            raise InvalidArgument(f"{what} {size} characters; this server's limit is {limit}")
+
+    @staticmethod
+    def prompt_text(loaded: LoadedModel, request: InferenceRequest) -> str:
+        """The request's prompt, or its chat rendered with the model's chat template."""
+        if not request.messages:
+            return request.prompt
+        from moe_swarm.cli.generate import chat_prompt
+        from moe_swarm.errors import UserError
+
+        messages = [{"role": role, "content": content} for role, content in request.messages]
+        try:
+            return chat_prompt(loaded.tokenizer, messages, loaded.model_id)
+        except UserError as exc:
+            raise InvalidArgument(str(exc)) from None
+        except Exception as exc:  # the template itself failed (jinja's raise_exception, ...)
+            raise InvalidArgument(
+                f"model {loaded.model_id!r}'s chat template refused the messages: {exc}"
+            ) from None
 
     @staticmethod
     def check_prompt(loaded: LoadedModel, prompt: str, params: InferParams) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from moe_swarm.atomic import atomic_write_text
 from moe_swarm.control.errors import Busy, FailedPrecondition, InvalidArgument
 from moe_swarm.control.registry import JobRecord
 from moe_swarm.control.settings import (
@@ -34,7 +35,6 @@ from moe_swarm.control.validation import (
     resolve_config_path,
     validate_overrides,
 )
-from moe_swarm.store.atomic import atomic_write_text
 from moe_swarm.store.layout import RunLayout, is_checkpoint
 from moe_swarm.store.summary import read_summary
 

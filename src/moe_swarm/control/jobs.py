@@ -2,19 +2,16 @@
 
 The registry on disk is the source of truth. A job kind (:mod:`moe_swarm.control.job_kinds`) gives the
 argv, environment and outcome; the process supervisor (:mod:`moe_swarm.control.supervisor`) runs the
-child; this module ties them together: idempotent submission, limits, state changes, metric events for
-watchers, log reading, graceful cancel and shutdown.
+child; this module ties them together: idempotent submission, limits, the queue, state changes, graceful
+cancel and shutdown. Telling readers about changes (wait, watch, tail, metric events) is
+:mod:`moe_swarm.control.job_events`; sweeps as one job are :mod:`moe_swarm.control.sweeps`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
-import collections
-import contextlib
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ from moe_swarm.control.errors import (
     Unavailable,
 )
 from moe_swarm.control.exits import describe_exit, failure_reason
+from moe_swarm.control.job_events import JobEvents
 from moe_swarm.control.job_kinds import (
     BenchmarkJob,
     BenchmarkRequest,
@@ -41,16 +39,13 @@ from moe_swarm.control.job_store import SqliteJobRegistry
 from moe_swarm.control.job_view import JobView
 from moe_swarm.control.models import resolve_checkpoint_reference
 from moe_swarm.control.registry import JobRecord, JobRegistry, JobState, new_job_id
-from moe_swarm.control.settings import BenchmarkSettings, EvaluationSettings, TrainingSettings
-from moe_swarm.control.supervisor import READ_CHUNK, ChildHooks, ProcessSupervisor, stop_orphan, tail_offset
+from moe_swarm.control.settings import BenchmarkSettings, EvaluationSettings, SweepSettings, TrainingSettings
+from moe_swarm.control.supervisor import ChildHooks, ProcessSupervisor, stop_orphan
+from moe_swarm.control.sweeps import SweepJob, SweepRequest, SweepTable
 from moe_swarm.control.validation import check_id
 from moe_swarm.store.layout import METRICS_LINES_ENV, parse_metrics_line
 
 log = logging.getLogger("moe_swarm.control.jobs")
-
-STEP_METRIC = "trainer/global_step"
-MAX_METRIC_EVENTS = 2000
-WAKE_INTERVAL_S = 1.0  # upper bound on how long a watcher sleeps without re-checking
 
 
 class JobService:
@@ -68,6 +63,7 @@ class JobService:
         job_store: str = "sqlite",
         evaluation: EvaluationSettings | None = None,
         checkpoint_roots: Sequence[str] = (),
+        sweep: SweepSettings | None = None,
     ) -> None:
         self.training_settings = training
         if job_store == "sqlite":
@@ -91,12 +87,12 @@ class JobService:
             runs_dir=runs_dir,
             work_dir=self.work_dir,
         )
-        self.kinds: dict[str, JobKind] = {k.name: k for k in (self.training, self.benchmark, self.evaluation)}
+        self.sweep = SweepJob(sweep or SweepSettings(), self.training)
+        kinds = (self.training, self.benchmark, self.evaluation, self.sweep)
+        self.kinds: dict[str, JobKind] = {k.name: k for k in kinds}
         self.supervisor = ProcessSupervisor(parse_metrics_line)
+        self.events = JobEvents(self.registry, self.get, self.log_path)
         self._tasks: dict[str, asyncio.Task] = {}
-        self._signals: dict[str, asyncio.Event] = {}
-        self._metric_events: dict[str, collections.deque] = {}
-        self._metric_seq = 0
         self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -207,6 +203,20 @@ class JobService:
         """Start (or queue) ``moe-swarm-eval`` on a checkpoint; a repeated request_id returns the first job."""
         return self._submit(self.evaluation, self.evaluation.validate(request))[0]
 
+    async def submit_sweep(self, request: SweepRequest) -> JobRecord:
+        """Validate, compose-check (the first trial) and start or queue a sweep; a repeated request_id
+        returns the first job."""
+        spec = self.sweep.validate(request)
+        await self.sweep.precheck(spec)
+        return self._submit(self.sweep, spec)[0]
+
+    def sweep_results(self, job_id: str) -> tuple[JobRecord, SweepTable]:
+        """A sweep job and its results table (finished trials and the running one)."""
+        rec = self.get(job_id)
+        if rec.kind != "sweep":
+            raise InvalidArgument(f"job {rec.job_id} is a {rec.kind} job; name a sweep job")
+        return rec, self.sweep.table(rec)
+
     def submit_benchmark(self, request: BenchmarkRequest) -> JobRecord:
         return self._submit(self.benchmark, self.benchmark.validate(request))[0]
 
@@ -287,83 +297,25 @@ class JobService:
             return rec
         self.registry.update(job_id, cancel_requested=True, message=reason)
         self.supervisor.stop(job_id, self.training_settings.cancel_grace_s if grace_s is None else grace_s)
-        self._notify(job_id)
+        self.events.notify(job_id)
         return rec
 
+    # ------------------------------------------------------------------ waiting and streams
     async def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Until the job is finished (or ``timeout`` seconds, then the job as it is)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            event = self._signal(job_id)
-            rec = self.get(job_id)
-            if rec.state.terminal:
-                return rec
-            left = WAKE_INTERVAL_S if deadline is None else min(WAKE_INTERVAL_S, deadline - time.monotonic())
-            if left <= 0:
-                return rec
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(event.wait(), left)
+        return await self.events.wait(job_id, timeout)
 
-    # ------------------------------------------------------------------ streams
-    async def watch(self, job_id: str) -> AsyncIterator[tuple[str, JobRecord, dict[str, float]]]:
+    def watch(self, job_id: str) -> AsyncIterator[tuple[str, JobRecord, dict[str, float]]]:
         """("SNAPSHOT", job, {}), then ("METRICS", job, metrics) / ("STATE", job, {}) until finished."""
-        rec = self.get(job_id)
-        events = self._metric_events.get(job_id)
-        last_seq = events[-1][0] if events else 0
-        last_state = rec.state
-        yield "SNAPSHOT", rec, {}
-        while not last_state.terminal:
-            event = self._signal(job_id)
-            for seq, _t, metrics in list(self._metric_events.get(job_id, ())):
-                if seq > last_seq:
-                    last_seq = seq
-                    yield "METRICS", rec, metrics
-            if rec.state != last_state:
-                last_state = rec.state
-                yield "STATE", rec, {}
-                continue
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(event.wait(), WAKE_INTERVAL_S)
+        return self.events.watch(job_id)
 
-    async def tail(
+    def tail(
         self, job_id: str, follow: bool, tail_lines: int, start: int = 0
     ) -> AsyncIterator[tuple[int, str]]:
-        """(byte offset, text) chunks of the job's log from byte ``start`` (or its last ``tail_lines``
-        lines); with ``follow`` until the job is finished."""
-        rec = self.get(job_id)
-        if tail_lines < 0:
-            raise InvalidArgument(f"tail_lines={tail_lines} is negative; pass 0 (whole log) or N > 0")
-        if start < 0:
-            raise InvalidArgument(f"offset={start} is negative; pass 0 (start of the log) or a byte offset")
-        path = Path(rec.log_path or self.log_path(job_id))
-        offset = tail_offset(path, tail_lines) if tail_lines else start
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        while True:
-            event = self._signal(job_id)
-            data = b""
-            with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read(READ_CHUNK)
-            if data:
-                text = decoder.decode(data)
-                if text:
-                    yield offset, text
-                offset += len(data)
-                continue
-            if not follow or rec.state.terminal:
-                return
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(event.wait(), WAKE_INTERVAL_S)
+        """(byte offset, text) chunks of the job's log; with ``follow`` until the job is finished."""
+        return self.events.tail(job_id, follow, tail_lines, start)
 
     # ------------------------------------------------------------------ internals
-    def _signal(self, job_id: str) -> asyncio.Event:
-        return self._signals.setdefault(job_id, asyncio.Event())
-
-    def _notify(self, job_id: str) -> None:
-        event = self._signals.pop(job_id, None)
-        if event is not None:
-            event.set()
-
     def child_env(self, extra: dict[str, str]) -> dict[str, str]:
         """This process's environment without its credentials, plus the settings' and the kind's."""
         env = dict(os.environ)
@@ -386,11 +338,13 @@ class JobService:
 
         def started(pid: int) -> None:
             self.registry.transition(job_id, JobState.RUNNING, pid=pid)
-            self._notify(job_id)
+            self.events.notify(job_id)
             if rec.cancel_requested:  # cancelled while the process was being created
                 self.supervisor.stop(job_id, self.training_settings.cancel_grace_s)
 
-        hooks = ChildHooks(started, lambda m: self._record_metrics(job_id, m), lambda: self._notify(job_id))
+        hooks = ChildHooks(
+            started, lambda m: self.events.record_metrics(job_id, m), lambda: self.events.notify(job_id)
+        )
         try:
             exit_ = await self.supervisor.run(
                 job_id, rec.argv, env=self.child_env(kind.environment(rec)),
@@ -401,32 +355,12 @@ class JobService:
             return
         self._complete(kind, job_id, exit_.code, exit_.tail)
 
-    def _record_metrics(self, job_id: str, metrics: dict[str, float]) -> None:
-        """Merge a metrics line into the job; publish a METRICS event with what is new in it.
-
-        Training repeats its latest validation metrics in every step's line; an event carries only the
-        values that changed (plus the step), so watchers see each validation result once, not as a
-        stale copy every few steps. The job's ``metrics`` map always holds every latest value.
-        """
-        rec = self.registry.get(job_id)
-        if rec is None or rec.state.terminal:
-            return
-        fresh = {k: v for k, v in metrics.items() if rec.metrics.get(k) != v or k == STEP_METRIC}
-        merged = dict(rec.metrics)
-        merged.update(metrics)
-        self.registry.update(job_id, durable=False, metrics=merged)
-        if not fresh or (set(fresh) == {STEP_METRIC} and len(metrics) > 1):
-            return  # nothing new besides the step
-        self._metric_seq += 1
-        q = self._metric_events.setdefault(job_id, collections.deque(maxlen=MAX_METRIC_EVENTS))
-        q.append((self._metric_seq, time.time(), fresh))
-
     def _complete(self, kind: JobKind, job_id: str, code: int, tail: list[str]) -> None:
         rec = self.registry.get(job_id)
         assert rec is not None
         outcome = kind.outcome(rec)
         if outcome.metrics:
-            self._record_metrics(job_id, outcome.metrics)
+            self.events.record_metrics(job_id, outcome.metrics)
         updates: dict = {"exit_code": code}
         if outcome.checkpoint:
             updates["checkpoint"] = outcome.checkpoint
@@ -449,7 +383,7 @@ class JobService:
     def _finish(self, job_id: str, state: JobState, message: str, **updates: Any) -> None:
         self.registry.transition(job_id, state, message=message, **updates)
         log.info("job %s %s: %s", job_id, state.value, message)
-        self._notify(job_id)
+        self.events.notify(job_id)
 
 
 def _stem(path: Path) -> str:

@@ -18,8 +18,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from moe_swarm.atomic import atomic_write_text
 from moe_swarm.control.job_view import JobView
-from moe_swarm.store.atomic import atomic_write_text
 
 
 class JobState(str, Enum):
@@ -42,7 +42,7 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
 }
-JOB_KINDS = ("training", "benchmark", "evaluation")
+JOB_KINDS = ("training", "benchmark", "evaluation", "sweep")
 
 
 class InvalidTransition(RuntimeError):
@@ -103,7 +103,9 @@ class JobRecord:
 
 
 def new_job_id(kind: str) -> str:
-    prefix = {"training": "train", "benchmark": "bench", "evaluation": "eval"}.get(kind, kind)
+    prefix = {"training": "train", "benchmark": "bench", "evaluation": "eval", "sweep": "sweep"}.get(
+        kind, kind
+    )
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 

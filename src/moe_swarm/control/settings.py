@@ -67,6 +67,16 @@ class EvaluationSettings:
 
 
 @dataclass
+class SweepSettings:
+    """Sweep jobs: ``moe-swarm-train -m`` (a grid or the Optuna search) as one child; its trials train in
+    turn inside it, with the training settings' command, overrides policy and environment."""
+
+    max_concurrent: int = 1
+    max_queued: int = 4
+    max_trials: int = 16  # grid combinations, or Optuna trials
+
+
+@dataclass
 class BatchingSettings:
     enabled: bool = True
     max_batch_size: int = 32

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moe_swarm.atomic import atomic_write_bytes
 from moe_swarm.data import shards as fmt
 from moe_swarm.data.sources import Source, SourceError, Unit, open_source, parse_input, plan_units, read_unit
 from moe_swarm.data.tokenizer import HFTokenizer, TokenizerError, load_tokenizer
@@ -79,8 +80,8 @@ def train_bpe(units: list[Unit], vocab_size: int, out: Path) -> None:
     tok.train_from_iterator((doc for unit in units for doc in read_unit(unit)), trainer=trainer)
     eos, pad, bos = BPE_SPECIALS
     config = {"bos_token": bos, "eos_token": eos, "pad_token": pad, "model_max_length": 1 << 30}
-    fmt.write_atomic(out.with_name("tokenizer_config.json"), fmt.json_bytes(config))
-    fmt.write_atomic(out, tok.to_str().encode())
+    atomic_write_bytes(out.with_name("tokenizer_config.json"), fmt.json_bytes(config))
+    atomic_write_bytes(out, tok.to_str().encode())
 
 
 class _Encoder:
@@ -186,7 +187,7 @@ def prepare(
         if progress is not None:
             progress(done_bytes, total_bytes, tokens)
     manifest = _manifest(sources, tok, dtype, plan, [done[j.name] for j in jobs])
-    fmt.write_atomic(out / fmt.MANIFEST, fmt.json_bytes(manifest))
+    atomic_write_bytes(out / fmt.MANIFEST, fmt.json_bytes(manifest))
     return PrepareResult(manifest, len(todo), len(jobs) - len(todo))
 
 
@@ -202,7 +203,7 @@ def _resolve_tokenizer(spec: str, out: Path, sources: list[Source], units: dict)
     key = hashlib.sha256(fmt.json_bytes([vocab, [s.stats for s in sources]])).hexdigest()
     if not (path.exists() and stamp.exists() and stamp.read_text() == key):
         train_bpe([u for su in units.values() for u in su], vocab, path)
-        fmt.write_atomic(stamp, key.encode())
+        atomic_write_bytes(stamp, key.encode())
     return describe_tokenizer(str(path))
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moe_swarm.atomic import atomic_write_bytes
+
 MANIFEST = "manifest.json"
 FORMAT = "moe-swarm-tokens/1"
 SHARD_DIR = "shards"
@@ -30,16 +32,6 @@ class ShardError(ValueError):
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 while every id fits (vocab <= 65,536), else uint32; always little-endian."""
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def remove_stale_temporaries(folder: Path) -> None:
@@ -60,8 +52,8 @@ def write_shard(folder: Path, name: str, docs: list[np.ndarray], dtype: np.dtype
     np.cumsum(lengths, out=offsets[1:])
     tokens = np.concatenate(docs).astype(dtype, copy=False) if docs else np.zeros(0, dtype)
     token_bytes = tokens.tobytes()
-    write_atomic(folder / f"{name}.tokens", token_bytes)
-    write_atomic(folder / f"{name}.docs", offsets.tobytes())
+    atomic_write_bytes(folder / f"{name}.tokens", token_bytes)
+    atomic_write_bytes(folder / f"{name}.docs", offsets.tobytes())
     info = {
         **meta,
         "name": name,
@@ -69,7 +61,7 @@ def write_shard(folder: Path, name: str, docs: list[np.ndarray], dtype: np.dtype
         "documents": len(docs),
         "sha256": hashlib.sha256(token_bytes).hexdigest(),
     }
-    write_atomic(folder / f"{name}.json", json_bytes(info))
+    atomic_write_bytes(folder / f"{name}.json", json_bytes(info))
     return info
 
 

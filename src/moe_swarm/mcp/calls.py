@@ -1,5 +1,5 @@
-"""What the MCP tools, resources and prompts share: the caller's token, sidecar errors as tool errors,
-jobs off the wire as the tools return them, and a page of a job's log."""
+"""What the MCP tools, resources and prompts share: the tool annotations, the caller's token, sidecar
+errors as tool errors, jobs off the wire as the tools return them, and a page of a job's log."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
 
 from moe_swarm.mcp.backend import Sidecar, SidecarError
 from moe_swarm.mcp.models import Job, LogPage, job_model
@@ -17,6 +18,19 @@ from moe_swarm.store.layout import METRICS_LINE_PREFIX
 LOG_PAGE_BYTES = 256 * 1024
 TAIL_OVERSCAN = 8  # a tail reads this many raw lines per readable line wanted (metrics lines are dropped)
 MAX_TAIL_LINES = 20_000
+
+
+def _annotations(read_only: bool, destructive: bool, idempotent: bool) -> ToolAnnotations:
+    """The hints a client shows before a call; every tool acts on this sidecar only (closed world)."""
+    return ToolAnnotations(
+        readOnlyHint=read_only, destructiveHint=destructive, idempotentHint=idempotent, openWorldHint=False
+    )
+
+
+READ = _annotations(read_only=True, destructive=False, idempotent=True)  # looks, changes nothing
+STARTS = _annotations(read_only=False, destructive=False, idempotent=False)  # each call starts new work
+LOADS = _annotations(read_only=False, destructive=False, idempotent=True)  # the same call, the same state
+STOPS = _annotations(read_only=False, destructive=True, idempotent=True)  # ends a job (repeatable)
 
 
 def caller_token() -> str | None:
@@ -41,6 +55,9 @@ RPC_TO_TOOL = {
     "CancelJob": "cancel_job",
     "RunBenchmark": "run_benchmark",
     "RunInference": "run_inference",
+    "StreamInference": "run_inference (stream)",
+    "StartSweep": "start_sweep",
+    "GetSweepResults": "get_sweep_results",
     "ListModels": "list_models",
     "LoadModel": "load_model",
     "GetRun": "the moe://runs/{run_id}/summary resource",

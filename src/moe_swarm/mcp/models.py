@@ -116,6 +116,11 @@ class InferenceAnswer(InferenceResult):  # type: ignore[valid-type, misc]
     )
 
 
+class ChatMessage(BaseModel):
+    role: str = Field(description="system, user, assistant, ... as the model's chat template expects")
+    content: str
+
+
 class Model(BaseModel):
     model_id: str
     checkpoint: str
@@ -172,3 +177,35 @@ def as_json(model: BaseModel | dict[str, Any]) -> str:
     import json
 
     return json.dumps(model, indent=1, sort_keys=True)
+
+
+class SweepTrial(BaseModel):
+    number: int = Field(description="Hydra's job number n; the trial's run id is <sweep_id>-<n>")
+    run_id: str
+    overrides: list[str] = Field(description="the values this trial swept (key=value)")
+    metric: str = Field(description="the objective (the run's optimized_metric)")
+    value: float | None = Field(None, description="the objective at the trial's final step; None until then")
+    status: str = Field(description="the run's status (succeeded, ...), running, or incomplete")
+    global_step: int = 0
+    checkpoint: str = ""
+
+
+class SweepResults(BaseModel):
+    job_id: str
+    state: str = Field(description="the sweep job's state")
+    sweep_id: str
+    search: str = Field(description="grid or optuna")
+    metric: str
+    mode: str = Field(description="min or max: which objective value is best")
+    trials: list[SweepTrial]
+    best: int = Field(description="index into trials of the best finished trial; -1 while none has finished")
+    markdown: str = Field(description="the same table as Markdown")
+
+
+def sweep_from_proto(r: mcp_pb2.SweepResults) -> SweepResults:
+    trials = [SweepTrial(number=t.number, run_id=t.run_id, overrides=list(t.overrides), metric=t.metric,
+                         value=t.value if t.HasField("value") else None, status=t.status,
+                         global_step=t.global_step, checkpoint=t.checkpoint) for t in r.trials]  # fmt: skip
+    return SweepResults(job_id=r.job_id, state=mcp_pb2.JobState.Name(r.job.state), sweep_id=r.sweep_id,
+                        search=r.search, metric=r.metric, mode=r.mode, trials=trials, best=r.best,
+                        markdown=r.markdown)  # fmt: skip

@@ -15,7 +15,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from moe_swarm.mcp.backend import Sidecar, SidecarError
 from moe_swarm.mcp.calls import caller_token, job_result, log_page, mcp_wording
-from moe_swarm.mcp.models import as_json, benchmark_from_proto
+from moe_swarm.mcp.models import as_json, benchmark_from_proto, sweep_from_proto
 from moe_swarm.serve.proto import mcp_pb2 as pb
 
 # Resource not found: -32002 in the handshake-era spec (2025-11-25 and before); protocol 2026-07-28
@@ -66,6 +66,10 @@ class SidecarMCPServer(MCPServer):
             listed.append(MCPResource(uri=f"moe://jobs/{j.job_id}", name=f"job {j.job_id}",
                                       description=f"{pb.JobKind.Name(j.kind).lower()} job, {state}",
                                       mime_type="application/json"))  # fmt: skip
+            if j.kind == pb.SWEEP:
+                listed.append(MCPResource(uri=f"moe://sweeps/{j.job_id}/results", name=f"sweep {j.job_id} results",
+                                          description=f"results table of sweep {j.run_id}, {state}",
+                                          mime_type="application/json"))  # fmt: skip
         return listed
 
 
@@ -147,6 +151,18 @@ def register_resources(mcp: MCPServer, sidecar: Sidecar) -> None:
         uri = f"moe://bench/{job_id}/results"
         return as_json(
             benchmark_from_proto(await read(ctx, uri, "GetBenchmarkResults", pb.GetJobRequest(job_id=job_id)))
+        )
+
+    @mcp.resource(
+        "moe://sweeps/{job_id}/results",
+        mime_type="application/json",
+        description="A sweep job's results table: per trial its swept overrides, objective value and status "
+        "(also while it runs), the best trial, and the table as Markdown.",
+    )
+    async def sweep_results_resource(job_id: str, ctx: Context) -> str:
+        uri = f"moe://sweeps/{job_id}/results"
+        return as_json(
+            sweep_from_proto(await read(ctx, uri, "GetSweepResults", pb.GetJobRequest(job_id=job_id)))
         )
 
     @mcp.resource(

@@ -23,28 +23,25 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ResourceUpdated
-from mcp.types import ToolAnnotations
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from moe_swarm.mcp.backend import Sidecar, SidecarError
-from moe_swarm.mcp.calls import caller_token, job_result, log_page, tool_error
+from moe_swarm.mcp.calls import READ, STARTS, STOPS, caller_token, job_result, log_page, tool_error
+from moe_swarm.mcp.model_tools import register_model_tools
 from moe_swarm.mcp.models import (
     BenchmarkResult,
     DeletedRun,
     Experiment,
     ExperimentList,
-    InferenceAnswer,
     Job,
     JobList,
     LogPage,
-    Model,
-    ModelList,
     RunList,
+    SweepResults,
     WaitResult,
     benchmark_from_proto,
-    inference_from_proto,
-    model_from_proto,
     run_from_proto,
+    sweep_from_proto,
 )
 from moe_swarm.mcp.resources import SidecarMCPServer, register_prompts, register_resources
 from moe_swarm.serve.proto import mcp_pb2 as pb
@@ -57,25 +54,17 @@ MAX_LOG_LINES = 1000
 BENCHMARK_TIMEOUT_S = 1800.0
 JOB_DISCOVERY_S = 30.0  # how often the job watcher looks for jobs started elsewhere
 STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+KINDS = ("training", "benchmark", "evaluation", "sweep")
 
 
-def _annotations(read_only: bool, destructive: bool, idempotent: bool) -> ToolAnnotations:
-    """The hints a client shows before a call; every tool acts on this sidecar only (closed world)."""
-    return ToolAnnotations(
-        readOnlyHint=read_only, destructiveHint=destructive, idempotentHint=idempotent, openWorldHint=False
-    )
-
-
-READ = _annotations(read_only=True, destructive=False, idempotent=True)  # looks, changes nothing
-STARTS = _annotations(read_only=False, destructive=False, idempotent=False)  # each call starts new work
-LOADS = _annotations(read_only=False, destructive=False, idempotent=True)  # the same call, the same state
-STOPS = _annotations(read_only=False, destructive=True, idempotent=True)  # ends a job (repeatable)
 INSTRUCTIONS = """\
 moe-swarm trains, benchmarks and serves sparse Mixture-of-Experts language models. Typical flow:
 list_experiments -> start_training(experiment, overrides such as trainer.max_steps=50) -> wait_for_job
 (progress notifications) -> list_models / run_inference with the trained model (its prompt_format says
-what a prompt must look like). Jobs run in the sidecar and outlive this session; read run configs and
-metrics as resources (moe://runs/{run_id}/config, moe://jobs/{job_id}/metrics)."""
+what a prompt must look like; stream=true sends the text as it is decoded). start_sweep runs a grid or an
+Optuna search as one job (get_sweep_results). Jobs run in the sidecar and outlive this session: when
+wait_for_job times out, call it again. Read run configs and metrics as resources (moe://runs/{run_id}/config,
+moe://jobs/{job_id}/metrics)."""
 
 
 def _max_steps(config_yaml: str) -> int | None:
@@ -263,6 +252,39 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
         watch(job.job_id)
         return job_result(job)
 
+    @mcp.tool(
+        description="Run a Hydra sweep (a grid over params such as model.moe.num_experts=4,8) or the Optuna "
+        "search (search='optuna', trials=N) as ONE job; each trial trains run <sweep_id>-<n>. Follow it with "
+        "wait_for_job; its results table (per trial: overrides, objective, status) is get_sweep_results and "
+        "the moe://sweeps/{job_id}/results resource.",
+        annotations=STARTS,
+    )
+    async def start_sweep(
+        experiment: str = "",
+        params: list[str] | None = None,
+        overrides: list[str] | None = None,
+        search: str = "grid",
+        trials: int = 0,
+        sweep_id: str = "",
+        request_id: str = "",
+        priority: int = 0,
+    ) -> Job:
+        """``params``: swept keys, "key=v1,v2"; ``overrides``: fixed for every trial; ``trials``: optuna only."""
+        job = await call("StartSweep", pb.SweepRequest(config_path=experiment, params=params or [],
+                                                       overrides=overrides or [], search=search, trials=trials,
+                                                       sweep_id=sweep_id, request_id=request_id,
+                                                       priority=priority), timeout=120)  # fmt: skip
+        watch(job.job_id)
+        return job_result(job)
+
+    @mcp.tool(
+        description="The results table of a sweep job (also while it runs): per trial its swept overrides, "
+        "objective value and status, and the best trial.",
+        annotations=READ,
+    )
+    async def get_sweep_results(job_id: str) -> SweepResults:
+        return sweep_from_proto(await call("GetSweepResults", pb.GetJobRequest(job_id=job_id)))
+
     @mcp.tool(description="Get one job: state, failure reason, latest metrics, checkpoint.", annotations=READ)
     async def get_job(job_id: str) -> Job:
         return job_result(await get_job_proto(job_id))
@@ -270,13 +292,11 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
     @mcp.tool(description="List jobs, newest first, optionally filtered by state and kind.", annotations=READ)
     async def list_jobs(state: str = "", kind: str = "", limit: int = 20) -> JobList:
         """``state``: one of PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED (or ''); ``kind``: training,
-        benchmark (or ''); ``limit``: 1..500."""
+        benchmark, evaluation, sweep (or ''); ``limit``: 1..500."""
         if state and state.upper() not in STATES:
             raise ToolError(f"state {state!r} is not a job state; use one of {', '.join(STATES)} or ''")
-        if kind and kind.lower() not in ("training", "benchmark", "evaluation"):
-            raise ToolError(
-                f"kind {kind!r} is not a job kind; use 'training', 'benchmark', 'evaluation' or ''"
-            )
+        if kind and kind.lower() not in KINDS:
+            raise ToolError(f"kind {kind!r} is not a job kind; use one of {', '.join(KINDS)} or ''")
         if not 1 <= limit <= 500:
             raise ToolError(f"limit={limit} is out of range; use 1..500")
         request = pb.ListJobsRequest(limit=limit)
@@ -361,60 +381,7 @@ def build_server(sidecar: Sidecar, **server_kwargs: Any) -> MCPServer:
         )
         return benchmark_from_proto(resp)
 
-    @mcp.tool(
-        description="Answer a prompt with a trained model and the swarm loop (see list_models: prompt_format); "
-        "returns the answer, its vote share, every vote and the compute used.",
-        annotations=READ,
-    )
-    async def run_inference(
-        prompt: str,
-        agents: int = 0,
-        rounds: int | None = None,
-        temperature: float | None = None,
-        max_new_tokens: int = 0,
-        seed: int | None = None,
-        model: str = "",
-        mode: str = "",
-    ) -> InferenceAnswer:
-        """0 / None = the server's defaults; ``model``: a model id, job id, run id or checkpoint path;
-        ``mode``: "answers" (default, vote on whole answers) or "steps" (the step-level swarm)."""
-        request = pb.InferRequest(
-            prompt=prompt, agents=agents, max_new_tokens=max_new_tokens, model_id=model, mode=mode
-        )
-        if rounds is not None:
-            request.rounds = rounds
-        if temperature is not None:
-            request.temperature = temperature
-        if seed is not None:
-            request.seed = seed
-        return inference_from_proto(await call("RunInference", request, timeout=300))
-
-    @mcp.tool(
-        description="List every servable checkpoint (loaded or not) with its task and prompt format, the "
-        "loaded models, and the default model with why it is the default.",
-        annotations=READ,
-    )
-    async def list_models() -> ModelList:
-        resp = await call("ListModels", pb.ListModelsRequest())
-        return ModelList(
-            models=[model_from_proto(m) for m in resp.models],
-            default_model_id=resp.default_model_id,
-            default_model_source=resp.default_model_source,
-            servable=[model_from_proto(m) for m in resp.servable],
-        )
-
-    @mcp.tool(
-        description="Load a checkpoint (job id, run id or path under the server's roots) for inference.",
-        annotations=LOADS,
-    )
-    async def load_model(checkpoint: str, model_id: str = "", make_default: bool = False) -> Model:
-        info = await call(
-            "LoadModel",
-            pb.LoadModelRequest(checkpoint=checkpoint, model_id=model_id, make_default=make_default),
-            timeout=300,
-        )
-        return model_from_proto(info)
-
+    register_model_tools(mcp, sidecar, call)
     register_resources(mcp, sidecar)
     register_prompts(mcp, sidecar)
     return mcp

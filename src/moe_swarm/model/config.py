@@ -67,14 +67,29 @@ class RouterConfig:
 
 @dataclass
 class MoEConfig:
-    """Sparse FFN: ``num_experts`` SwiGLU experts of hidden size ``d_ff``, the router, an optional
-    always-on shared expert (``shared_expert_d_ff`` > 0), scaled per token by ``sigmoid(x . g)`` when
-    ``shared_expert_gate`` (Qwen2-MoE). Layer i is MoE when ``(i + 1) % every == 0``.
-    ``dispatch`` picks the expert implementation (see ``ExpertPool``)."""
+    """Sparse FFN: ``num_experts`` SwiGLU experts of hidden size ``d_ff``, the router, and optional
+    always-on shared experts. Layer i is MoE when ``(i + 1) % every == 0``.
+    ``dispatch`` picks the expert implementation (see ``ExpertPool``).
+
+    ``granularity`` g (fine-grained experts, Krajewski et al. 2024; DeepSeekMoE) splits each expert
+    into g narrower ones at equal active and total parameters: it is folded in at construction into
+    ``num_experts * g`` experts, ``top_k * g`` of them per token, each ``d_ff // g`` wide, and then
+    reads 1. Folding once makes the stored config the network's real shape (checkpoints, HF export,
+    expert parallelism see plain E/k/d_ff), and ``to_dict -> from_dict`` is the identity.
+
+    Shared experts: ``num_shared_experts`` SwiGLU experts of width ``shared_expert_d_ff`` run on every
+    token. ``None`` (the default) means today's layout: one when ``shared_expert_d_ff > 0``, else none;
+    ``shared_expert_d_ff = 0`` with ``num_shared_experts > 0`` means "as wide as a routed expert"
+    (DeepSeekMoE). n experts of width d are one SwiGLU of width n*d (their hidden units concatenated),
+    which is how the layer holds them. ``shared_expert_gate`` scales their sum per token by
+    ``sigmoid(x . g)`` (Qwen2-MoE).
+    """
 
     num_experts: int = 8
     d_ff: int = 256
     every: int = 1
+    granularity: int = 1
+    num_shared_experts: int | None = None
     shared_expert_d_ff: int = 0
     shared_expert_gate: bool = False
     dispatch: str = "auto"
@@ -85,14 +100,42 @@ class MoEConfig:
             self.router = _build(RouterConfig, self.router, "model.moe.router")
         if self.dispatch not in DISPATCH_IMPLS:
             raise ValueError(f"unknown dispatch {self.dispatch!r}; choose one of {DISPATCH_IMPLS}")
+        if self.granularity < 1:
+            raise ValueError(f"moe granularity must be >= 1, got {self.granularity}")
+        if self.granularity > 1:
+            g = self.granularity
+            if self.d_ff % g:
+                raise ValueError(f"moe d_ff={self.d_ff} must be divisible by granularity={g}")
+            self.num_experts *= g
+            self.d_ff //= g
+            self.router = replace(self.router, top_k=self.router.top_k * g)
+            self.granularity = 1
         if not 1 <= self.router.top_k <= self.num_experts:
             raise ValueError(
                 f"router top_k must be in [1, num_experts={self.num_experts}], got {self.router.top_k}"
             )
         if self.every < 1:
             raise ValueError(f"moe every must be >= 1, got {self.every}")
-        if self.shared_expert_gate and self.shared_expert_d_ff <= 0:
-            raise ValueError("moe shared_expert_gate needs a shared expert (shared_expert_d_ff > 0)")
+        if self.shared_expert_d_ff < 0:
+            raise ValueError(f"moe shared_expert_d_ff must be >= 0, got {self.shared_expert_d_ff}")
+        if self.num_shared_experts is None:
+            self.num_shared_experts = 1 if self.shared_expert_d_ff > 0 else 0
+        if self.num_shared_experts < 0:
+            raise ValueError(f"moe num_shared_experts must be >= 0, got {self.num_shared_experts}")
+        if self.num_shared_experts == 0 and self.shared_expert_d_ff > 0:
+            raise ValueError(
+                f"moe shared_expert_d_ff={self.shared_expert_d_ff} with num_shared_experts=0: set "
+                "num_shared_experts >= 1, or shared_expert_d_ff=0 for no shared expert"
+            )
+        if self.num_shared_experts > 0 and self.shared_expert_d_ff == 0:
+            self.shared_expert_d_ff = self.d_ff  # DeepSeekMoE: shared experts as wide as routed ones
+        if self.shared_expert_gate and self.num_shared_experts == 0:
+            raise ValueError("moe shared_expert_gate needs a shared expert (num_shared_experts >= 1)")
+
+    @property
+    def shared_d_ff(self) -> int:
+        """Total hidden width of the shared experts (``num_shared_experts * shared_expert_d_ff``)."""
+        return (self.num_shared_experts or 0) * self.shared_expert_d_ff
 
 
 @dataclass
@@ -114,7 +157,7 @@ class TransformerConfig:
     qkv_bias: bool = False
     max_seq_len: int = 256
     ffn: str = "moe"  # "moe" | "dense"
-    # Dense FFN hidden size; None = top_k * moe.d_ff + moe.shared_expert_d_ff (equal active params).
+    # Dense FFN hidden size; None = top_k * moe.d_ff + the shared experts' width (equal active params).
     dense_d_ff: int | None = None
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
@@ -149,7 +192,7 @@ class TransformerConfig:
 
     @property
     def resolved_dense_d_ff(self) -> int:
-        return self.dense_d_ff or self.moe.router.top_k * self.moe.d_ff + self.moe.shared_expert_d_ff
+        return self.dense_d_ff or self.moe.router.top_k * self.moe.d_ff + self.moe.shared_d_ff
 
     def is_moe_layer(self, i: int) -> bool:
         return self.ffn == "moe" and (i + 1) % self.moe.every == 0

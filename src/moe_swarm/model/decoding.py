@@ -262,6 +262,7 @@ def run_token_loop(
     pad_id: int,
     stop_ids: Sequence[int] = (),
     capture: str = "produced",
+    on_token: Callable[[Tensor], None] | None = None,
 ) -> DecodedTokens:
     """Decode up to ``max_new_tokens`` per row: sample, record the log-prob, stop, feed.
 
@@ -272,6 +273,8 @@ def run_token_loop(
     ``capture`` picks the hidden state kept per token: ``"produced"`` (the state the token was drawn
     from; the last token is not fed) or ``"read"`` (the state after feeding the token, which is always
     fed, so ``logits_last`` holds each row's next-token logits after its last token).
+    ``on_token(ids (B,))`` is called with each step's tokens (PAD for rows already stopped) as soon
+    as they are drawn, so a caller can stream them; an exception it raises ends the loop.
     """
     if capture not in CAPTURE_MODES:
         raise ValueError(f"unknown capture {capture!r}; choose one of {CAPTURE_MODES}")
@@ -295,6 +298,8 @@ def run_token_loop(
         logprobs[:, step] = torch.where(active, lp, torch.zeros_like(lp))
         logprob_sum += torch.where(active, lp, torch.zeros_like(lp))
         lengths += active.long()
+        if on_token is not None:
+            on_token(tokens[:, step])
         if capture == "produced":
             h = hidden.float()
             hid_sum += h * active[:, None]
@@ -330,6 +335,7 @@ def generate(
     prefix_embeds: Tensor | None = None,
     use_cache: bool = True,
     decode: str = "eager",
+    on_token: Callable[[Tensor], None] | None = None,
 ) -> GenerationResult:
     """Decode up to ``max_new_tokens`` for a (B, T) batch of equal-length prompts.
 
@@ -341,6 +347,7 @@ def generate(
     benchmarks). ``decode`` picks how the KV-cached steps after the prefill run: ``"eager"`` (the
     plain forward), ``"static"`` (``decode_step``: fixed shapes over the whole cache), ``"compiled"``
     (that step under ``torch.compile``) or ``"cudagraphs"`` (compiled with ``mode="reduce-overhead"``).
+    ``on_token`` receives each step's (B,) tokens as they are drawn (streaming; see run_token_loop).
     """
     if decode not in DECODE_MODES:
         raise ValueError(f"unknown decode {decode!r}; choose one of {DECODE_MODES}")
@@ -363,6 +370,7 @@ def generate(
         max_new_tokens=max_new_tokens,
         pad_id=pad_id,
         stop_ids=() if eos_id is None else (eos_id,),
+        on_token=on_token,
     )
     return GenerationResult(
         tokens=out.tokens,

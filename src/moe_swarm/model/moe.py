@@ -1,4 +1,4 @@
-"""MoELayer: router + expert pool (+ optional always-on shared expert), a drop-in FFN block."""
+"""MoELayer: router + expert pool (+ optional always-on shared experts), a drop-in FFN block."""
 
 from __future__ import annotations
 
@@ -41,10 +41,21 @@ class MoEAux:
     dropped_frac: Tensor
     entropy: Tensor
     load_max_over_mean: Tensor
+    routed_counts: Tensor  # (E,) routed assignments before capacity drops (balance statistics)
+    mean_probs: Tensor  # (E,) mean routing probability, with gradient (balance statistics)
 
     @classmethod
     def from_router(cls, r: RouterOutput) -> MoEAux:
-        return cls(r.load_balance_loss, r.z_loss, r.counts, r.dropped_frac, r.entropy, r.load_max_over_mean)
+        return cls(
+            r.load_balance_loss,
+            r.z_loss,
+            r.counts,
+            r.dropped_frac,
+            r.entropy,
+            r.load_max_over_mean,
+            r.routed_counts,
+            r.mean_probs,
+        )
 
 
 class MoELayer(nn.Module):
@@ -53,7 +64,10 @@ class MoELayer(nn.Module):
     Configured by one :class:`MoEConfig` (router settings in ``cfg.router``), e.g.
     ``MoELayer(64, MoEConfig(num_experts=8, d_ff=128))``.
     ``forward(x: (B, T, d_model)) -> (y, aux)``; parameters are ``router.weight`` (E, d_model) and
-    ``experts.w1/w3`` (E, d_model, d_ff), ``experts.w2`` (E, d_ff, d_model).
+    ``experts.w1/w3`` (E, d_model, d_ff), ``experts.w2`` (E, d_ff, d_model). The
+    ``num_shared_experts`` shared experts are one ``SwiGLU`` of width ``n * shared_expert_d_ff``
+    (``shared_expert``): a sum of n SwiGLUs is one SwiGLU over their concatenated hidden units, so
+    shared expert j is rows/columns ``[j*d, (j+1)*d)`` of its weights.
     """
 
     def __init__(
@@ -66,9 +80,7 @@ class MoELayer(nn.Module):
             cfg.num_experts, d_model, cfg.d_ff, dispatch=cfg.dispatch, out_init_std=out_init_std
         )
         self.shared_expert = (
-            SwiGLU(d_model, cfg.shared_expert_d_ff, out_init_std=out_init_std)
-            if cfg.shared_expert_d_ff > 0
-            else None
+            SwiGLU(d_model, cfg.shared_d_ff, out_init_std=out_init_std) if cfg.shared_d_ff > 0 else None
         )
         # Qwen2-MoE: the shared expert's output is scaled per token by sigmoid(x . g).
         self.shared_expert_gate = nn.Linear(d_model, 1, bias=False) if cfg.shared_expert_gate else None

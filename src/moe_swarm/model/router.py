@@ -87,6 +87,11 @@ class RouterOutput:
     counts: Tensor | None = None  # (E,) kept assignments per expert (float32)
     dropped_frac: Tensor | None = None  # scalar: dropped assignments / routed assignments
     entropy: Tensor | None = None  # scalar: mean router entropy (nats) over valid tokens
+    # The ingredients of the balance loss, for balancing over a larger batch than this one
+    # (:func:`balance_loss`): hard routed assignments per expert before capacity drops (E,), no
+    # gradient, and the mean routing probabilities P (E,), with gradient.
+    routed_counts: Tensor | None = None
+    mean_probs: Tensor | None = None
 
     @property
     def load_max_over_mean(self) -> Tensor:
@@ -194,9 +199,9 @@ class Router(nn.Module):
         validf = valid.float()
         n_valid = validf.sum().clamp_min(1.0)
         one_hot_routed = torch.zeros(n, e, device=x.device).scatter_add_(1, indices, routed.float())
-        f = one_hot_routed.sum(0) / one_hot_routed.sum().clamp_min(1.0)
+        routed_counts = one_hot_routed.sum(0).detach()
         p = (balance_probs * validf[:, None]).sum(0) / n_valid
-        load_balance_loss = e * (f.detach() * p).sum()
+        load_balance_loss = balance_loss(routed_counts, p)
         z_loss = (torch.logsumexp(logits, dim=-1).pow(2) * validf).sum() / n_valid
         counts = torch.zeros(e, device=x.device).scatter_add_(
             0, indices.reshape(-1), kept.reshape(-1).float()
@@ -215,6 +220,8 @@ class Router(nn.Module):
             counts=counts.detach(),
             dropped_frac=dropped_frac.detach(),
             entropy=entropy.detach(),
+            routed_counts=routed_counts,
+            mean_probs=p,
         )
 
     def _select(self, scores: Tensor, k: int, control: RoutingControl | None) -> Tensor:
@@ -251,6 +258,35 @@ class Router(nn.Module):
         """
         counts = counts.to(self.bias.device, torch.float32)
         self.bias += gamma * torch.sign(counts.mean() - counts)
+
+
+def balance_loss(routed_counts: Tensor, mean_probs: Tensor) -> Tensor:
+    """Switch balance loss ``E * sum_i f_i * P_i`` with ``f = counts / counts.sum()`` over the last dim.
+
+    ``routed_counts`` may cover more tokens than ``mean_probs`` (the global batch: micro-batches of
+    gradient accumulation and data-parallel ranks, Qwen's global-batch balancing) while P keeps the
+    local gradient. Shapes (E,) or (L, E); returns one value per row.
+    """
+    counts = routed_counts.detach().float()
+    f = counts / counts.sum(-1, keepdim=True).clamp_min(1.0)
+    return mean_probs.shape[-1] * (f * mean_probs).sum(-1)
+
+
+def load_cv(counts: Tensor) -> Tensor:
+    """Coefficient of variation (std / mean, population std) of per-expert loads; 0 = uniform."""
+    counts = counts.float()
+    return counts.std(-1, correction=0) / counts.mean(-1).clamp_min(1e-9)
+
+
+def max_over_mean(counts: Tensor) -> Tensor:
+    """Most-loaded expert over the mean load (1 = uniform, E = everything on one expert)."""
+    counts = counts.float()
+    return counts.amax(-1) / counts.mean(-1).clamp_min(1e-9)
+
+
+def dead_experts(window_counts: Tensor) -> Tensor:
+    """Experts that received no token over a window: ``window_counts`` (..., E) summed over the window."""
+    return (window_counts <= 0).sum(-1)
 
 
 def expected_capacity(capacity_factor: float, num_tokens: int, top_k: int, num_experts: int) -> int:

@@ -192,19 +192,45 @@ STEP_LEGEND = (
     "(charged), vote weighted by the product of its step probabilities; 'best-of-N (checker)' = the sample "
     "with the highest product; pass@N = one of the first N samples is right; coverage = one of all samples "
     "drawn at the budget is right. Differences in EM points with paired bootstrap {ci} CIs over problems; "
-    "p (Holm) over the two primary comparisons."
+    "p (Holm) over the primary comparisons (vs greedy, vs indep. + majority at equal FP and at equal FLOPs)."
 )
 
 
 def _ablation_lines(row: dict) -> list[str]:
     lines = []
     for key, value in row.items():
-        if key.startswith("step_swarm_") and not key.endswith("forward_passes"):
+        if key.startswith("step_swarm_") and not key.endswith(("forward_passes", "_flops")):
             vote = key.removeprefix("step_swarm_")
             lines.append(
                 f"|  | {vote} vote: {_pct(value)} | {row[key + '_forward_passes']:.1f} |  |  |  |  |  |  |  |  |"
             )
     return lines
+
+
+def _flop_matched(b: dict, level: dict) -> list[str]:
+    """The controls again with as many samples as fit in the swarm's FLOPs (when the eval ran them)."""
+    rows = [r for r in b["grid"] if "independent_majority_at_flops" in r]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Matched on FLOPs (the controls draw samples until they use the step swarm's FLOPs per problem; "
+        "'FLOP ratio' = step swarm FLOPs / independent + majority FLOPs at equal forward passes):",
+        "",
+    ]
+    headers = ["N", "step swarm", "GFLOP", "FLOP ratio @ equal FP", "indep. + majority @ FLOPs"]
+    headers += ["FP (GFLOP)", "indep. + checker @ FLOPs", "best-of-N (checker) @ FLOPs", "FP (GFLOP)"]
+    body = []
+    for r in rows:
+        ratio = r["flops"] / r["independent_flops"] if r.get("independent_flops") else math.nan
+        body.append(
+            [str(r["agents"]), _pct(r["step_swarm"]), f"{r['flops'] / 1e9:.3f}", _num(ratio)]
+            + [_pct(r["independent_majority_at_flops"])]
+            + [_fp(r, "independent_at_flops_forward_passes", "independent_at_flops_flops")]
+            + [_pct(r.get("independent_checker_at_flops")), _pct(r.get("best_of_n_checker_at_flops"))]
+            + [_fp(r, "independent_checker_at_flops_forward_passes", "independent_checker_at_flops_flops")]
+        )
+    return lines + _table(headers, body)
 
 
 def _step_closing(level: dict) -> list[str]:
@@ -226,7 +252,24 @@ def _step_closing(level: dict) -> list[str]:
         for n, ranking in level["ranking"].items()
         for scorer, r in ranking.items()
     ]
-    return lines + _table(["N", "scorer", "AUROC within", "groups", "AUROC vote wrong", "groups"], rows)
+    lines += _table(["N", "scorer", "AUROC within", "groups", "AUROC vote wrong", "groups"], rows)
+    sel = level.get("selector")
+    if sel and not sel.get("weights"):
+        lines += [
+            "",
+            f"Step selector: not fitted ({sel['problems']} val problems gave no vote with a right and a wrong candidate).",
+        ]
+    elif sel:
+        weights = ", ".join(f"{k} {v:+.2f}" for k, v in sel["weights"].items())
+        lines += [
+            "",
+            f"Step selector (the 'selector vote' rows): fitted on the swarm's proposals for {sel['problems']} "
+            f"{sel['split']} problems (seed {sel['seed']}; {sel['choice_groups']} of {sel['groups']} vote groups "
+            f"hold a right and a wrong candidate); on those groups it picks a right candidate "
+            f"{_pct(sel['accuracy_selector_in_sample'])}% of the time (in sample) vs the plurality's "
+            f"{_pct(sel['accuracy_plurality'])}%. Weights on standardised features: {weights}.",
+        ]
+    return lines
 
 
 def _step_series(b: dict) -> list[Series]:
@@ -270,7 +313,7 @@ STEP_VIEW = LevelView(
         ("coverage", "coverage"),
     ],
     grid_extra=_ablation_lines,
-    after_grid=lambda b, level: [],
+    after_grid=_flop_matched,
     at=(("agents", "N"),),
     holm=True,
     closing=_step_closing,
@@ -392,7 +435,7 @@ def output_dir(checkpoint: str | Path, out_dir: str | Path | None = None) -> Pat
 
 def write_report(report: dict[str, Any], out_dir: Path) -> Path:
     """Write ``results.json``, ``results.md`` and each level's plot into ``out_dir``; returns ``out_dir``."""
-    from moe_swarm.store.atomic import atomic_write_text
+    from moe_swarm.atomic import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "results.json", json.dumps(report, indent=2, allow_nan=True))

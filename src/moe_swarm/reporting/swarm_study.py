@@ -3,10 +3,11 @@
     python -m moe_swarm.reporting.swarm_study runs/study-mul-s1/swarm_eval runs/study-mul-s2/swarm_eval ...
 
 Each argument is a ``moe-swarm-swarm-eval mode=steps`` output folder (its ``results.json``). Runs are
-grouped by task family; within a family every run is one seed. For the largest N, the two primary
-comparisons (step swarm - greedy, step swarm - independent + majority) get a two-level bootstrap CI
-(seeds, then problems within a seed) and Holm-adjusted p-values over the pair; step swarm -
-independent + checker is reported alongside. Writes ``study.md`` and ``study.json`` next to the first
+grouped by task family; within a family every run is one seed. For the largest N, the primary
+comparisons (step swarm - greedy, step swarm - independent + majority at equal forward passes and, where
+the runs have it, at equal FLOPs) get a two-level bootstrap CI (seeds, then problems within a seed) and
+Holm-adjusted p-values over them; step swarm - independent + checker and the selector vote (where run)
+are reported alongside. Writes ``study.md`` and ``study.json`` next to the first
 run's parent folder, or to ``--out``.
 """
 
@@ -16,15 +17,23 @@ import argparse
 import json
 from pathlib import Path
 
+from moe_swarm.atomic import atomic_write_text
 from moe_swarm.reporting.swarm import _ci
-from moe_swarm.store.atomic import atomic_write_text
 from moe_swarm.swarm.statistics import holm_adjust, two_level_bootstrap_ci
 
-COMPARISONS = (
+COMPARISONS = (  # the primary ones first; a comparison runs where every run of a family has both columns
     ("step_swarm - greedy", "step_swarm", "greedy"),
     ("step_swarm - independent_majority", "step_swarm", "independent_majority"),
+    ("step_swarm - independent_majority_at_flops", "step_swarm", "independent_majority_at_flops"),
     ("step_swarm - independent_checker", "step_swarm", "independent_checker"),
+    ("step_swarm_selector - greedy", "step_swarm_selector", "greedy"),
+    (
+        "step_swarm_selector - independent_majority_at_flops",
+        "step_swarm_selector",
+        "independent_majority_at_flops",
+    ),
 )
+PRIMARY = COMPARISONS[:3]
 
 
 def study(reports: list[dict], samples: int = 2000) -> dict:
@@ -42,11 +51,18 @@ def study(reports: list[dict], samples: int = 2000) -> dict:
             pp = r["step_level"]["per_problem"]
             return pp["greedy"] if method == "greedy" else pp[f"{method}@{n}"]
 
+        def has(method: str, n: int = n, runs: list[dict] = runs) -> bool:
+            return all(method == "greedy" or f"{method}@{n}" in r["step_level"]["per_problem"] for r in runs)
+
         rows = []
         for name, a, b in COMPARISONS:
-            ci = two_level_bootstrap_ci([vec(r, a) for r in runs], [vec(r, b) for r in runs], samples=samples)
-            rows.append({"comparison": name, "agents": n, **ci})
-        for row, p in zip(rows[:2], holm_adjust([row["p_value"] for row in rows[:2]])):
+            if has(a) and has(b):
+                ci = two_level_bootstrap_ci(
+                    [vec(r, a) for r in runs], [vec(r, b) for r in runs], samples=samples
+                )
+                rows.append({"comparison": name, "agents": n, **ci})
+        primary = [row for row in rows if row["comparison"] in {c[0] for c in PRIMARY}]
+        for row, p in zip(primary, holm_adjust([row["p_value"] for row in primary])):
             row["p_holm"] = p
         means = {
             m: sum(sum(vec(r, m)) / len(vec(r, m)) for r in runs) / len(runs)

@@ -1,6 +1,6 @@
 """Fault tolerance for training: atomic checkpoints, SIGTERM, and distributed runs that are wired wrong.
 
-- :class:`AtomicCheckpointIO` writes every checkpoint atomically (:mod:`moe_swarm.store.atomic`), so a kill
+- :class:`AtomicCheckpointIO` writes every checkpoint atomically (:mod:`moe_swarm.atomic`), so a kill
   during a save leaves the previous ``last.ckpt`` whole. (Lightning's own writer goes through an
   fsspec transaction whose temporary file lives in the system temp dir; when that is another
   filesystem, as ``/tmp`` and a mounted volume are in containers, the last step is a copy.)
@@ -33,8 +33,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.distributed.tensor import DTensor
 
+from moe_swarm.atomic import atomic_torch_save
 from moe_swarm.scale.cluster import ClusterConfigError, ClusterSpec, check_world_size
-from moe_swarm.store.atomic import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ __all__ = [
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Local checkpoints through :func:`moe_swarm.store.atomic.atomic_torch_save`; remote URLs as Lightning does.
+    """Local checkpoints through :func:`moe_swarm.atomic.atomic_torch_save`; remote URLs as Lightning does.
 
     A temporary file left by a process killed mid-save is removed by the next save of the same path.
     """

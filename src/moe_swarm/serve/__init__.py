@@ -10,5 +10,5 @@ import os
 
 # gRPC's core logs connection events such as "Got goaway [2] ..." (the peer closed an idle or stopping
 # connection) on stderr at INFO; they are not errors of this program. Set before grpc starts; a user's own
-# GRPC_VERBOSITY (e.g. DEBUG to debug the transport) wins.
+# GRPC_VERBOSITY (e.g. DEBUG to debug the transport) wins. tests/test_serve_goaway.py checks both.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

@@ -33,9 +33,9 @@ _SERVICE = "/mcp.MCPControl/"
 METHOD_SCOPES = {
     **{
         _SERVICE + m: "train"
-        for m in ("StartTraining", "CancelJob", "RunBenchmark", "DeleteRun", "StartEvaluation")
+        for m in ("StartTraining", "CancelJob", "RunBenchmark", "DeleteRun", "StartEvaluation", "StartSweep")
     },
-    **{_SERVICE + m: "infer" for m in ("RunInference", "LoadModel")},
+    **{_SERVICE + m: "infer" for m in ("RunInference", "StreamInference", "LoadModel")},
 }  # every other method (queries, reflection) needs "read"
 # The scopes of the token that authorised the current RPC (all scopes when auth is off).
 CALLER_SCOPES: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(

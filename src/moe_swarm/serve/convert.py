@@ -12,12 +12,14 @@ from moe_swarm.control.job_kinds import BenchmarkRequest, EvaluationRequest, Tra
 from moe_swarm.control.job_view import JobView
 from moe_swarm.control.models import LoadedModel, ServableCheckpoint
 from moe_swarm.control.runs import RunSummaryView
+from moe_swarm.control.sweeps import SweepRequest, SweepTable
 from moe_swarm.serve.proto import mcp_pb2
 
 KIND_TO_PROTO = {
     "training": mcp_pb2.TRAINING,
     "benchmark": mcp_pb2.BENCHMARK,
     "evaluation": mcp_pb2.EVALUATION,
+    "sweep": mcp_pb2.SWEEP,
 }
 PROTO_TO_KIND = {v: k for k, v in KIND_TO_PROTO.items()}
 
@@ -106,6 +108,7 @@ def inference_from_proto(r: mcp_pb2.InferRequest) -> InferenceRequest:
         temperature=r.temperature if r.HasField("temperature") else None,
         seed=r.seed if r.HasField("seed") else None,
         mode=r.mode,
+        messages=tuple((m.role, m.content) for m in r.messages),
     )
 
 
@@ -179,3 +182,22 @@ def evaluation_from_proto(r: mcp_pb2.EvaluationRequest) -> EvaluationRequest:
     em = r.em_problems if r.HasField("em_problems") else None
     return EvaluationRequest(checkpoint=r.checkpoint, split=r.split or "val", em_problems=em,
                              max_batches=r.max_batches, request_id=r.request_id)  # fmt: skip
+
+
+def sweep_from_proto(r: mcp_pb2.SweepRequest) -> SweepRequest:
+    return SweepRequest(config_path=r.config_path, params=list(r.params), overrides=list(r.overrides),
+                        search=r.search, trials=r.trials, sweep_id=r.sweep_id, request_id=r.request_id,
+                        priority=r.priority)  # fmt: skip
+
+
+def sweep_results_to_proto(job: mcp_pb2.Job, table: SweepTable) -> mcp_pb2.SweepResults:
+    trials = []
+    for t in table.trials:
+        row = mcp_pb2.SweepTrial(number=t.number, run_id=t.run_id, overrides=t.overrides, metric=t.metric,
+                                 status=t.status, global_step=t.global_step, checkpoint=t.checkpoint)  # fmt: skip
+        if t.value is not None:
+            row.value = t.value
+        trials.append(row)
+    return mcp_pb2.SweepResults(job_id=job.job_id, job=job, sweep_id=table.sweep_id, search=table.search,
+                                metric=table.metric, mode=table.mode, trials=trials, best=table.best,
+                                markdown=table.markdown())  # fmt: skip

@@ -7,6 +7,8 @@
     moe-swarm-ctl bench --num-samples 3
     moe-swarm-ctl infer "The list type" --agents 8          # a text model: continues the text
     moe-swarm-ctl infer "321*54=" --model <job_id>           # a "mul" model: 123*45, digits reversed
+    moe-swarm-ctl infer "The list" --stream --agents 1       # tokens as they are decoded
+    moe-swarm-ctl sweep quickstart -p model.moe.num_experts=4,8 trainer.max_steps=50 --wait
 
 The server address comes from --target or MOE_SWARM_TARGET (default 127.0.0.1:50051), the bearer token
 from --token or MOE_SWARM_TOKEN, a CA certificate from --ca-cert or MOE_SWARM_CA_CERT. Exit status: 0 on
@@ -24,10 +26,11 @@ import grpc
 
 from moe_swarm.serve.client import Client, explain_details
 from moe_swarm.serve.ctl_commands import build_parser
+from moe_swarm.serve.ctl_sweep import add_sweep_commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(add_sweep_commands).parse_args(argv)
     client = Client(args.target, token=args.token, ca_cert=args.ca_cert, tls=args.tls, timeout=args.timeout)
     try:
         code = args.func(client, args)

@@ -160,17 +160,45 @@ def _print_benchmark(resp: mcp_pb2.BenchmarkResponse) -> None:
         print(f"  {r.metric:<{width}}  {r.value:>14.6g} {unit}")
 
 
+def _chat_message(text: str) -> mcp_pb2.ChatMessage:
+    """``--message user:Hello`` -> ChatMessage(role="user", content="Hello")."""
+    role, sep, content = text.partition(":")
+    if not sep or not role.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not ROLE:CONTENT (e.g. user:Hello)")
+    return mcp_pb2.ChatMessage(role=role.strip(), content=content)
+
+
 def cmd_infer(client: Client, args: argparse.Namespace) -> int:
-    request = mcp_pb2.InferRequest(prompt=args.prompt, max_new_tokens=args.max_new_tokens, agents=args.agents,
-                                   model_id=args.model or "", mode=args.mode or "")  # fmt: skip
+    request = mcp_pb2.InferRequest(prompt=args.prompt or "", max_new_tokens=args.max_new_tokens, agents=args.agents,
+                                   model_id=args.model or "", mode=args.mode or "",
+                                   messages=args.message or [])  # fmt: skip
     if args.rounds is not None:
         request.rounds = args.rounds
     if args.temperature is not None:
         request.temperature = args.temperature
     if args.seed is not None:
         request.seed = args.seed
+    if args.stream:
+        return _stream_inference(client, request, args.json)
     resp = client.call("RunInference", request)
     return _show(resp, args.json, _print_inference)
+
+
+def _stream_inference(client: Client, request: mcp_pb2.InferRequest, as_json: bool) -> int:
+    """StreamInference: each piece of text is printed as it arrives (with --json: one JSON chunk per line)."""
+    for chunk in client.stream("StreamInference", request):
+        if as_json:
+            print(json.dumps(MessageToDict(chunk, preserving_proto_field_name=True)), flush=True)
+        elif chunk.HasField("final"):
+            print(flush=True)
+            print(
+                f"# model {chunk.final.model_id}; {chunk.tokens} tokens streamed (one agent)", file=sys.stderr
+            )
+            if chunk.final.default_model_notice:
+                print(f"# note: {chunk.final.default_model_notice}", file=sys.stderr)
+        else:
+            print(chunk.text, end="", flush=True)
+    return 0
 
 
 def _print_inference(resp: mcp_pb2.InferResponse) -> None:
@@ -281,7 +309,8 @@ def cmd_health(client: Client, args: argparse.Namespace) -> int:
     return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 3
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*extra: Callable[[Any], None]) -> argparse.ArgumentParser:
+    """The parser; each of ``extra`` adds sub-commands to it (``ctl_sweep.add_sweep_commands``)."""
     p = argparse.ArgumentParser(
         prog="moe-swarm-ctl", description="Client of the moe-swarm gRPC control sidecar."
     )
@@ -309,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--wait", "-w", action="store_true", help="follow the job until it finishes")
     t.set_defaults(func=cmd_train)
+    for add in extra:  # sub-commands that live in their own modules (ctl_sweep)
+        add(sub)
 
     s = sub.add_parser("status", help="show one job")
     s.add_argument("job_id")
@@ -347,7 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Answer a prompt with a model on the server and the swarm loop.")  # fmt: skip
     i.add_argument("-h", "--help", action=_InferHelp)
-    i.add_argument("prompt", help="text for a text model, or a problem in the model's task format (below)")
+    i.add_argument("prompt", nargs="?", default="",
+                   help="text for a text model, or a problem in the model's task format (below)")  # fmt: skip
+    i.add_argument("--message", action="append", type=_chat_message, metavar="ROLE:CONTENT",
+                   help="a chat message instead of the prompt (repeatable), rendered with the model's chat template")  # fmt: skip
+    i.add_argument("--stream", action="store_true",
+                   help="print the answer as it is decoded (StreamInference: one agent, no vote)")  # fmt: skip
     i.add_argument("--agents", type=int, default=0)
     i.add_argument("--rounds", type=int)
     i.add_argument("--temperature", type=float)

@@ -144,6 +144,7 @@ async def start_server(settings: ServeSettings) -> RunningServer:
         hidden_env=[settings.auth.token_env],
         job_store=settings.job_store,
         evaluation=settings.evaluation,
+        sweep=settings.sweep,
         checkpoint_roots=settings.inference.checkpoint_roots,
     )
     for rec in jobs.recover():

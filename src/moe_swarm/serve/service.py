@@ -22,6 +22,7 @@ from moe_swarm.control.inference import InferenceService
 from moe_swarm.control.jobs import JobService
 from moe_swarm.control.models import ModelRepository
 from moe_swarm.control.runs import delete_run, list_runs, run_plot, run_view
+from moe_swarm.control.streaming import stream_inference
 from moe_swarm.serve import convert
 from moe_swarm.serve.auth import CALLER_SCOPES
 from moe_swarm.serve.observability import RpcStats, annotate
@@ -78,6 +79,21 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
             response.default_model_source = self.models.default_source()
             response.default_model_notice = self.models.note_default_use(result.model_id)
         return response
+
+    @streaming
+    async def StreamInference(
+        self, request: mcp_pb2.InferRequest, context
+    ) -> AsyncIterator[mcp_pb2.InferChunk]:
+        on_model = lambda model_id: annotate(model_id=model_id)  # noqa: E731
+        async for piece in stream_inference(self.inference, convert.inference_from_proto(request), on_model):
+            if piece.result is None:
+                yield mcp_pb2.InferChunk(text=piece.text, tokens=piece.tokens)
+                continue
+            final = convert.inference_to_proto(piece.result)
+            if not request.model_id:
+                final.default_model_source = self.models.default_source()
+                final.default_model_notice = self.models.note_default_use(piece.result.model_id)
+            yield mcp_pb2.InferChunk(tokens=piece.tokens, final=final)
 
     # ================================================================ jobs
     @unary
@@ -195,6 +211,18 @@ class ControlService(mcp_pb2_grpc.MCPControlServicer):
         rec = self.jobs.submit_evaluation(convert.evaluation_from_proto(request))
         annotate(job_id=rec.job_id)
         return convert.job_to_proto(self.jobs.view(rec))
+
+    @unary
+    async def StartSweep(self, request: mcp_pb2.SweepRequest, context) -> mcp_pb2.Job:
+        rec = await self.jobs.submit_sweep(convert.sweep_from_proto(request))
+        annotate(job_id=rec.job_id)
+        return convert.job_to_proto(self.jobs.view(rec))
+
+    @unary
+    async def GetSweepResults(self, request: mcp_pb2.GetJobRequest, context) -> mcp_pb2.SweepResults:
+        annotate(job_id=request.job_id)
+        rec, table = self.jobs.sweep_results(request.job_id)
+        return convert.sweep_results_to_proto(convert.job_to_proto(self.jobs.view(rec)), table)
 
     @unary
     async def ListRuns(self, request: mcp_pb2.ListRunsRequest, context) -> mcp_pb2.ListRunsResponse:

@@ -20,6 +20,7 @@ from moe_swarm.control.settings import (
     BenchmarkSettings,
     EvaluationSettings,
     InferenceSettings,
+    SweepSettings,
     TrainingSettings,
 )
 
@@ -63,6 +64,7 @@ class ServeSettings:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    sweep: SweepSettings = field(default_factory=SweepSettings)
     inference: InferenceSettings = field(default_factory=InferenceSettings)
 
     @property

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
+from moe_swarm.atomic import atomic_torch_save
 from moe_swarm.model.config import TransformerConfig
 from moe_swarm.model.transformer import MoETransformer
-from moe_swarm.store.atomic import atomic_torch_save
 from moe_swarm.store.layout import is_sharded_checkpoint
 
 __all__ = [

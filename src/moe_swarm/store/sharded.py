@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
-from moe_swarm.store.atomic import atomic_torch_save, fsync_dir
+from moe_swarm.atomic import atomic_torch_save, fsync_dir
 from moe_swarm.store.layout import is_sharded_checkpoint
 
 __all__ = [

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from moe_swarm.store.atomic import atomic_write_text
+from moe_swarm.atomic import atomic_write_text
 
 __all__ = [
     "already_complete_message",

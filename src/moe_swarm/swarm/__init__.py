@@ -55,6 +55,7 @@ from moe_swarm.swarm.statistics import (
     within_group_auc,
 )
 from moe_swarm.swarm.steps import StepProposal, StepSwarm, StepSwarmConfig, StepSwarmResult
+from moe_swarm.swarm.trunk_checker import TrunkStepChecker
 from moe_swarm.swarm.value import ValueHead, fit_value_head, group_relative_advantages, value_loss
 from moe_swarm.swarm.voting import VoteResult, vote
 
@@ -102,6 +103,7 @@ __all__ = [
     "two_level_bootstrap_ci",
     "summarise_results",
     "StepChecker",
+    "TrunkStepChecker",
     "checker_loss",
     "encode_steps",
     "ranking_quality",

@@ -22,6 +22,8 @@ from moe_swarm.swarm.outcomes import outcome_table
 from moe_swarm.swarm.solver import PromptLike, SwarmResult, SwarmSolver, default_canonical
 from moe_swarm.swarm.voting import vote
 
+BUDGET_UNITS = ("forward_passes", "flops")  # what a compute-matched control's budget counts
+
 
 def greedy_config(max_new_tokens: int = 16) -> SwarmConfig:
     """One greedy agent, unperturbed router, a single round: plain greedy decoding."""
@@ -68,32 +70,36 @@ def independent_vote_at_budget(
     canonical: Callable[[str], str] = default_canonical,
     wave_agents: int | None = None,
     max_waves: int = 1000,
+    unit: str = "forward_passes",
 ) -> list[SwarmResult]:
-    """Independent agents + plain majority vote at (about) ``budgets[i]`` agent-forward-passes.
+    """Independent agents + plain majority vote at (about) ``budgets[i]`` of ``unit`` per problem:
+    agent-forward-passes (``"forward_passes"``, the default) or FLOPs (``"flops"``).
 
     Agents are drawn from ``cfg``'s distribution in waves of ``wave_agents`` (default
     ``cfg.num_agents``), all unfinished problems batched together, until a problem's agents have used at
-    least its budget. Then the first m agents are kept, with m the count whose total forward passes is
-    nearest to the budget (ties: fewer agents, at least one). Agents are independent, so the first m of
-    a longer run are exactly a run of m agents; the unused agents' compute is not charged.
+    least its budget. Then the first m agents are kept, with m the count whose total cost is nearest to
+    the budget (ties: fewer agents, at least one). Agents are independent, so the first m of a longer
+    run are exactly a run of m agents; the unused agents' compute is not charged.
     """
+    if unit not in BUDGET_UNITS:
+        raise ValueError(f"budget unit must be one of {BUDGET_UNITS}, got {unit!r}")
     solver = SwarmSolver(model, independent_config(cfg), tokenizer, canonical=canonical)
     ids = solver.encode(prompts)
     n = len(ids)
     if isinstance(budgets, int):
         budgets = [budgets] * n
-    budgets = [int(b) for b in budgets]
+    budgets = [float(int(b)) if unit == "forward_passes" else float(b) for b in budgets]
     if len(budgets) != n:
         raise ValueError(f"got {n} prompts but {len(budgets)} budgets")
-    if any(b < 1 for b in budgets):
-        raise ValueError(f"budgets must be >= 1 forward pass, got {budgets}")
+    if any(not b >= (1.0 if unit == "forward_passes" else 1e-300) for b in budgets):  # NaN fails too
+        raise ValueError(f"budgets must be >= 1 forward pass (or > 0 FLOPs), got {budgets}")
     if n == 0:
         return []
     solver.check_lengths(ids)
     wave = wave_agents or cfg.num_agents
     seeds = [solver.problem_seed(p) for p in ids]
     rows: list[list[ThoughtRecord]] = [[] for _ in range(n)]
-    used = torch.zeros(n, dtype=torch.long)
+    used = torch.zeros(n, dtype=torch.float64)
     flops_rows: list[list[float]] = [[] for _ in range(n)]
     proc_rows: list[list[int]] = [[] for _ in range(n)]
     active = list(range(n))
@@ -105,20 +111,22 @@ def independent_vote_at_budget(
         props = solver.propose(ids, problem_index, agents)
         scores = solver.score(props)
         records = solver.make_records(props, scores, list(range(n)), w, torch.full((len(active),), wave))
-        used.index_add_(0, problem_index, props.lengths)
+        cost = props.lengths if unit == "forward_passes" else props.flops
+        used.index_add_(0, problem_index, cost.to(torch.float64).cpu())
         fl, pr = props.flops.tolist(), props.tokens_processed.tolist()
         for j, p in enumerate(active):
             sl = slice(j * wave, (j + 1) * wave)
             rows[p].extend(records[sl])
             flops_rows[p].extend(fl[sl])
             proc_rows[p].extend(pr[sl])
-        active = [p for p in active if int(used[p]) < budgets[p]]
+        active = [p for p in active if float(used[p]) < budgets[p]]
     else:
         if active:
             raise RuntimeError(f"{len(active)} problems did not reach their budget in {max_waves} waves")
     results = []
     for p in range(n):
-        cum = torch.tensor([r.num_tokens for r in rows[p]]).cumsum(0)
+        per_agent = [float(r.num_tokens) for r in rows[p]] if unit == "forward_passes" else flops_rows[p]
+        cum = torch.tensor(per_agent, dtype=torch.float64).cumsum(0)
         m = int((cum - budgets[p]).abs().argmin()) + 1  # argmin returns the first (fewest agents) on ties
         kept = rows[p][:m]
         v = vote([r.answer for r in kept])
@@ -128,7 +136,7 @@ def independent_vote_at_budget(
                 answer=v.answer,
                 vote_share=v.share,
                 votes=v.votes,
-                forward_passes=int(cum[m - 1]),
+                forward_passes=int(sum(r.num_tokens for r in kept)),
                 flops=float(sum(flops_rows[p][:m])),
                 rounds_used=kept[-1].round + 1,
                 tokens_processed=int(sum(proc_rows[p][:m])),

@@ -5,9 +5,12 @@
   config), drawn until each problem has used its budget (normally the swarm's forward passes on it),
   plain majority vote;
 - ``CheckerVote``: the same samples, each also read once by a step checker (one forward pass each,
-  charged), the vote weighted by the product of its steps' checker probabilities.
+  charged; a checker that shares the trunk reads the samples' own hidden states and costs its head
+  only), the vote weighted by the product of its steps' checker probabilities.
 
-The budgeted controls satisfy ``BudgetedSwarm``: ``at_budget(budgets)`` gives the ``Swarm`` to run.
+The budgeted controls satisfy ``BudgetedSwarm``: ``at_budget(budgets)`` gives the ``Swarm`` to run. A
+budget counts ``unit``: forward passes (the default) or FLOPs (``unit="flops"``: as many samples as fit
+in the swarm's FLOPs, so a swarm whose checker is a full model copy is not favoured by the matching).
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from typing import Any
 import torch
 
 from moe_swarm.model import MoETransformer
-from moe_swarm.swarm.baselines import greedy_config, independent_vote_at_budget
+from moe_swarm.swarm.baselines import BUDGET_UNITS, greedy_config, independent_vote_at_budget
 from moe_swarm.swarm.checker import StepChecker, score_completions
 from moe_swarm.swarm.compute import ModelCost
 from moe_swarm.swarm.config import SwarmConfig
 from moe_swarm.swarm.policies import AnswerVote, Canonical, answer_outcome
 from moe_swarm.swarm.protocol import Compute, Swarm, SwarmOutcome
 from moe_swarm.swarm.steps import StepSwarmConfig
+from moe_swarm.swarm.trunk_checker import TrunkStepChecker, score_completions_trunk
 from moe_swarm.swarm.voting import vote
 
 
@@ -74,22 +78,26 @@ class IndependentVote:
 
     vote_unit = "answer"
 
-    def __init__(self, agents: AnswerVote) -> None:
-        self.agents = agents
+    def __init__(self, agents: AnswerVote, unit: str = "forward_passes") -> None:
+        if unit not in BUDGET_UNITS:
+            raise ValueError(f"budget unit must be one of {BUDGET_UNITS}, got {unit!r}")
+        self.agents, self.unit = agents, unit
         self._last: tuple[tuple, list[SwarmOutcome]] | None = None
 
     def at_budget(self, budgets: Sequence[float]) -> Swarm:
         return _AtBudget(self.draw, budgets)
 
     def draw(self, prompts: list[str], budgets: list[float], seed: int | None) -> list[SwarmOutcome]:
-        """Agents until each problem used its budget (fractional budgets round down, at least 1)."""
-        whole = [max(1, int(b)) for b in budgets]
+        """Agents until each problem used its budget (fractional forward-pass budgets round down, at least 1)."""
+        whole = [max(1, int(b)) for b in budgets] if self.unit == "forward_passes" else list(budgets)
         key = (tuple(prompts), tuple(whole), seed)
         if self._last is not None and self._last[0] == key:
             return self._last[1]
         a = self.agents
         cfg = a.cfg if seed is None else a.cfg.replace(seed=seed)
-        results = independent_vote_at_budget(a.model, a.tok, prompts, whole, cfg, canonical=a.canonical)
+        results = independent_vote_at_budget(
+            a.model, a.tok, prompts, whole, cfg, canonical=a.canonical, unit=self.unit
+        )
         outcomes = [answer_outcome(r) for r in results]
         self._last = (key, outcomes)
         return outcomes
@@ -98,14 +106,18 @@ class IndependentVote:
 class CheckerVote:
     """The samples of ``samples`` at the same budgets, re-voted with a step checker's weights.
 
-    Reading a sample costs one more forward pass per sample, so per problem the first m samples are
-    kept whose generation + checking forward passes are nearest the budget."""
+    Reading a sample costs the checker's forward over it, so per problem the first m samples are kept
+    whose generation + checking cost (in the samples' budget unit) is nearest the budget."""
 
     vote_unit = "answer"
 
-    def __init__(self, samples: IndependentVote, checker: StepChecker) -> None:
+    def __init__(self, samples: IndependentVote, checker: StepChecker | TrunkStepChecker) -> None:
         self.samples, self.checker = samples, checker
         self.cost = ModelCost.from_model(samples.agents.model)
+        self.trunk = bool(getattr(checker, "shares_trunk", False))
+        if self.trunk:  # the samples' own hidden states: the head is all a check costs
+            checker.bind(samples.agents.model)
+        self.check_cost = ModelCost.from_model(checker.model)
 
     def at_budget(self, budgets: Sequence[float]) -> Swarm:
         return _AtBudget(self.draw, budgets)
@@ -116,21 +128,29 @@ class CheckerVote:
 
     def _revote(self, prompt: str, records: list, budget: float) -> SwarmOutcome:
         tok = self.samples.agents.tok
-        cum = torch.tensor([x.num_tokens + 1 for x in records]).cumsum(0)
+        n_tok = torch.tensor([x.num_tokens for x in records])
+        p_len = torch.full_like(n_tok, len(tok.encode(prompt, bos=True)))
+        gen = self.cost.row_flops(p_len, n_tok)
+        if self.trunk:  # one head evaluation per step line, no forward pass
+            steps = torch.tensor([x.text.strip("\n").count("\n") + 1 for x in records], dtype=torch.float64)
+            check = steps * self.checker.head_flops()
+            fp = n_tok.to(torch.float64)
+        else:
+            check = self.check_cost.row_flops(p_len, n_tok + 1)  # the checker's teacher-forced read
+            fp = (n_tok + 1).to(torch.float64)
+        cum = (fp if self.samples.unit == "forward_passes" else gen + check).cumsum(0)
         m = int((cum - budget).abs().argmin()) + 1
         kept = records[:m]
-        probs = score_completions(self.checker, tok, prompt, [x.text for x in kept])
+        score = score_completions_trunk if self.trunk else score_completions
+        probs = score(self.checker, tok, prompt, [x.text for x in kept])
         weight = [math.prod(p) if p else 0.0 for p in probs]
         v = vote([x.answer for x in kept], weight)
-        p_len = torch.tensor([len(tok.encode(prompt, bos=True))] * m)
-        gen = self.cost.row_flops(p_len, torch.tensor([x.num_tokens for x in kept])).sum()
-        check = self.cost.row_flops(p_len, torch.tensor([x.num_tokens + 1 for x in kept])).sum()
         best = max((i for i in range(m) if kept[i].answer == v.answer), key=weight.__getitem__)
         return SwarmOutcome(
             answer=v.answer,
             text=kept[best].text,
             votes=v.votes,
-            compute=Compute(float(cum[m - 1]), float(gen + check), checker_evaluations=m),
+            compute=Compute(float(fp[:m].sum()), float((gen[:m] + check[:m]).sum()), checker_evaluations=m),
             trace=kept,
             weights=weight,
         )

@@ -10,7 +10,11 @@ order and builds the report, whose keys are read by ``moe_swarm.reporting.swarm`
 - step level (``step_level``): the step swarm at each N; controls: independent full scratchpads +
   plurality vote (``independent_majority``), the same samples voted by the step checker
   (``independent_checker``) and its best-of-N; the same swarm with other votes (ablations); and how
-  the checker and the likelihood rank the swarm's own proposals (oracle labels).
+  the checker and the likelihood rank the swarm's own proposals (oracle labels). With ``selector`` set
+  (and a checker), a ``StepSelector`` is fitted on the swarm's proposals for validation problems and the
+  swarm runs again with ``vote="selector"`` (``step_swarm_selector``). With ``match`` holding
+  ``"flops"`` the same two controls run again with as many samples as fit in the swarm's FLOPs per
+  problem (keys ``*_at_flops``); ``"forward_passes"`` is the equal-forward-pass matching.
 """
 
 from __future__ import annotations
@@ -26,14 +30,19 @@ from moe_swarm.swarm.config import SwarmConfig
 from moe_swarm.swarm.controls import CheckerVote, IndependentVote, greedy_solver, step_agents_config
 from moe_swarm.swarm.evaluation import Arm, Bootstrap, Layout, Outcomes, Pair, Row, report, run_arms
 from moe_swarm.swarm.outcomes import outcome_table
-from moe_swarm.swarm.policies import AnswerVote, make_swarm
+from moe_swarm.swarm.policies import AnswerVote, StepVote, make_swarm
 from moe_swarm.swarm.protocol import SwarmOutcome
-from moe_swarm.swarm.rollouts import label_step_rollouts
+from moe_swarm.swarm.rollouts import label_step_rollouts, validation_selector
 from moe_swarm.swarm.statistics import ranking_quality
-from moe_swarm.swarm.steps import StepSwarmConfig
+from moe_swarm.swarm.steps import StepSwarm, StepSwarmConfig
 from moe_swarm.swarm.value import ValueHead
 
-PRIMARY = ("step_swarm - greedy", "step_swarm - independent_majority")
+PRIMARY = (
+    "step_swarm - greedy",
+    "step_swarm - independent_majority",
+    "step_swarm - independent_majority_at_flops",
+)
+MATCHINGS = ("forward_passes", "flops")  # the budget units the step-level controls can be matched on
 # (row key, outcome) of a diversity row: from the swarm with that diversity, and from its control
 DIVERSITY_SWARM = [("swarm", "swarm"), ("swarm_forward_passes", "forward_passes"), ("pass_at_n", "pass_at_n")]
 DIVERSITY_SWARM += [("coverage", "coverage"), ("single_agent", "single_agent")]
@@ -47,6 +56,15 @@ STEP_CONTROL_COLUMNS += [("independent_forward_passes", "sampled", "forward_pass
 STEP_CONTROL_COLUMNS += [("independent_flops", "sampled", "flops")]
 STEP_CONTROL_COLUMNS += [("independent_checker_forward_passes", "checked", "forward_passes")]
 STEP_CONTROL_COLUMNS += [("independent_checker_flops", "checked", "flops")]
+# the same controls matched on the swarm's FLOPs (suffix _at_flops)
+FLOP_CONTROL_COLUMNS = [("independent_majority_at_flops", "sampled", "independent_majority")]
+FLOP_CONTROL_COLUMNS += [("independent_checker_at_flops", "checked", "independent_checker")]
+FLOP_CONTROL_COLUMNS += [("best_of_n_checker_at_flops", "checked", "best_of_n_checker")]
+FLOP_CONTROL_COLUMNS += [("coverage_at_flops", "sampled", "coverage")]
+FLOP_CONTROL_COLUMNS += [("independent_at_flops_forward_passes", "sampled", "forward_passes")]
+FLOP_CONTROL_COLUMNS += [("independent_at_flops_flops", "sampled", "flops")]
+FLOP_CONTROL_COLUMNS += [("independent_checker_at_flops_forward_passes", "checked", "forward_passes")]
+FLOP_CONTROL_COLUMNS += [("independent_checker_at_flops_flops", "checked", "flops")]
 
 
 @dataclass
@@ -205,10 +223,14 @@ def step_level(
 ) -> dict[str, Any]:
     """Greedy, the step swarm at every N of ``settings["agents"]`` with its controls and ablations.
 
-    ``settings``: the swarm_eval ``step_level`` keys (``agents``, ``max_new_tokens``, ``ablation_votes``)."""
+    ``settings``: the swarm_eval ``step_level`` keys (``agents``, ``max_new_tokens``, ``ablation_votes``,
+    ``match``: the budget units of the controls, default both)."""
     if not getattr(task, "scratchpad", False):
         raise ValueError("the step-level evaluation needs a scratchpad task (task kwargs scratchpad: true)")
     max_new_tokens = int(settings["max_new_tokens"])
+    match = list(dict.fromkeys(settings.get("match") or MATCHINGS))
+    if not set(match) <= set(MATCHINGS) or "forward_passes" not in match:
+        raise ValueError(f"step_level.match must hold 'forward_passes' (and may hold 'flops'), got {match}")
 
     def em(text: str, i: int) -> float:
         return float(task.score(text, problems[i].answer))
@@ -256,6 +278,16 @@ def step_level(
     arms = [Arm("greedy", greedy_solver(model, tokenizer, max_new_tokens, task.canonical), greedy_table)]
     layout = Layout(greedy=("greedy", ("greedy", "forward_passes", "flops")), grid=[], primary=PRIMARY)
     agents = sorted({int(a) for a in settings["agents"]})
+    selector, selector_info, sel_cfg = None, None, settings.get("selector")
+    if sel_cfg and checker is not None:  # fitted on the swarm's own val-item proposals, never test items
+        top = steps.replace(num_agents=agents[-1], wave_agents=min(steps.wave_agents, agents[-1]))
+        selector, selector_info = validation_selector(
+            StepSwarm(model, top, tokenizer, task, checker),
+            task,
+            int(sel_cfg["n_val"]),
+            int(sel_cfg["seed"]),
+            exclude=problems,
+        )
     for n in agents:
         cfg = steps.replace(num_agents=n, wave_agents=min(steps.wave_agents, n))
         at = {"agents": n}
@@ -271,6 +303,31 @@ def step_level(
             Pair("step_swarm - greedy", (sw, "step_swarm"), ("greedy", "greedy"), at),
             Pair("step_swarm - independent_majority", (sw, "step_swarm"), (ind, "independent_majority"), at),
         ]
+        if "flops" in match:  # as many samples as fit in the swarm's FLOPs
+            ind_f, chk_f = f"{ind} @flops", f"{chk} @flops"
+            samples_f = IndependentVote(sampled, unit="flops")
+            arms.append(Arm(ind_f, samples_f, independent_table(n), budget_from=sw, budget_unit="flops"))
+            if checker is not None:
+                chk_arm = CheckerVote(samples_f, checker)
+                arms.append(Arm(chk_f, chk_arm, checker_table, budget_from=sw, budget_unit="flops"))
+                pairs.append(
+                    Pair(
+                        "step_swarm - independent_checker_at_flops",
+                        (sw, "step_swarm"),
+                        (chk_f, "independent_checker"),
+                        at,
+                    )
+                )
+            columns += [(k, {"sampled": ind_f, "checked": chk_f}[a], o) for k, a, o in FLOP_CONTROL_COLUMNS]
+            pairs.insert(
+                2,
+                Pair(
+                    "step_swarm - independent_majority_at_flops",
+                    (sw, "step_swarm"),
+                    (ind_f, "independent_majority"),
+                    at,
+                ),
+            )
         if checker is not None:
             pairs += [
                 Pair(
@@ -281,6 +338,26 @@ def step_level(
                     "independent_majority - greedy", (ind, "independent_majority"), ("greedy", "greedy"), at
                 ),
             ]
+        if selector is not None:
+            sel = f"{sw} selector"
+            sel_swarm = StepVote(model, tokenizer, task, cfg.replace(vote="selector"), checker, selector)
+            arms.append(Arm(sel, sel_swarm, swarm_table))
+            columns += [
+                ("step_swarm_selector", sel, "step_swarm"),
+                ("step_swarm_selector_forward_passes", sel, "forward_passes"),
+                ("step_swarm_selector_flops", sel, "flops"),
+            ]
+            for other, col in (("greedy", ("greedy", "greedy")), ("step_swarm", (sw, "step_swarm"))):
+                pairs.append(Pair(f"step_swarm_selector - {other}", (sel, "step_swarm"), col, at))
+            if "flops" in match:
+                pairs.append(
+                    Pair(
+                        "step_swarm_selector - independent_majority_at_flops",
+                        (sel, "step_swarm"),
+                        (f"{ind} @flops", "independent_majority"),
+                        at,
+                    )
+                )
         for v in dict.fromkeys(settings.get("ablation_votes") or []):
             if v == cfg.vote:
                 continue
@@ -303,10 +380,21 @@ def step_level(
         per_problem[f"independent_majority@{n}"] = runs.column(f"independent N={n}", "independent_majority")
         for k in ("independent_checker", "best_of_n_checker"):
             per_problem[f"{k}@{n}"] = runs.column(f"independent + checker N={n}", k)
+        if selector is not None:
+            per_problem[f"step_swarm_selector@{n}"] = runs.column(f"step swarm N={n} selector", "step_swarm")
+        if "flops" in match:
+            per_problem[f"independent_majority_at_flops@{n}"] = runs.column(
+                f"independent N={n} @flops", "independent_majority"
+            )
+            per_problem[f"independent_checker_at_flops@{n}"] = runs.column(
+                f"independent + checker N={n} @flops", "independent_checker"
+            )
     return {
         "per_problem": per_problem,
         "steps_config": steps.to_dict(),
         "checker": checker is not None,
+        "checker_kind": None if checker is None else getattr(checker, "kind", "full"),
+        "selector": selector_info,
         "ranking": {str(n): runs.findings[f"step swarm N={n}"] for n in agents},
         **report(runs, layout, problems, boot),
     }

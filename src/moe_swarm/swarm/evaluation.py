@@ -45,7 +45,8 @@ class Bootstrap:
 class Arm:
     """One named solver of an evaluation and how its per-problem outcomes are measured.
 
-    ``budget_from``: the earlier arm whose forward passes per problem this budgeted control gets.
+    ``budget_from``: the earlier arm whose compute per problem this budgeted control gets, counted in
+    ``budget_unit`` (that arm's ``forward_passes`` or ``flops`` outcome; the control must count the same).
     ``inspect``: findings about the run that are not per problem (e.g. how a scorer ranks proposals).
     """
 
@@ -54,6 +55,7 @@ class Arm:
     measure: Callable[[list[SwarmOutcome]], Outcomes]
     budget_from: str | None = None
     inspect: Callable[[list[SwarmOutcome]], dict] | None = None
+    budget_unit: str = "forward_passes"
 
 
 @dataclass
@@ -81,7 +83,7 @@ def run_arms(arms: Sequence[Arm], prompts: Sequence[str], seed: int | None = Non
         t0 = time.perf_counter()
         solver = arm.solver
         if arm.budget_from is not None:
-            solver = solver.at_budget(runs.tables[arm.budget_from]["forward_passes"])
+            solver = solver.at_budget(runs.tables[arm.budget_from][arm.budget_unit])
         outcomes = solver.solve(list(prompts), seed)
         runs.tables[arm.name] = arm.measure(outcomes)
         if arm.inspect is not None:
@@ -217,7 +219,9 @@ def check_targets(level: dict, targets: dict) -> list[dict[str, Any]]:
     swarm = "step_swarm" if steps else "swarm"
     where = {"agents": max(c["agents"] for c in comps)} if steps else dict(level["reference"])
     out = []
-    for other, margin_key in (("greedy", "greedy_margin"), ("independent_majority", "independent_margin")):
+    others = [("greedy", "greedy_margin"), ("independent_majority", "independent_margin")]
+    others.append(("independent_majority_at_flops", "independent_margin"))  # step level, FLOP-matched
+    for other, margin_key in others:
         name = f"{swarm} - {other}"
         c = find_comparison(comps, name, **where)
         if c is None:

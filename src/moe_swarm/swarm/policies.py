@@ -17,6 +17,7 @@ from moe_swarm.model import MoETransformer
 from moe_swarm.swarm.checker import StepChecker
 from moe_swarm.swarm.config import SwarmConfig
 from moe_swarm.swarm.protocol import Compute, Swarm, SwarmOutcome
+from moe_swarm.swarm.selector import StepSelector
 from moe_swarm.swarm.solver import SwarmResult, SwarmSolver, default_canonical
 from moe_swarm.swarm.steps import StepSwarm, StepSwarmConfig, StepSwarmResult
 from moe_swarm.swarm.value import ValueHead
@@ -91,12 +92,14 @@ class StepVote:
         task,
         cfg: StepSwarmConfig,
         checker: StepChecker | None = None,
+        selector: StepSelector | None = None,
     ) -> None:
         self.model, self.tok, self.task, self.cfg, self.checker = model, tokenizer, task, cfg, checker
+        self.selector = selector
 
     def solve(self, prompts: Sequence[str], seed: int | None = None) -> list[SwarmOutcome]:
         cfg = self.cfg if seed is None else self.cfg.replace(seed=seed)
-        swarm = StepSwarm(self.model, cfg, self.tok, self.task, self.checker)
+        swarm = StepSwarm(self.model, cfg, self.tok, self.task, self.checker, selector=self.selector)
         return [step_outcome(r) for r in swarm.solve(prompts)]
 
 

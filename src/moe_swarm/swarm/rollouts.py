@@ -3,7 +3,8 @@
 Answer level (``collect_rollouts``): every record labelled by exact match; what a value-head trainer
 consumes (thought vectors, rewards and the problem each record belongs to, for group-relative
 advantages). Step level (``collect_step_rollouts``): every step proposal labelled by the task's step
-oracle; what the step checker trains on.
+oracle; what the step checker trains on, and (``validation_selector``) what the step selector is
+fitted on, from validation problems only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from moe_swarm.swarm.selector import (
+    SELECTOR_FEATURES,
+    StepSelector,
+    fit_selector,
+    selection_accuracy,
+    selector_groups,
+)
 from moe_swarm.swarm.solver import SwarmResult, SwarmSolver
 from moe_swarm.swarm.steps import StepSwarm, StepSwarmResult
 from moe_swarm.swarm.value import group_relative_advantages
@@ -140,3 +148,39 @@ def label_step_rollouts(
         steps=steps,
         answer_lines=answer_lines,
     )
+
+
+def validation_selector(
+    swarm: StepSwarm, task, n_val: int, seed: int, exclude: Sequence = ()
+) -> tuple[StepSelector | None, dict]:
+    """A ``StepSelector`` (None when no group holds a right and a wrong candidate) fitted on ``swarm``'s own proposals for ``n_val`` *validation* problems
+    (``task.generate("val", ...)``, minus the problems in ``exclude``: the items being evaluated), labelled
+    by the step oracle. Returns it with what it was fitted on and its in-sample selection accuracy
+    next to the plurality's, over the groups that hold a right and a wrong candidate."""
+    skip = {p.prompt for p in exclude if task.split_of(p) == "val"}  # only val items can collide
+    pool = task.generate("val", n_val + len(skip), seed=seed)
+    problems = [p for p in pool if p.prompt not in skip][:n_val]
+    results = swarm.solve([p.prompt for p in problems])
+    ro = label_step_rollouts(problems, results, task)
+    groups = selector_groups(results, ro.labels.tolist(), ro.groups.tolist())
+    choice = sum(1 for _, y in groups if 0 < float(y.sum()) < len(y))
+    if not choice:  # no vote where a choice could matter: nothing to fit (reported, not an error)
+        return None, {
+            "split": "val",
+            "problems": len(problems),
+            "seed": seed,
+            "groups": len(groups),
+            "choice_groups": 0,
+        }
+    selector = fit_selector(groups)
+    info = {
+        "split": "val",
+        "problems": len(problems),
+        "seed": seed,
+        "groups": len(groups),
+        "choice_groups": choice,
+        "accuracy_selector_in_sample": selection_accuracy(selector, groups),
+        "accuracy_plurality": selection_accuracy(None, groups),
+        "weights": dict(zip(SELECTOR_FEATURES, selector.linear.weight[0].tolist())),
+    }
+    return selector, info

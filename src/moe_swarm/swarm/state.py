@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from moe_swarm.store.atomic import atomic_torch_save
+from moe_swarm.atomic import atomic_torch_save
 from moe_swarm.swarm.checker import StepChecker
 from moe_swarm.swarm.config import SwarmConfig
 from moe_swarm.swarm.steps import StepSwarmConfig
+from moe_swarm.swarm.trunk_checker import TRUNK_KIND, TrunkStepChecker
 from moe_swarm.swarm.value import ValueHead
 
 SWARM_STATE_KEY = "swarm_state"
@@ -40,7 +41,7 @@ def swarm_state_dict(value_head: ValueHead | None, cfg: SwarmConfig) -> dict:
 
 
 def step_swarm_state(
-    checker: StepChecker | None, steps: StepSwarmConfig, cfg: SwarmConfig | None = None
+    checker: StepChecker | TrunkStepChecker | None, steps: StepSwarmConfig, cfg: SwarmConfig | None = None
 ) -> dict:
     """A swarm state that carries the step checker and the step-swarm config (and an answer-level config)."""
     state = swarm_state_dict(None, cfg or SwarmConfig())
@@ -53,15 +54,18 @@ def load_step_checker(
     path_or_dict: str | os.PathLike | dict,
     key: str = SWARM_STATE_KEY,
     map_location: str | torch.device = "cpu",
-) -> tuple[StepChecker | None, StepSwarmConfig | None]:
+) -> tuple[StepChecker | TrunkStepChecker | None, StepSwarmConfig | None]:
     """``(step checker or None, step-swarm config or None)`` from a swarm state (file, dict or checkpoint)."""
     state = _read_state(path_or_dict, key, map_location, True)
     steps = state.get("step_swarm")
     checker = state.get("step_checker")
-    return (
-        StepChecker.from_state(checker, map_location) if checker is not None else None,
-        StepSwarmConfig.from_dict(dict(steps)) if steps is not None else None,
-    )
+    if checker is None:
+        built = None
+    elif checker.get("kind") == TRUNK_KIND:  # a head on the generator's states (bound by the swarm)
+        built = TrunkStepChecker.from_state(checker, map_location)
+    else:
+        built = StepChecker.from_state(checker, map_location)
+    return built, StepSwarmConfig.from_dict(dict(steps)) if steps is not None else None
 
 
 def save_swarm_state(

@@ -12,7 +12,8 @@ proposal in one chunk forward.
 Each proposal goes to the shared ``ThoughtBuffer`` (thought vector, canonical step, weight,
 log-prob). Proposals are counted in waves of ``wave_agents``; after each wave the canonical step
 strings are voted on (``plurality``; ``logprob``: exp of the mean token log-prob; ``checker``:
-P(correct); ``checker_odds``: P / (1 - P)), and the winner is committed as soon as its share reaches
+P(correct); ``checker_odds``: P / (1 - P); ``selector``: a learned choice, ``moe_swarm.swarm.selector``), and
+the winner is committed as soon as its share reaches
 ``commit_share`` (early commit) or ``num_agents`` proposals are in; committing copies the winner's
 keys and values into the trajectory's cache. A winner whose share is below ``confident_share`` (a
 split vote) or whose checker probability is below ``checker_threshold`` (a failed check) triggers
@@ -23,12 +24,12 @@ position is excluded). The trajectory stops at the answer line.
 Compute (see ``moe_swarm.swarm.compute``): forward passes count (row, forward) evaluations: one per
 prompt prefill (generator, and checker when there is one), one per fed step token of every proposal,
 and one checker chunk forward per proposal; FLOPs add prefill, decode with attention over the cached
-prefix, the checker's chunk and head; ``checker_evaluations`` counts checker calls.
+prefix, the checker's chunk and head; ``checker_evaluations`` counts checker calls. A checker that shares
+the generator's trunk (``moe_swarm.swarm.trunk_checker``) keeps no cache and costs only its head.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import zlib
 from collections.abc import Sequence
@@ -44,63 +45,11 @@ from moe_swarm.swarm.agents import SEED_LIMIT, mix_seed
 from moe_swarm.swarm.buffer import ThoughtBuffer, ThoughtRecord
 from moe_swarm.swarm.checker import StepChecker
 from moe_swarm.swarm.compute import ModelCost
+from moe_swarm.swarm.selector import StepSelector
 from moe_swarm.swarm.solver import embedding_scale, normalise_thoughts
-from moe_swarm.swarm.voting import vote
-
-STEP_VOTES = ("plurality", "logprob", "checker", "checker_odds")
-
-
-@dataclass
-class StepSwarmConfig:
-    """Settings of the step-level swarm (see the module docstring)."""
-
-    num_agents: int = 16
-    wave_agents: int = 4
-    temperature: tuple = (0.5, 1.0)
-    vote: str = "plurality"
-    commit_share: float = 0.75
-    confident_share: float = 0.5
-    checker_threshold: float = 0.5
-    max_backtracks: int = 0
-    max_step_tokens: int = 16
-    max_steps: int = 24
-    max_batch_rows: int = 2048
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        t = self.temperature
-        self.temperature = tuple(float(x) for x in (t if isinstance(t, (list, tuple)) else [t]))
-        if self.vote not in STEP_VOTES:
-            raise ValueError(f"StepSwarmConfig.vote={self.vote!r} is not one of {STEP_VOTES}")
-        for name in ("num_agents", "wave_agents", "max_step_tokens", "max_steps", "max_batch_rows"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"StepSwarmConfig.{name} must be an integer >= 1, got {v!r}")
-        if self.wave_agents > self.num_agents:
-            raise ValueError(f"wave_agents ({self.wave_agents}) must be <= num_agents ({self.num_agents})")
-        if self.max_backtracks < 0:
-            raise ValueError(f"max_backtracks must be >= 0, got {self.max_backtracks}")
-        if not self.temperature or any(not math.isfinite(x) or x < 0 for x in self.temperature):
-            raise ValueError(f"temperatures must be finite and >= 0, got {self.temperature}")
-
-    def replace(self, **changes) -> StepSwarmConfig:
-        """A copy with some fields changed (validated)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        from dataclasses import asdict
-
-        d = asdict(self)
-        d["temperature"] = list(self.temperature)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> StepSwarmConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown StepSwarmConfig keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**data)
+from moe_swarm.swarm.step_config import STEP_VOTES as STEP_VOTES  # re-exported: it lived here
+from moe_swarm.swarm.step_config import StepSwarmConfig
+from moe_swarm.swarm.voting import VoteResult, vote
 
 
 @dataclass
@@ -181,7 +130,12 @@ class StepSwarm:
         task,
         checker: StepChecker | None = None,
         buffer: ThoughtBuffer | None = None,
+        selector: StepSelector | None = None,
     ) -> None:
+        if cfg.vote == "selector" and selector is None:
+            raise ValueError(
+                "vote='selector' needs a fitted StepSelector (moe_swarm.swarm.selector.fit_selector)"
+            )
         if cfg.vote.startswith("checker") and checker is None:
             raise ValueError(
                 "vote='checker' needs a trained StepChecker; train one with moe-swarm-swarm-train"
@@ -191,6 +145,11 @@ class StepSwarm:
                 f"checker d_model={checker.d_model} does not match the model's {model.cfg.d_model}"
             )
         self.model, self.cfg, self.tok, self.task, self.checker = model, cfg, tokenizer, task, checker
+        self.selector = selector
+        # a checker that shares the generator's trunk reads the decoded states: no cache, no forward pass
+        self.trunk = bool(getattr(checker, "shares_trunk", False))
+        if self.trunk:
+            checker.bind(model)
         self.buffer = buffer if buffer is not None else ThoughtBuffer()
         self.cost = ModelCost.from_model(model)
         sep = tokenizer.encode(STEP_SEPARATOR)
@@ -214,7 +173,7 @@ class StepSwarm:
             out = extend(model, cache, ids)
             flops = float(self.cost.row_flops(torch.tensor([n]), torch.tensor([1]))[0])
             ccache = None
-            if self.checker is not None:
+            if self.checker is not None and not self.trunk:
                 ccache = KVCache(self.checker.model.cfg, len(group), n, dev, group[0].cache.dtype)
                 extend(self.checker.model, ccache, ids)
             for i, t in enumerate(group):
@@ -265,7 +224,9 @@ class StepSwarm:
         tokens, lengths = decoded.tokens.cpu(), decoded.lengths
         probs = torch.full((rows,), math.nan)
         ccache = None
-        if self.checker is not None:  # one chunk forward over each proposal, from the checker's own cache
+        if self.trunk:  # the head reads the hidden states and log-probs decoding just produced
+            probs = self.checker.score_decoded(decoded, lengths).cpu()
+        elif self.checker is not None:  # one chunk forward over each proposal, from the checker's own cache
             width = int(lengths.max())
             ccache = group[0].checker_cache.fork(traj_rows, width, length)
             probs = self.checker.score_chunk(ccache, tokens[:, :width].to(dev), lengths).cpu()
@@ -300,7 +261,10 @@ class StepSwarm:
             t.forward_passes += n
             t.tokens_processed += n
             t.flops += flops[r]
-            if self.checker is not None:
+            if self.trunk:
+                t.checks += 1
+                t.flops += self.checker.head_flops(n)
+            elif self.checker is not None:
                 t.checks += 1
                 t.forward_passes += 1
                 t.tokens_processed += n
@@ -323,7 +287,10 @@ class StepSwarm:
         """After a wave: commit, ask for another wave, or backtrack."""
         cfg = self.cfg
         pool = [p for p in t.pool if p.step not in t.banned] or t.pool
-        v = vote([p.step for p in pool], [self.weight(p) for p in pool])
+        if cfg.vote == "selector":  # the learned choice among the candidates; its probability is the share
+            v = VoteResult(*self.selector.select(pool))
+        else:
+            v = vote([p.step for p in pool], [self.weight(p) for p in pool])
         attempt_props = [p for p in t.pool if p.attempt == t.attempt]
         if v.share < cfg.commit_share and len(attempt_props) < cfg.num_agents:
             return  # no early commit yet: another wave
@@ -398,7 +365,7 @@ class StepSwarm:
             return []
         cache = KVCache(model.cfg, len(encoded), max_len, dev, dtype)  # one row per trajectory
         checker_cache = None
-        if self.checker is not None:
+        if self.checker is not None and not self.trunk:
             checker_cache = KVCache(self.checker.model.cfg, len(encoded), max_len, dev, dtype)
         trajs = [
             _Trajectory(

@@ -13,8 +13,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from moe_swarm.atomic import atomic_write_text
 from moe_swarm.errors import UserError
-from moe_swarm.store.atomic import atomic_write_text
 from moe_swarm.store.checkpoint import CheckpointError, load_checkpoint
 
 # DataModules moved from moe_swarm.data to moe_swarm.training; run configs in older checkpoints name the old path.

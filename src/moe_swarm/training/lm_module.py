@@ -15,10 +15,12 @@ from torchmetrics import MeanMetric
 from moe_swarm.data.tasks import get_task, greedy_exact_match
 from moe_swarm.data.tokenizer import ByteTokenizer
 from moe_swarm.hf.tokenizer_files import checkpoint_tokenizer
+from moe_swarm.model.router import balance_loss, dead_experts, load_cv, max_over_mean
 from moe_swarm.model.transformer import ModelOutput, MoETransformer, TransformerConfig
 from moe_swarm.scale.parallel.config import ParallelConfig, ParallelConfigError
 
 LN2 = math.log(2.0)
+BALANCE_SCOPES = ("micro", "global")
 
 
 def _plain(value: Any) -> Any:
@@ -45,6 +47,15 @@ class MoELanguageModel(L.LightningModule):
     (each averaged over MoE layers). In ``sigmoid_bias`` routing, router biases are updated after
     every optimizer step from token counts summed across ranks. Validation reports loss,
     bits-per-byte and perplexity; with a ``task`` it also reports greedy exact match.
+
+    ``balance_scope``: ``micro`` computes the balance loss's expert fractions f on each micro-batch
+    of each rank (Switch); ``global`` on the global batch (Qwen 2025, "global-batch load
+    balancing"): routed counts are all-reduced over every rank (data-parallel and expert-parallel
+    alike) and accumulated over the micro-batches of the optimizer step, the running sum as in
+    Megatron-LM's ``global_aux_loss`` (micro-batch m sees micro-batches 1..m; the last sees them
+    all). P keeps the local gradient. Router health (per MoE layer, ``router/layer{i}/...``): dead
+    experts (no token over the last ``health_window`` optimizer steps, all ranks), routing entropy,
+    the coefficient of variation and the max/mean ratio of the step's load.
     """
 
     def __init__(
@@ -62,8 +73,14 @@ class MoELanguageModel(L.LightningModule):
         eval_max_new_tokens: int = 16,
         eval_batch_size: int = 128,
         parallel: dict | DictConfig | None = None,
+        balance_scope: str = "micro",
+        health_window: int = 100,
     ) -> None:
         super().__init__()
+        if balance_scope not in BALANCE_SCOPES:
+            raise ValueError(f"module.balance_scope must be one of {BALANCE_SCOPES}, got {balance_scope!r}")
+        if health_window < 1:
+            raise ValueError(f"module.health_window must be >= 1, got {health_window}")
         model = _plain(model)
         task = _plain(eval_task)
         # model.init_from=DIR: architecture from DIR/config.json, weights and tokenizer from the folder.
@@ -73,9 +90,10 @@ class MoELanguageModel(L.LightningModule):
             init_from = model.pop("init_from")
         hf_meta = None
         if init_from:
-            from moe_swarm.hf.init_from import init_model
+            from moe_swarm.hf.init_from import init_model_deferred
 
-            net, hf_meta = init_model(init_from, model)
+            # Built on the meta device and checked here; configure_model fills it (each rank its slices).
+            net, hf_meta = init_model_deferred(init_from, model)
             model = net.cfg.to_dict()
         else:
             # Strict: a misspelt key (``+model.num_expert=16``) fails here, before any training.
@@ -92,11 +110,14 @@ class MoELanguageModel(L.LightningModule):
                 "eval_problems": eval_problems,
                 "eval_max_new_tokens": eval_max_new_tokens,
                 "eval_batch_size": eval_batch_size,
+                "balance_scope": balance_scope,
+                "health_window": health_window,
             }
         )
         if hf_meta is not None:  # checkpoints carry the family and tokenizer (export, inference)
             self.hparams["hf"] = hf_meta
         self.model = net
+        self._init_from = str(init_from) if init_from else None  # weights still to read (meta model)
         # Layout under trainer=model_parallel (FSDP2 + expert parallel); checked against the model now.
         self.parallel = ParallelConfig.from_dict(_plain(parallel))
         if self.model.moe_layers:
@@ -112,6 +133,12 @@ class MoELanguageModel(L.LightningModule):
         # Token counts since the last optimizer step (bias update) and over validation (heatmap).
         self.register_buffer("_step_counts", torch.zeros(n_moe, e), persistent=False)
         self.register_buffer("val_expert_counts", torch.zeros(n_moe, e), persistent=False)
+        # Global-batch balance: routed counts summed over ranks and the step's micro-batches so far.
+        self.register_buffer("balance_counts", torch.zeros(n_moe, e), persistent=False)
+        # Router health: kept counts (all ranks) per optimizer step, a ring over health_window steps.
+        self.register_buffer("_health_counts", torch.zeros(health_window, n_moe, e), persistent=False)
+        self._health_step = -1
+        self._moe_layer_ids = [i for i, b in enumerate(self.model.blocks) if b.is_moe]
         self.train_expert_counts = torch.zeros(n_moe, e)
         self._train_seq_len: int | None = None  # for mfu()
 
@@ -136,6 +163,11 @@ class MoELanguageModel(L.LightningModule):
                 f"module.parallel.expert_parallel_size={self.parallel.expert_parallel_size} needs "
                 "trainer=model_parallel (Lightning's ModelParallelStrategy); this trainer has no device mesh"
             )
+        if self._init_from is not None:  # model.init_from: read the weights once the layout is known
+            from moe_swarm.hf.parallel_load import load_local_shards
+
+            load_local_shards(self.model, self._init_from, device=self.device)
+            self._init_from = None
 
     def configure_gradient_clipping(
         self,
@@ -180,20 +212,32 @@ class MoELanguageModel(L.LightningModule):
         seq_len = self._train_seq_len or self.model.cfg.max_seq_len
         return tokens_per_s * self.model.train_flops_per_token(seq_len) / peak_flops
 
-    def _shared_step(self, batch: dict[str, Tensor]) -> tuple[ModelOutput, Tensor]:
+    def _shared_step(self, batch: dict[str, Tensor], train: bool = False) -> tuple[ModelOutput, Tensor]:
         out = self(
             batch["input_ids"], batch["targets"], batch.get("attention_mask"), batch.get("document_ids")
         )
-        loss = (
-            out.loss
-            + self.hparams.aux_loss_coef * out.load_balance_loss
-            + self.hparams.z_loss_coef * out.z_loss
-        )
+        balance = out.load_balance_loss
+        if train and out.aux and self.hparams.get("balance_scope", "micro") == "global":
+            balance = self.global_balance_loss(out)
+        loss = out.loss + self.hparams.aux_loss_coef * balance + self.hparams.z_loss_coef * out.z_loss
         return out, loss
+
+    def global_balance_loss(self, out: ModelOutput) -> Tensor:
+        """The balance loss with f over the global batch (``balance_scope=global``), mean over layers.
+
+        Adds this micro-batch's routed counts, summed over all ranks, to ``balance_counts`` (reset at
+        each optimizer step); one all-reduce of an (L, E) tensor per micro-batch.
+        """
+        local = torch.stack([a.routed_counts for a in out.aux]).detach().float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            local = self.trainer.strategy.reduce(local.clone(), reduce_op="sum")
+        self.balance_counts += local
+        probs = torch.stack([a.mean_probs for a in out.aux])
+        return balance_loss(self.balance_counts, probs).mean()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         self._train_seq_len = batch["input_ids"].shape[1]
-        out, loss = self._shared_step(batch)
+        out, loss = self._shared_step(batch, train=True)
         bs = batch["input_ids"].shape[0]
         means = {"train/loss": out.loss.detach(), "train/total_loss": loss.detach()}
         counts = None
@@ -209,6 +253,8 @@ class MoELanguageModel(L.LightningModule):
                     "router/dropped_frac": torch.stack([a.dropped_frac for a in out.aux]).mean(),
                 }
             )
+            for layer, a in zip(self._moe_layer_ids, out.aux):
+                means[f"router/layer{layer}/entropy"] = a.entropy
         metrics = self._global_train_metrics(means, counts)
         self.log("train/loss", metrics.pop("train/loss"), prog_bar=True, batch_size=bs)
         self.log_dict(metrics, batch_size=bs)
@@ -232,7 +278,25 @@ class MoELanguageModel(L.LightningModule):
         out = dict(zip(names, flat[: len(names)]))
         if counts is not None:
             total = flat[len(names) :].reshape(counts.shape)
-            out["router/load_max_over_mean"] = (total.amax(dim=1) / total.mean(dim=1).clamp_min(1e-9)).mean()
+            out["router/load_max_over_mean"] = max_over_mean(total).mean()
+            out.update(self._router_health(total))
+        return out
+
+    def _router_health(self, total: Tensor) -> dict[str, Tensor]:
+        """Per-layer load statistics of this micro-batch's global counts, and dead experts over the window."""
+        step = self.global_step
+        window = self._health_counts
+        if step != self._health_step:  # first micro-batch of a new optimizer step: reuse the oldest slot
+            window[step % window.shape[0]].zero_()
+            self._health_step = step
+        window[step % window.shape[0]] += total.to(window.device)
+        dead = dead_experts(window.sum(0))
+        cv, ratio = load_cv(total), max_over_mean(total)
+        out = {"router/dead_experts": dead.sum().float()}
+        for i, layer in enumerate(self._moe_layer_ids):
+            out[f"router/layer{layer}/dead_experts"] = dead[i].float()
+            out[f"router/layer{layer}/load_cv"] = cv[i]
+            out[f"router/layer{layer}/max_over_mean"] = ratio[i]
         return out
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -246,6 +310,7 @@ class MoELanguageModel(L.LightningModule):
             for layer, c in zip(layers, counts):
                 layer.router.update_bias(c, self.hparams.bias_update_gamma)
         self._step_counts.zero_()
+        self.balance_counts.zero_()
 
     # ---- validation -------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -41,6 +41,8 @@ class LanguageModelObjective:
             "mfu": o.module.mfu(tput.mean_tokens_per_s) if tput and tput.seconds > 0 else None,
             "params": {"total": pc.total, "active": pc.active, "embedding": pc.embedding},
             "load_max_over_mean": o.end.get("router/load_max_over_mean"),
+            # Experts (summed over MoE layers) that got no token over the last module.health_window steps.
+            "dead_experts": o.end.get("router/dead_experts"),
             "plots": str(heat.dirpath) if heat and heat.last_path else None,
         }
 

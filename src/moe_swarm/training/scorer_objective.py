@@ -18,7 +18,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from moe_swarm.store.atomic import atomic_torch_save
+from moe_swarm.atomic import atomic_torch_save
 from moe_swarm.store.checkpoint import load_model, save_model_checkpoint
 from moe_swarm.store.layout import RunLayout
 from moe_swarm.training.run import FitOutcome

@@ -15,12 +15,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from moe_swarm.data.tasks import Task, get_task
+from moe_swarm.data.tasks import Task, task_from_spec
 from moe_swarm.store.checkpoint import load_checkpoint
 from moe_swarm.swarm import (
     StepChecker,
     StepSwarmConfig,
     SwarmConfig,
+    TrunkStepChecker,
     ValueHead,
     step_swarm_state,
     swarm_state_dict,
@@ -28,6 +29,8 @@ from moe_swarm.swarm import (
 from moe_swarm.training.answer_labels import AnswerLabels
 from moe_swarm.training.scorer_module import ScorerModule
 from moe_swarm.training.step_labels import StepLabels
+
+CHECKER_KINDS = ("full", "trunk")  # a fine-tuned model copy + head | a head on the generator's states
 
 # Rollouts keep every round of every problem: early exit would drop the later (harder) records.
 DEFAULT_ROLLOUT_OVERRIDES = {"early_exit_share": 2.0}
@@ -37,16 +40,16 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
-def task_from(task: dict | None, checkpoint_task: dict | None, checkpoint: str) -> tuple[Task, dict]:
+def task_from(task: str | dict | None, checkpoint_task: dict | None, checkpoint: str) -> tuple[Task, dict]:
     """The reasoning task to train/evaluate on: ``task`` if given, else the checkpoint's own task."""
     spec = _plain(task) or checkpoint_task
     if not spec:
         raise ValueError(
             f"{checkpoint} names no reasoning task (it was not a task run); "
-            "pass task={name: mul, kwargs: {digits_a: 3, digits_b: 2}} or train with experiment=reasoning_swarm"
+            "pass task=mul, task=package.module:Class or task={name: ..., kwargs: {...}}, "
+            "or train with experiment=reasoning_swarm"
         )
-    spec = {"name": str(spec["name"]), "kwargs": dict(spec.get("kwargs") or {})}
-    return get_task(spec["name"], **spec["kwargs"]), spec
+    return task_from_spec(spec)  # a built-in name or a package.module:Class plug-in
 
 
 class ValueHeadTraining:
@@ -132,8 +135,9 @@ class ValueHeadTraining:
 
 
 class StepCheckerTraining:
-    """The step checker (``moe_swarm.swarm.StepChecker``: a copy of the backbone + a head) on
-    oracle-labelled step proposals. The generator itself stays frozen and is saved unchanged under
+    """The step checker on oracle-labelled step proposals: ``kind="full"`` (``moe_swarm.swarm.StepChecker``:
+    a fine-tuned copy of the backbone + a head) or ``kind="trunk"`` (``TrunkStepChecker``: a head on the
+    frozen generator's own hidden states, which the swarm reads from decoding at no forward pass). The generator itself stays frozen and is saved unchanged under
     ``model.`` (so the checkpoint is a model checkpoint), the checker under ``checker.``; the swarm
     state written with it carries the checker (``step_checker``) and the step-swarm config ``steps``.
     """
@@ -157,9 +161,13 @@ class StepCheckerTraining:
         backbone_lr: float = 1e-3,
         weight_decay: float = 0.0,
         pos_weight: float | None = None,
+        kind: str = "full",
     ) -> None:
+        if kind not in CHECKER_KINDS:
+            raise ValueError(f"module.kind must be one of {CHECKER_KINDS}, got {kind!r}")
         self.checkpoint, self.task, self.steps = str(checkpoint), task, steps
         self.hparams = {
+            "kind": kind,
             "hidden": hidden,
             "lr": lr,
             "backbone_lr": backbone_lr,
@@ -176,7 +184,10 @@ class StepCheckerTraining:
                 "base model with experiment=reasoning_steps (task_kwargs.scratchpad=true)"
             )
         model = loaded.model.requires_grad_(False)
-        checker = StepChecker(copy.deepcopy(loaded.model).requires_grad_(True), self.hparams["hidden"])
+        if self.hparams["kind"] == "trunk":  # a head on the frozen generator's own states: no copy
+            checker = TrunkStepChecker(model.cfg.d_model, self.hparams["hidden"]).bind(model)
+        else:
+            checker = StepChecker(copy.deepcopy(loaded.model).requires_grad_(True), self.hparams["hidden"])
         steps_cfg = StepSwarmConfig.from_dict(dict(_plain(self.steps) or {}))
         labels = StepLabels(model, task)
         hparams = {

@@ -204,7 +204,9 @@ class TokenDataModule(L.LightningDataModule):
         self._require_setup()
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, batch_size=self.batch_size, **_worker_kwargs(self.num_workers))
+        # val_windows sequences read from memory-mapped shards: worker processes would take longer to
+        # start (a spawned interpreter each, per rank, per validation) than they save.
+        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=0)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "sequences" in batch and self.train_loader is not None:

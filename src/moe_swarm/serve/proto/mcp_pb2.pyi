@@ -22,6 +22,7 @@ class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRAINING: _ClassVar[JobKind]
     BENCHMARK: _ClassVar[JobKind]
     EVALUATION: _ClassVar[JobKind]
+    SWEEP: _ClassVar[JobKind]
 JOB_STATE_UNSPECIFIED: JobState
 PENDING: JobState
 RUNNING: JobState
@@ -32,6 +33,7 @@ JOB_KIND_UNSPECIFIED: JobKind
 TRAINING: JobKind
 BENCHMARK: JobKind
 EVALUATION: JobKind
+SWEEP: JobKind
 
 class TrainRequest(_message.Message):
     __slots__ = ("config_path", "overrides", "run_id", "request_id", "priority")
@@ -76,7 +78,7 @@ class BenchmarkResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[BenchmarkResult, _Mapping]]] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("prompt", "max_new_tokens", "agents", "rounds", "temperature", "seed", "model_id", "mode")
+    __slots__ = ("prompt", "max_new_tokens", "agents", "rounds", "temperature", "seed", "model_id", "mode", "messages")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     AGENTS_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +87,7 @@ class InferRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     max_new_tokens: int
     agents: int
@@ -93,7 +96,26 @@ class InferRequest(_message.Message):
     seed: int
     model_id: str
     mode: str
-    def __init__(self, prompt: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., agents: _Optional[int] = ..., rounds: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., model_id: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    def __init__(self, prompt: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., agents: _Optional[int] = ..., rounds: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., model_id: _Optional[str] = ..., mode: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class InferChunk(_message.Message):
+    __slots__ = ("text", "tokens", "final")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    tokens: int
+    final: InferResponse
+    def __init__(self, text: _Optional[str] = ..., tokens: _Optional[int] = ..., final: _Optional[_Union[InferResponse, _Mapping]] = ...) -> None: ...
 
 class InferResponse(_message.Message):
     __slots__ = ("output", "vote_share", "votes", "forward_passes", "generated_tokens", "flops", "rounds_used", "agents", "model_id", "batch_size", "steps", "default_model_source", "default_model_notice")
@@ -546,3 +568,65 @@ class ListRunsResponse(_message.Message):
     RUNS_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[RunSummary]
     def __init__(self, runs: _Optional[_Iterable[_Union[RunSummary, _Mapping]]] = ...) -> None: ...
+
+class SweepRequest(_message.Message):
+    __slots__ = ("config_path", "params", "overrides", "search", "trials", "sweep_id", "request_id", "priority")
+    CONFIG_PATH_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    SWEEP_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    config_path: str
+    params: _containers.RepeatedScalarFieldContainer[str]
+    overrides: _containers.RepeatedScalarFieldContainer[str]
+    search: str
+    trials: int
+    sweep_id: str
+    request_id: str
+    priority: int
+    def __init__(self, config_path: _Optional[str] = ..., params: _Optional[_Iterable[str]] = ..., overrides: _Optional[_Iterable[str]] = ..., search: _Optional[str] = ..., trials: _Optional[int] = ..., sweep_id: _Optional[str] = ..., request_id: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+
+class SweepTrial(_message.Message):
+    __slots__ = ("number", "run_id", "overrides", "metric", "value", "status", "global_step", "checkpoint")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    run_id: str
+    overrides: _containers.RepeatedScalarFieldContainer[str]
+    metric: str
+    value: float
+    status: str
+    global_step: int
+    checkpoint: str
+    def __init__(self, number: _Optional[int] = ..., run_id: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., metric: _Optional[str] = ..., value: _Optional[float] = ..., status: _Optional[str] = ..., global_step: _Optional[int] = ..., checkpoint: _Optional[str] = ...) -> None: ...
+
+class SweepResults(_message.Message):
+    __slots__ = ("job_id", "job", "sweep_id", "search", "metric", "mode", "trials", "best", "markdown")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    SWEEP_ID_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    BEST_FIELD_NUMBER: _ClassVar[int]
+    MARKDOWN_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    job: Job
+    sweep_id: str
+    search: str
+    metric: str
+    mode: str
+    trials: _containers.RepeatedCompositeFieldContainer[SweepTrial]
+    best: int
+    markdown: str
+    def __init__(self, job_id: _Optional[str] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., sweep_id: _Optional[str] = ..., search: _Optional[str] = ..., metric: _Optional[str] = ..., mode: _Optional[str] = ..., trials: _Optional[_Iterable[_Union[SweepTrial, _Mapping]]] = ..., best: _Optional[int] = ..., markdown: _Optional[str] = ...) -> None: ...

@@ -124,6 +124,21 @@ class MCPControlStub:
                 request_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.DeleteRunRequest.SerializeToString,
                 response_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.DeleteRunResponse.FromString,
                 _registered_method=True)
+        self.StreamInference = channel.unary_stream(
+                '/mcp.MCPControl/StreamInference',
+                request_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.InferRequest.SerializeToString,
+                response_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.InferChunk.FromString,
+                _registered_method=True)
+        self.StartSweep = channel.unary_unary(
+                '/mcp.MCPControl/StartSweep',
+                request_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.SweepRequest.SerializeToString,
+                response_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetSweepResults = channel.unary_unary(
+                '/mcp.MCPControl/GetSweepResults',
+                request_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.SweepResults.FromString,
+                _registered_method=True)
 
 
 class MCPControlServicer:
@@ -258,6 +273,31 @@ class MCPControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamInference(self, request, context):
+        """Streams one continuation of a prompt as it is decoded (one agent, no vote: the swarm's answer exists
+        only after its vote, see RunInference). Same checks and errors as RunInference; the last message
+        carries the whole answer in `final`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartSweep(self, request, context):
+        """A Hydra sweep (a grid over `params`) or the Optuna search (hparams_search=optuna) as ONE job of kind
+        SWEEP: `moe-swarm-train -m` in one child; each trial is a run <sweep_id>-<n>. Queued like training.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSweepResults(self, request, context):
+        """The results table of a sweep job: per trial its swept overrides, objective value and status (also
+        while it runs), and the best trial.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MCPControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -350,6 +390,21 @@ def add_MCPControlServicer_to_server(servicer, server):
                     servicer.DeleteRun,
                     request_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.DeleteRunRequest.FromString,
                     response_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.DeleteRunResponse.SerializeToString,
+            ),
+            'StreamInference': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamInference,
+                    request_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.InferRequest.FromString,
+                    response_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.InferChunk.SerializeToString,
+            ),
+            'StartSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartSweep,
+                    request_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.SweepRequest.FromString,
+                    response_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.Job.SerializeToString,
+            ),
+            'GetSweepResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSweepResults,
+                    request_deserializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetJobRequest.FromString,
+                    response_serializer=moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.SweepResults.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -838,6 +893,87 @@ class MCPControl:
             '/mcp.MCPControl/DeleteRun',
             moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.DeleteRunRequest.SerializeToString,
             moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.DeleteRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamInference(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mcp.MCPControl/StreamInference',
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.InferRequest.SerializeToString,
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.InferChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp.MCPControl/StartSweep',
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.SweepRequest.SerializeToString,
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSweepResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp.MCPControl/GetSweepResults',
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.GetJobRequest.SerializeToString,
+            moe__swarm_dot_serve_dot_proto_dot_mcp__pb2.SweepResults.FromString,
             options,
             channel_credentials,
             insecure,
