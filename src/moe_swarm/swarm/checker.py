@@ -17,7 +17,7 @@ completions (``score_sequences``) serves training and the compute-matched contro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -151,14 +151,19 @@ def checker_loss(logits: Tensor, labels: Tensor, pos_weight: float | None = None
 
 
 @torch.no_grad()
-def score_completions(
-    checker: StepChecker, tokenizer, prompt: str, completions: Sequence[str]
+def score_completion_steps(
+    model: MoETransformer,
+    span_features: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor],
+    logits_of: Callable[[Tensor], Tensor],
+    tokenizer,
+    prompt: str,
+    completions: Sequence[str],
 ) -> list[list[float]]:
     """P(correct) of every step of each written completion (e.g. an independent sample), teacher-forced:
-    each completion is read once as ``[BOS] + prompt + completion + [EOS]`` in one batched forward."""
+    each completion is read once as ``[BOS] + prompt + completion + [EOS]`` in one batched forward of
+    ``model``; ``span_features(hidden, logits, idx, starts, ends)`` and ``logits_of`` are the scorer's."""
     if not completions:
         return []
-    model = checker.model
     dev = next(model.parameters()).device
     sep = tokenizer.encode(STEP_SEPARATOR)[0]
     prompt_ids = tokenizer.encode(prompt, bos=True)
@@ -181,13 +186,22 @@ def score_completions(
     out: list[list[float]] = [[] for _ in seqs]
     if rows:
         r = torch.tensor(rows, device=dev)
-        feats = _span_features(
+        feats = span_features(
             hidden[r].float(),
             logits[r],
             idx[r],
             torch.tensor(starts, device=dev),
             torch.tensor(ends, device=dev),
         )
-        for i, p in zip(rows, torch.sigmoid(checker.logits_of(feats)).cpu().tolist(), strict=True):
+        for i, p in zip(rows, torch.sigmoid(logits_of(feats)).cpu().tolist(), strict=True):
             out[i].append(p)
     return out
+
+
+def score_completions(
+    checker: StepChecker, tokenizer, prompt: str, completions: Sequence[str]
+) -> list[list[float]]:
+    """P(correct) of every step of each written completion, read by the checker's own model copy."""
+    return score_completion_steps(
+        checker.model, _span_features, checker.logits_of, tokenizer, prompt, completions
+    )

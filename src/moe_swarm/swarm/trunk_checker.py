@@ -22,9 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from moe_swarm.data.tasks import STEP_SEPARATOR
 from moe_swarm.model import MoETransformer
-from moe_swarm.swarm.checker import pad_rows, step_features
+from moe_swarm.swarm.checker import score_completion_steps, step_features
 
 TRUNK_KIND = "trunk"
 
@@ -130,44 +129,11 @@ class TrunkStepChecker(nn.Module):
         return checker.to(map_location).eval()
 
 
-@torch.no_grad()
 def score_completions_trunk(
     checker: TrunkStepChecker, tokenizer, prompt: str, completions: Sequence[str]
 ) -> list[list[float]]:
     """P(correct) of every step of each written completion, teacher-forced through the bound generator
     (the hidden states independent sampling computed; recomputed here because that solver drops them)."""
-    if not completions:
-        return []
-    model = checker.model
-    dev = next(model.parameters()).device
-    sep = tokenizer.encode(STEP_SEPARATOR)[0]
-    prompt_ids = tokenizer.encode(prompt, bos=True)
-    seqs = [
-        (prompt_ids + tokenizer.encode(c.strip("\n"), eos=True))[: model.cfg.max_seq_len] for c in completions
-    ]
-    idx, mask = pad_rows(seqs, tokenizer.PAD)
-    idx, mask = idx.to(dev), mask.to(dev)
-    out = model(idx, pad_mask=mask, with_aux=False, last_only=True)
-    logits = model.lm_head(out.hidden)
-    rows, starts, ends = [], [], []
-    for i, s in enumerate(seqs):
-        start = len(prompt_ids)
-        for pos in range(len(prompt_ids), len(s)):
-            if s[pos] in (sep, tokenizer.EOS):
-                rows.append(i)
-                starts.append(start)
-                ends.append(pos)
-                start = pos + 1
-    result: list[list[float]] = [[] for _ in seqs]
-    if rows:
-        r = torch.tensor(rows, device=dev)
-        feats = span_trunk_features(
-            out.hidden[r].float(),
-            logits[r],
-            idx[r],
-            torch.tensor(starts, device=dev),
-            torch.tensor(ends, device=dev),
-        )
-        for i, p in zip(rows, torch.sigmoid(checker.logits_of(feats)).cpu().tolist(), strict=True):
-            result[i].append(p)
-    return result
+    return score_completion_steps(
+        checker.model, span_trunk_features, checker.logits_of, tokenizer, prompt, completions
+    )
