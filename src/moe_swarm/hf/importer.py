@@ -17,7 +17,7 @@ import torch
 from moe_swarm.hf.families import HFError, config_from_hf
 from moe_swarm.hf.safetensors_io import ShardReader
 from moe_swarm.hf.tokenizer_files import read_tokenizer_files
-from moe_swarm.hf.weights import expected_hf_shape, is_fused_layout, place, weight_plan
+from moe_swarm.hf.weights import Slot, expected_hf_shape, is_fused_layout, place, weight_plan
 from moe_swarm.model.config import TransformerConfig
 from moe_swarm.model.transformer import MoETransformer, rope_tables
 from moe_swarm.store.checkpoint import save_model_checkpoint
@@ -59,6 +59,32 @@ def tensor_files(folder: Path) -> dict[str, Path]:
     return dict.fromkeys(ShardReader(single).keys(), single)
 
 
+def plan_folder(
+    folder: Path, model_type: str, cfg: TransformerConfig, state: dict[str, Any]
+) -> tuple[list[str], dict[str, Slot], dict[str, ShardReader]]:
+    """The HF tensors to read (names), where each goes (the weight plan) and a header reader per tensor,
+    after checking from the headers alone (no data read) that every tensor is present, has a place, and
+    has the shape ``state`` (our state dict: meta tensors or DTensors, global shapes) implies."""
+    files = tensor_files(folder)
+    names = [n for n in files if not n.endswith(IGNORED_SUFFIXES)]
+    if cfg.tie_weights:  # some tied checkpoints also store the head: it is the embedding by definition
+        names = [n for n in names if n != "lm_head.weight"]
+    plan = weight_plan(cfg, model_type, fused_experts=is_fused_layout(names))
+    unknown = sorted(set(names) - set(plan))
+    if unknown:
+        raise HFError(f"{files[unknown[0]]}: tensor {unknown[0]} has no place in a {model_type} model")
+    missing = sorted(set(plan) - set(names))
+    if missing:
+        raise HFError(f"{folder}: tensor {missing[0]} missing ({len(missing)} missing in all)")
+    by_file: dict[Path, ShardReader] = {}
+    readers = {name: by_file.setdefault(files[name], ShardReader(files[name])) for name in names}
+    for name in names:
+        want, got = expected_hf_shape(plan[name], state[plan[name].ours]), readers[name].shape(name)
+        if got != want:
+            raise HFError(f"{files[name]}: tensor {name} has shape {got}, config.json implies {want}")
+    return names, plan, readers
+
+
 def load_hf_model(
     folder: str | Path, dtype: torch.dtype | None = None, cfg: TransformerConfig | None = None
 ) -> tuple[MoETransformer, dict[str, Any]]:
@@ -68,37 +94,17 @@ def load_hf_model(
     folder = Path(folder)
     hf, from_json = read_hf_config(folder)
     cfg = cfg or from_json
-    files = tensor_files(folder)
-    names = [n for n in files if not n.endswith(IGNORED_SUFFIXES)]
-    if cfg.tie_weights:  # some tied checkpoints also store the head: it is the embedding by definition
-        names = [n for n in names if n != "lm_head.weight"]
-    plan = weight_plan(cfg, hf["model_type"], fused_experts=is_fused_layout(names))
-    unknown = sorted(set(names) - set(plan))
-    if unknown:
-        raise HFError(f"{files[unknown[0]]}: tensor {unknown[0]} has no place in a {hf['model_type']} model")
-    missing = sorted(set(plan) - set(names))
-    if missing:
-        raise HFError(f"{folder}: tensor {missing[0]} missing ({len(missing)} missing in all)")
-    if dtype is None:
-        dtype = ShardReader(files["model.embed_tokens.weight"]).dtype("model.embed_tokens.weight")
     with torch.device("meta"):
         model = MoETransformer(cfg)
+    names, plan, readers = plan_folder(folder, hf["model_type"], cfg, model.state_dict())
+    if dtype is None:
+        dtype = readers["model.embed_tokens.weight"].dtype("model.embed_tokens.weight")
     state = {k: torch.empty(v.shape, dtype=dtype) for k, v in model.state_dict().items()}
     for key, value in state.items():
         if key.endswith("router.bias"):  # sigmoid-bias balancing buffer: unused by softmax routing
             value.zero_()
-    by_file: dict[Path, list[str]] = {}
-    for name in names:
-        by_file.setdefault(files[name], []).append(name)
-    for file, file_names in by_file.items():
-        reader = ShardReader(file)
-        for name in file_names:
-            slot = plan[name]
-            want = expected_hf_shape(slot, state[slot.ours])
-            got = reader.shape(name)
-            if got != want:
-                raise HFError(f"{file}: tensor {name} has shape {got}, config.json implies {want}")
-            place(slot, reader.read(name), state)  # one tensor in flight: peak = model + largest tensor
+    for name in sorted(names, key=lambda n: str(readers[n].path)):  # file by file
+        place(plan[name], readers[name].read(name), state)  # one tensor in flight: peak = model + largest
     if cfg.tie_weights:
         state["lm_head.weight"] = state["embed.weight"]
     model.load_state_dict(state, assign=True)

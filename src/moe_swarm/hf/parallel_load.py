@@ -15,10 +15,9 @@ import torch
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
-from moe_swarm.hf.families import HFError
-from moe_swarm.hf.importer import IGNORED_SUFFIXES, read_hf_config, tensor_files
+from moe_swarm.hf.importer import plan_folder, read_hf_config
 from moe_swarm.hf.safetensors_io import ShardReader
-from moe_swarm.hf.weights import Slot, expected_hf_shape, is_fused_layout, weight_plan
+from moe_swarm.hf.weights import Slot
 from moe_swarm.model.transformer import MoETransformer, rope_tables
 
 
@@ -32,13 +31,6 @@ def _row_window(t: Tensor) -> tuple[Tensor, int]:
     if any(o != 0 for o in offset[1:]) or tuple(shape[1:]) != tuple(t.shape[1:]):
         raise NotImplementedError(f"a shard that splits a dimension other than 0: {t.placements}")
     return t.to_local(), int(offset[0])
-
-
-class _Global:
-    """A stand-in with the global shape, for :func:`expected_hf_shape`."""
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape = shape
 
 
 def _fill(slot: Slot, reader: ShardReader, name: str, local: dict[str, tuple[Tensor, int]]) -> None:
@@ -71,35 +63,10 @@ def _fill(slot: Slot, reader: ShardReader, name: str, local: dict[str, tuple[Ten
         raise ValueError(f"unknown slot kind {slot.kind}")
 
 
-def _planned(model: MoETransformer, folder: Path) -> tuple[dict, list[str], dict, dict[str, tuple[int, ...]]]:
-    """(HF tensor -> file, the names to read, the weight plan, our key -> global shape), every tensor
-    present and of the shape config.json implies (checked from the headers, no data read)."""
-    hf, _ = read_hf_config(folder)
-    cfg = model.cfg
-    files = tensor_files(folder)
-    names = [n for n in files if not n.endswith(IGNORED_SUFFIXES)]
-    if cfg.tie_weights:
-        names = [n for n in names if n != "lm_head.weight"]
-    plan = weight_plan(cfg, hf["model_type"], fused_experts=is_fused_layout(names))
-    unknown = sorted(set(names) - set(plan))
-    if unknown:
-        raise HFError(f"{files[unknown[0]]}: tensor {unknown[0]} has no place in a {hf['model_type']} model")
-    missing = sorted(set(plan) - set(names))
-    if missing:
-        raise HFError(f"{folder}: tensor {missing[0]} missing ({len(missing)} missing in all)")
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}  # global shapes, DTensor or not
-    headers: dict[Path, ShardReader] = {}
-    for name in names:
-        reader = headers.setdefault(files[name], ShardReader(files[name]))
-        want, got = expected_hf_shape(plan[name], _Global(shapes[plan[name].ours])), reader.shape(name)
-        if got != want:
-            raise HFError(f"{files[name]}: tensor {name} has shape {got}, config.json implies {want}")
-    return files, names, plan, shapes
-
-
 def check_folder(model: MoETransformer, folder: str | Path) -> None:
     """:class:`HFError` naming the file and tensor if ``folder`` cannot fill ``model``; reads headers only."""
-    _planned(model, Path(folder))
+    folder = Path(folder)
+    plan_folder(folder, read_hf_config(folder)[0]["model_type"], model.cfg, model.state_dict())
 
 
 @torch.no_grad()
@@ -109,14 +76,14 @@ def load_local_shards(model: MoETransformer, folder: str | Path, device: str | t
     tensor bytes this rank read. Every rank calls it; it reads files and sends nothing. An unsharded
     model is filled whole (one rank's slice is then all of it)."""
     folder = Path(folder)
-    files, names, plan, _ = _planned(model, folder)
     cfg = model.cfg
+    names, plan, readers = plan_folder(
+        folder, read_hf_config(folder)[0]["model_type"], cfg, model.state_dict()
+    )
     model.to_empty(device=device)
-    local = {key: _row_window(t)[:2] for key, t in model.state_dict().items()}
-    readers: dict[Path, ShardReader] = {}
+    local = {key: _row_window(t) for key, t in model.state_dict().items()}
     for name in names:
-        reader = readers.setdefault(files[name], ShardReader(files[name]))
-        _fill(plan[name], reader, name, local)
+        _fill(plan[name], readers[name], name, local)
     for key, (tensor, _) in local.items():
         if key.endswith("router.bias"):  # sigmoid-bias balancing buffer: unused by softmax routing
             tensor.zero_()
@@ -125,7 +92,7 @@ def load_local_shards(model: MoETransformer, folder: str | Path, device: str | t
     cos, sin = rope_tables(cfg.resolved_head_dim, cfg.max_seq_len, cfg.rope_base)
     model.rope_cos.copy_(cos)
     model.rope_sin.copy_(sin)
-    return sum(r.bytes_read for r in readers.values())
+    return sum(r.bytes_read for r in set(readers.values()))  # one reader per file
 
 
 __all__ = ["check_folder", "load_local_shards"]
