@@ -255,6 +255,17 @@ class InferenceService:
         self, request: InferenceRequest, on_model: Callable[[str], None] | None = None
     ) -> InferenceResult:
         """Check the request, pick its model (``on_model`` is told which), solve it in a batch."""
+        loaded, prompt, params, seed = await self.prepare(request, on_model)
+        key = (loaded.model_id, loaded.file_stamp, params)
+        raw, batch_size = await self.batcher.submit(key, (loaded, prompt, seed))
+        result = VOTE_UNITS[params.mode].result(raw)
+        return replace(result, agents=params.agents, model_id=loaded.model_id, batch_size=batch_size)
+
+    async def prepare(
+        self, request: InferenceRequest, on_model: Callable[[str], None] | None = None
+    ) -> tuple[LoadedModel, str, InferParams, int]:
+        """Every check a request gets before decoding, in order (size, parameters, model, prompt), shared
+        by ``infer`` and the streamed path: (the loaded model, the prompt text, parameters, seed)."""
         self.check_size(request)
         params, seed = self.params(request)
         loaded = await self.models.get(request.model_id)
@@ -262,10 +273,7 @@ class InferenceService:
             on_model(loaded.model_id)
         prompt = self.prompt_text(loaded, request)
         self.check_prompt(loaded, prompt, params)
-        key = (loaded.model_id, loaded.file_stamp, params)
-        raw, batch_size = await self.batcher.submit(key, (loaded, prompt, seed))
-        result = VOTE_UNITS[params.mode].result(raw)
-        return replace(result, agents=params.agents, model_id=loaded.model_id, batch_size=batch_size)
+        return loaded, prompt, params, seed
 
     def check_size(self, request: InferenceRequest) -> None:
         """A prompt (or chat) is there and within ``max_prompt_chars``; checked before any model loads."""

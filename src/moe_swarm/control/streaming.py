@@ -56,13 +56,7 @@ async def stream_inference(
     """Check the request like ``infer``, then yield the continuation's pieces as they are decoded."""
     check_stream_request(request)
     request = replace(request, agents=1, rounds=0, mode="answers")
-    service.check_size(request)
-    params, seed = service.params(request)
-    loaded = await service.models.get(request.model_id)
-    if on_model is not None:
-        on_model(loaded.model_id)
-    prompt = service.prompt_text(loaded, request)
-    service.check_prompt(loaded, prompt, params)
+    loaded, prompt, params, seed = await service.prepare(request, on_model)
 
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
