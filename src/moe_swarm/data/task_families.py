@@ -155,6 +155,15 @@ _VOWELS = "aeiou"
 _SYLLABLES = tuple(c + v for c in _CONSONANTS for v in _VOWELS)  # 70 syllables -> 4,900 two-syllable names
 
 
+def _check_hops(min_hops: int, max_hops: int, num_distractors: int) -> None:
+    """The settings the two chain-following families (reach, chase) share."""
+    check_positive_int("min_hops", min_hops)
+    check_positive_int("max_hops", max_hops)
+    check_positive_int("num_distractors", num_distractors, minimum=0)
+    if max_hops < min_hops:
+        raise ValueError(f"max_hops ({max_hops}) must be >= min_hops ({min_hops})")
+
+
 class ReachabilityTask(Task):
     """ProsQA-like graph search: which of two concepts can be reached from a third?
 
@@ -178,11 +187,7 @@ class ReachabilityTask(Task):
     def __init__(
         self, min_hops: int = 3, max_hops: int = 6, num_distractors: int = 4, scratchpad: bool = False
     ) -> None:
-        check_positive_int("min_hops", min_hops)
-        check_positive_int("max_hops", max_hops)
-        check_positive_int("num_distractors", num_distractors, minimum=0)
-        if max_hops < min_hops:
-            raise ValueError(f"max_hops ({max_hops}) must be >= min_hops ({min_hops})")
+        _check_hops(min_hops, max_hops, num_distractors)
         self.min_hops = min_hops
         self.max_hops = max_hops
         self.num_distractors = num_distractors
@@ -308,11 +313,7 @@ class PointerChaseTask(Task):
     def __init__(
         self, min_hops: int = 2, max_hops: int = 4, num_distractors: int = 2, scratchpad: bool = False
     ) -> None:
-        check_positive_int("min_hops", min_hops)
-        check_positive_int("max_hops", max_hops)
-        check_positive_int("num_distractors", num_distractors, minimum=0)
-        if max_hops < min_hops:
-            raise ValueError(f"max_hops ({max_hops}) must be >= min_hops ({min_hops})")
+        _check_hops(min_hops, max_hops, num_distractors)
         if 2 * (max_hops + 1) > len(_LETTERS):
             raise ValueError(f"max_hops ({max_hops}) needs more than {len(_LETTERS)} letters; use <= 12")
         self.min_hops, self.max_hops, self.num_distractors = min_hops, max_hops, num_distractors
