@@ -150,10 +150,6 @@ def _spawn(ctx: BenchContext, *args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def run(ctx: BenchContext, shape: dict) -> list[Row]:
     name = case_name(shape)
     repeats = ctx.repeats_or(3, 1)
@@ -168,10 +164,12 @@ def run(ctx: BenchContext, shape: dict) -> list[Row]:
                 shutil.rmtree(out, ignore_errors=True)
 
     def med(side: str, key: str) -> float:
-        return _median([m[key] for m in rounds[side]])
+        return statistics.median([m[key] for m in rounds[side]])
 
     def over(side: str, phase: str) -> float:
-        return _median([max(m[f"{phase}_peak"] - m[f"{phase}_base"], 4096) / nbytes for m in rounds[side]])
+        return statistics.median(
+            [max(m[f"{phase}_peak"] - m[f"{phase}_base"], 4096) / nbytes for m in rounds[side]]
+        )
 
     config = {
         **shape,
@@ -193,8 +191,8 @@ def run(ctx: BenchContext, shape: dict) -> list[Row]:
     return [
         row("import_s", med("ours", "import_s"), med("transformers", "import_s"), "s", "transformers_from_pretrained_s"),
         row("export_s", med("ours", "export_s"), med("transformers", "export_s"), "s", "transformers_save_pretrained_s"),
-        row("import_over_transformers", _median(ratios["import"]), 1.0, "x", "transformers_from_pretrained", samples=ratios["import"]),
-        row("export_over_transformers", _median(ratios["export"]), 1.0, "x", "transformers_save_pretrained", samples=ratios["export"]),
+        row("import_over_transformers", statistics.median(ratios["import"]), 1.0, "x", "transformers_from_pretrained", samples=ratios["import"]),
+        row("export_over_transformers", statistics.median(ratios["export"]), 1.0, "x", "transformers_save_pretrained", samples=ratios["export"]),
         row("import_peak_rss_gb", med("ours", "import_peak") / gb, med("transformers", "import_peak") / gb, "GiB", "transformers_import_peak_rss_gb"),
         row("export_peak_rss_gb", med("ours", "export_peak") / gb, med("transformers", "export_peak") / gb, "GiB", "transformers_export_peak_rss_gb"),
         row("import_rss_over_checkpoint", over("ours", "import"), over("transformers", "import"), "x", "transformers_import_rss_over_checkpoint"),
