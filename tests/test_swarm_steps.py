@@ -142,6 +142,61 @@ def test_rollout_labels_come_from_the_step_oracle():
         assert bool(ro.labels[i]) == TASK.step_is_correct(problem, prefix, ro.steps[i])
         assert bool(ro.prefix_ok[i]) == (TASK.next_step(problem, prefix) is not None)
     assert not bool(ro.labels[~ro.prefix_ok].any())  # nothing after a wrong step is right
+    # hard negatives: the wrong step a group's plurality picked while a right one was proposed
+    for g in set(ro.groups.tolist()):
+        rows = (ro.groups == g).nonzero().squeeze(1).tolist()
+        steps = [ro.steps[i].strip() for i in rows]
+        winner = max(steps, key=lambda x: (steps.count(x), -steps.index(x)))
+        wrong_pick = bool(ro.vote_wrong[rows[0]])
+        for i, st in zip(rows, steps):
+            assert bool(ro.hard_negative[i]) == (wrong_pick and st == winner)
+            assert not (ro.hard_negative[i] and ro.labels[i] > 0.5)
+    assert torch.isnan(ro.checker).all()  # no checker proposed these
+    both = ro.extended(ro)
+    assert len(both) == 2 * len(ro) and both.steps[len(ro) :] == ro.steps
+    assert set(both.groups[: len(ro)].tolist()).isdisjoint(both.groups[len(ro) :].tolist())
+
+
+def test_batches_hold_whole_groups_and_the_ranking_loss_reads_pairs_within_them():
+    from moe_swarm.swarm.scorer import group_ranking_loss
+    from moe_swarm.training.scorer_data import pack_groups
+
+    groups = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
+    rows = [0, 1, 2, 3, 4, 6, 7, 8, 9]  # row 5 (group 2) has no training weight
+    one_pass = pack_groups(groups, rows, 4, None, torch.Generator().manual_seed(0))
+    assert sorted(r for b in one_pass for r in b) == rows
+    for b in one_pass:
+        assert all(set(groups[b].tolist()) & {int(groups[r])} for r in b)
+        whole = {int(groups[r]) for r in b}
+        assert sorted(b) == sorted(r for r in rows if int(groups[r]) in whole)  # no group is split
+    assert all(len(b) >= 4 for b in one_pass[:-1])
+    fixed = pack_groups(groups, rows, 4, 7, torch.Generator().manual_seed(0))
+    assert len(fixed) == 7  # passes repeat, reshuffled, until the count is reached
+    with pytest.raises(ValueError, match="no training rows"):
+        pack_groups(groups, [], 4, None, torch.Generator())
+
+    logits = torch.tensor([2.0, 0.0, 1.0, 5.0, -1.0])
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0])
+    grp = torch.tensor([0, 0, 0, 1, 1])
+    sp = torch.nn.functional.softplus
+    want = (sp(torch.tensor(0.0 - 2.0)) + sp(torch.tensor(1.0 - 2.0)) + sp(torch.tensor(5.0 + 1.0))) / 3
+    assert float(group_ranking_loss(logits, labels, grp)) == pytest.approx(float(want))
+    w = torch.tensor([1.0, 2.0, 1.0, 1.0, 1.0])  # pair weight = product of the rows' weights
+    want_w = (2 * sp(torch.tensor(-2.0)) + sp(torch.tensor(-1.0)) + sp(torch.tensor(6.0))) / 4
+    assert float(group_ranking_loss(logits, labels, grp, w)) == pytest.approx(float(want_w))
+    assert group_ranking_loss(logits, torch.ones(5), grp) is None  # no wrong row: no pair
+
+
+def test_weighted_checker_loss_is_the_weighted_mean_of_the_rows():
+    from moe_swarm.swarm.scorer import labelled_loss
+
+    logits, labels = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 0.0, 0.0])
+    per_row = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    w = torch.tensor([1.0, 3.0, 0.0])
+    assert float(labelled_loss(logits, labels, weights=w)) == pytest.approx(float((per_row * w).sum() / 4))
+    assert float(labelled_loss(logits, labels, weights=torch.ones(3))) == pytest.approx(
+        float(labelled_loss(logits, labels)), abs=1e-6
+    )
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -201,6 +256,60 @@ def test_step_checker_training_writes_a_loadable_checker(checker_run):
         for a, b in zip(checker.model.state_dict().values(), base.model.state_dict().values())
     ]
     assert any(changed), "the checker's own copy of the backbone is fine-tuned"
+
+
+ON_POLICY_TINY = [
+    "swarm_objective=step_checker_on_policy",
+    "data.n_train=12",
+    "data.n_val=4",
+    "data.batch_size=16",
+    "data.rollout.num_agents=4",
+    "data.rollout.wave_agents=4",
+    "data.rollout.max_step_tokens=10",
+    "data.rounds=2",
+    "data.round_batches=3",
+    "data.round_problems=6",
+    "data.wrong_prefix_weight=0.5",
+    "data.group_batches=true",
+    "module.rank_weight=1.0",
+    "trainer.enable_progress_bar=false",
+    "validate_before_fit=false",
+]
+
+
+def test_on_policy_rounds_collect_with_the_checker_being_trained(checker_run, tmp_path):
+    from moe_swarm.cli.swarm_train import swarm_train
+
+    args = [f"checkpoint={checker_run['base']}", "run_id=on-policy", "trainer.max_steps=9", *ON_POLICY_TINY]
+    s = swarm_train(compose_cfg("swarm_train", args, tmp_path))
+    assert s["status"] == "succeeded" and s["global_step"] == 9
+    rounds = s["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert [r["problems"] for r in rounds] == [12, 6, 6] and len({r["seed"] for r in rounds}) == 3
+    assert rounds[0]["vote"] == "plurality" and rounds[0]["collector_auc_within"] is None
+    assert rounds[0]["checker_scored"] == 0
+    for r in rounds:
+        assert (
+            0.0 <= r["swarm_em"] <= 1.0 and r["proposals"] >= r["after_right_prefix"] >= r["hard_negatives"]
+        )
+        assert 0.0 <= r["val_auc_within"] <= 1.0 or math.isnan(r["val_auc_within"])  # each round validated
+    for r in rounds[1:]:  # the checker being trained chose these trajectories and scored every proposal
+        assert r["vote"] == "checker_odds" and r["checker_scored"] == r["proposals"] > 0
+        auc = r["collector_auc_within"]
+        assert auc is None or math.isnan(auc) or 0.0 <= auc <= 1.0
+    checker, _ = load_step_checker(s["checkpoint"])
+    assert isinstance(checker, StepChecker)
+
+
+def test_on_policy_rounds_refuse_a_schedule_that_ends_before_the_last_round(checker_run, tmp_path):
+    from moe_swarm.cli.swarm_train import swarm_train
+
+    args = [f"checkpoint={checker_run['base']}", "run_id=short", "trainer.max_steps=5", *ON_POLICY_TINY]
+    with pytest.raises(ValueError, match=r"trainer.max_steps=5 ends before .* set trainer.max_steps=9"):
+        swarm_train(compose_cfg("swarm_train", args, tmp_path))
+    args = [f"checkpoint={checker_run['base']}", "run_id=no-groups", "trainer.max_steps=9", *ON_POLICY_TINY]
+    with pytest.raises(ValueError, match="add data.group_batches=true"):
+        swarm_train(compose_cfg("swarm_train", [*args, "data.group_batches=false"], tmp_path))
 
 
 def test_step_level_eval_reports_swarm_controls_and_targets(checker_run, tmp_path):

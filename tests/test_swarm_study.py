@@ -2,6 +2,8 @@
 
 import random
 
+import pytest
+
 from moe_swarm.reporting.swarm_study import markdown, study
 
 
@@ -17,7 +19,11 @@ def report(seed: int, flops: bool) -> dict:
     if flops:
         pp["independent_majority_at_flops@16"] = col(0.5)
         pp["step_swarm_selector@16"] = col(0.7)
-    return {"task": {"name": "mul"}, "step_level": {"per_problem": pp}}
+        pp["step_swarm_plurality@16"] = col(0.6)
+        pp["coverage@16"] = [1.0] * n
+        pp["greedy@4"] = pp["step_swarm@4"] = col(0.5)  # a smaller N the study can be asked for
+    ranking = {"16": {"checker": {"auc_vote_wrong": 0.8 if flops else None}}}
+    return {"task": {"name": "mul"}, "step_level": {"per_problem": pp, "ranking": ranking}}
 
 
 def test_flop_matched_and_selector_comparisons_appear_only_where_every_seed_has_them():
@@ -31,3 +37,24 @@ def test_flop_matched_and_selector_comparisons_appear_only_where_every_seed_has_
     assert "step_swarm - independent_majority_at_flops" not in names and len(names) == 3
     assert len([c for c in mixed["comparisons"] if "p_holm" in c]) == 2
     assert "independent_majority_at_flops" in markdown({"mul": full})
+
+
+def test_selection_gap_and_goals_are_read_from_the_runs():
+    runs = [report(1, True), report(2, True)]
+    f = study(runs, samples=200)["mul"]
+    m, gap = f["means"], f["selection_gap"]
+    assert gap["plurality_gap"] == pytest.approx(1.0 - m["step_swarm_plurality"])
+    closed = (m["step_swarm"] - m["step_swarm_plurality"]) / (1.0 - m["step_swarm_plurality"])
+    assert gap["step_swarm_closed"] == pytest.approx(closed)
+    assert f["goals"]["third_of_selection_gap_closed"] == (closed >= 1 / 3)
+    assert f["goals"]["checker_auc_vote_wrong_ge_0.75"] is True and f["checker_auc_vote_wrong"] == [0.8, 0.8]
+    swarm_vs_greedy = next(c for c in f["comparisons"] if c["comparison"] == "step_swarm - greedy")
+    assert f["goals"]["swarm_minus_greedy_ge_5"] == (
+        swarm_vs_greedy["diff"] >= 0.05 and swarm_vs_greedy["low"] > 0
+    )
+    assert "gap closed" in markdown({"mul": f})
+    assert study(runs, samples=100, agents=4)["mul"]["agents"] == 4
+    with pytest.raises(ValueError, match="N=8 is not in every run"):
+        study(runs, samples=100, agents=8)
+    bare = study([report(1, False)], samples=100)["mul"]  # runs without the plurality ablation or coverage
+    assert bare["selection_gap"] is None and bare["goals"]["third_of_selection_gap_closed"] is None

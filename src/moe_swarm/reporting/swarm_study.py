@@ -7,7 +7,9 @@ grouped by task family; within a family every run is one seed. For the largest N
 comparisons (step swarm - greedy, step swarm - independent + majority at equal forward passes and, where
 the runs have it, at equal FLOPs) get a two-level bootstrap CI (seeds, then problems within a seed) and
 Holm-adjusted p-values over them; step swarm - independent + checker and the selector vote (where run)
-are reported alongside. Writes ``study.md`` and ``study.json`` next to the first
+are reported alongside, with the selection gap (coverage minus each vote's EM; the share of the
+plurality vote's gap the checker vote and the selector close), the checker's AUROC where the plurality
+is wrong, and which of the issue's goals each family meets (``--agents N`` picks another N). Writes ``study.md`` and ``study.json`` next to the first
 run's parent folder, or to ``--out``.
 """
 
@@ -36,16 +38,22 @@ COMPARISONS = (  # the primary ones first; a comparison runs where every run of 
 PRIMARY = COMPARISONS[:3]
 
 
-def study(reports: list[dict], samples: int = 2000) -> dict:
-    """Per family: the seeds' mean EM of each method and the two-level bootstrap comparisons at the largest N."""
+def study(reports: list[dict], samples: int = 2000, agents: int | None = None) -> dict:
+    """Per family: the seeds' mean EM of each method and the two-level bootstrap comparisons at N =
+    ``agents`` (None: the largest N every run of the family has), the selection gap and the checker's
+    ranking where the plurality is wrong, and the issue's goals met or missed."""
     families: dict[str, list[dict]] = {}
     for r in reports:
         families.setdefault(r["task"]["name"], []).append(r)
     out = {}
     for fam, runs in families.items():
-        n = min(
-            max(int(k.rsplit("@", 1)[1]) for k in r["step_level"]["per_problem"] if "@" in k) for r in runs
-        )
+        counts = [
+            {int(k.rsplit("@", 1)[1]) for k in r["step_level"]["per_problem"] if "@" in k} for r in runs
+        ]
+        common = set.intersection(*counts)
+        if agents is not None and agents not in common:
+            raise ValueError(f"{fam}: N={agents} is not in every run (they share N in {sorted(common)})")
+        n = agents if agents is not None else max(common)
 
         def vec(r: dict, method: str, n: int = n) -> list[float]:
             pp = r["step_level"]["per_problem"]
@@ -64,12 +72,57 @@ def study(reports: list[dict], samples: int = 2000) -> dict:
         primary = [row for row in rows if row["comparison"] in {c[0] for c in PRIMARY}]
         for row, p in zip(primary, holm_adjust([row["p_value"] for row in primary])):
             row["p_holm"] = p
-        means = {
-            m: sum(sum(vec(r, m)) / len(vec(r, m)) for r in runs) / len(runs)
-            for m in ("greedy", "step_swarm", "independent_majority", "independent_checker")
+        methods = ("greedy", "step_swarm", "independent_majority", "independent_checker")
+        methods += ("step_swarm_selector", "step_swarm_plurality", "coverage")
+        methods = tuple(m for m in methods if has(m))
+        means = {m: sum(sum(vec(r, m)) / len(vec(r, m)) for r in runs) / len(runs) for m in methods}
+        auc = [
+            r["step_level"]["ranking"].get(str(n), {}).get("checker", {}).get("auc_vote_wrong") for r in runs
+        ]
+        out[fam] = {
+            "seeds": len(runs),
+            "agents": n,
+            "means": means,
+            "comparisons": rows,
+            "selection_gap": selection_gap(means),
+            "checker_auc_vote_wrong": auc,
+            "goals": goals(rows, means, auc),
         }
-        out[fam] = {"seeds": len(runs), "agents": n, "means": means, "comparisons": rows}
     return out
+
+
+def selection_gap(means: dict[str, float]) -> dict[str, float] | None:
+    """Coverage (a right answer among the independent samples at the budget) minus each vote's EM, and
+    the share of the plurality vote's gap that the checker vote and the selector close."""
+    if "coverage" not in means or "step_swarm_plurality" not in means:
+        return None
+    base = means["coverage"] - means["step_swarm_plurality"]
+    out = {"plurality_gap": base}
+    for m in ("step_swarm", "step_swarm_selector"):
+        if m in means:
+            out[f"{m}_gap"] = means["coverage"] - means[m]
+            out[f"{m}_closed"] = (
+                (means[m] - means["step_swarm_plurality"]) / base if base > 0 else float("nan")
+            )
+    return out
+
+
+def goals(rows: list[dict], means: dict[str, float], auc: list) -> dict[str, bool | None]:
+    """The issue's goals for one family (None where the runs lack what a goal needs)."""
+    by = {r["comparison"]: r for r in rows}
+
+    def above(name: str, margin: float) -> bool | None:
+        r = by.get(name)
+        return None if r is None else bool(r["diff"] >= margin and r["low"] > 0)
+
+    gap = selection_gap(means)
+    aucs = [a for a in auc if isinstance(a, (int, float))]
+    return {
+        "swarm_minus_greedy_ge_5": above("step_swarm - greedy", 0.05),
+        "swarm_minus_flop_matched_majority_ge_3": above("step_swarm - independent_majority_at_flops", 0.03),
+        "third_of_selection_gap_closed": None if gap is None else bool(gap["step_swarm_closed"] >= 1 / 3),
+        "checker_auc_vote_wrong_ge_0.75": bool(sum(aucs) / len(aucs) >= 0.75) if aucs else None,
+    }
 
 
 def markdown(result: dict) -> str:
@@ -81,11 +134,30 @@ def markdown(result: dict) -> str:
         m = f["means"]
         for c in f["comparisons"]:
             p = f"{c['p_holm']:.3f}" if "p_holm" in c else "—"
-            lines.append(
-                f"| {fam} | {f['seeds']} | {f['agents']} | {100 * m['greedy']:.1f} | {100 * m['step_swarm']:.1f} "
-                f"| {100 * m['independent_majority']:.1f} | {100 * m['independent_checker']:.1f} "
-                f"| {c['comparison']} | {_ci(c)} | {p} |"
+            em = " | ".join(
+                "—" if k not in m else f"{100 * m[k]:.1f}"
+                for k in ("greedy", "step_swarm", "independent_majority", "independent_checker")
             )
+            lines.append(
+                f"| {fam} | {f['seeds']} | {f['agents']} | {em} | {c['comparison']} | {_ci(c)} | {p} |"
+            )
+    lines += [
+        "",
+        "| family | coverage | plurality vote | gap closed: checker vote | gap closed: selector | checker AUROC vote-wrong (per seed) | goals met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for fam, f in result.items():
+        m, g = f["means"], f.get("selection_gap")
+
+        def pct(key: str, d: dict | None = m) -> str:
+            return "—" if d is None or key not in d else f"{100 * d[key]:.1f}"
+
+        aucs = ", ".join("—" if a is None else f"{a:.3f}" for a in f["checker_auc_vote_wrong"])
+        met = ", ".join(k for k, v in f["goals"].items() if v) or "none"
+        lines.append(
+            f"| {fam} | {pct('coverage')} | {pct('step_swarm_plurality')} | {pct('step_swarm_closed', g)}% "
+            f"| {pct('step_swarm_selector_closed', g)}% | {aucs} | {met} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -94,6 +166,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="moe-swarm-swarm-eval mode=steps output folders")
     parser.add_argument("--out", type=Path, default=None, help="folder for study.md / study.json")
     parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--agents", type=int, default=None, help="the N compared (default: the largest)")
     args = parser.parse_args()
     reports = []
     for folder in args.runs:
@@ -103,7 +176,10 @@ def main() -> None:
                 f"{path} does not exist: pass folders written by moe-swarm-swarm-eval mode=steps"
             )
         reports.append(json.loads(path.read_text()))
-    result = study(reports, args.samples)
+    try:
+        result = study(reports, args.samples, args.agents)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     out = args.out or args.runs[0].parent.parent
     text = markdown(result)
     atomic_write_text(out / "study.json", json.dumps(result, indent=2))

@@ -378,6 +378,12 @@ def step_level(
     for n in agents:
         per_problem[f"step_swarm@{n}"] = runs.column(f"step swarm N={n}", "step_swarm")
         per_problem[f"independent_majority@{n}"] = runs.column(f"independent N={n}", "independent_majority")
+        per_problem[f"coverage@{n}"] = runs.column(
+            f"independent N={n}", "coverage"
+        )  # the selection gap's top
+        for v in dict.fromkeys(settings.get("ablation_votes") or []):
+            if v != steps.vote:
+                per_problem[f"step_swarm_{v}@{n}"] = runs.column(f"step swarm N={n} vote={v}", "step_swarm")
         for k in ("independent_checker", "best_of_n_checker"):
             per_problem[f"{k}@{n}"] = runs.column(f"independent + checker N={n}", k)
         if selector is not None:

@@ -87,7 +87,9 @@ class StepRollouts:
     from), ``vote_wrong[i]`` (its group's plurality winner is wrong although a right proposal is in the
     group: where a better scorer could change the outcome), ``logprobs[i]`` (the likelihood baseline),
     ``prefix_ok[i]`` (its prefix is right so far: after a wrong step every proposal is labelled wrong, which
-    says nothing about the proposal itself).
+    says nothing about the proposal itself), ``hard_negative[i]`` (a wrong proposal, after a right prefix,
+    of the step its group's plurality picked although a right one was there: the mistakes a vote commits),
+    ``checker[i]`` (the checker's P(correct) when the swarm that proposed it had one, else NaN).
     """
 
     labels: Tensor
@@ -95,12 +97,31 @@ class StepRollouts:
     vote_wrong: Tensor
     logprobs: Tensor
     prefix_ok: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # prefix is right
+    hard_negative: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    checker: Tensor = field(default_factory=lambda: torch.zeros(0))
     contexts: list[str] = field(default_factory=list, repr=False)  # prompt + committed prefix, per row
     steps: list[str] = field(default_factory=list, repr=False)  # the proposed step text, per row
     answer_lines: list[bool] = field(default_factory=list, repr=False)  # the step ended with EOS
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def extended(self, more: StepRollouts) -> StepRollouts:
+        """These rows, then ``more``'s, its groups renumbered after this one's (the pool of several
+        collection rounds)."""
+        shift = int(self.groups.max()) + 1 if len(self) else 0
+        return StepRollouts(
+            labels=torch.cat([self.labels, more.labels]),
+            groups=torch.cat([self.groups, more.groups + shift]),
+            vote_wrong=torch.cat([self.vote_wrong, more.vote_wrong]),
+            logprobs=torch.cat([self.logprobs, more.logprobs]),
+            prefix_ok=torch.cat([self.prefix_ok, more.prefix_ok]),
+            hard_negative=torch.cat([self.hard_negative, more.hard_negative]),
+            checker=torch.cat([self.checker, more.checker]),
+            contexts=self.contexts + more.contexts,
+            steps=self.steps + more.steps,
+            answer_lines=self.answer_lines + more.answer_lines,
+        )
 
 
 def collect_step_rollouts(swarm: StepSwarm, problems: Sequence, task, group_offset: int = 0) -> StepRollouts:
@@ -131,6 +152,7 @@ def label_step_rollouts(
             steps.append(prop.text)
             answer_lines.append(prop.ended_answer)
     vote_wrong = [False] * len(labels)
+    hard_negative = [False] * len(labels)
     all_props = [p for res in results for p in res.proposals]
     for rows in group_rows.values():
         winner = vote([all_props[r].step for r in rows]).answer
@@ -138,12 +160,15 @@ def label_step_rollouts(
         if right and winner not in right:
             for r in rows:
                 vote_wrong[r] = True
+                hard_negative[r] = all_props[r].step == winner
     return StepRollouts(
         labels=torch.tensor(labels),
         groups=torch.tensor(groups, dtype=torch.long),
         vote_wrong=torch.tensor(vote_wrong),
         logprobs=torch.tensor(logprobs),
         prefix_ok=torch.tensor(prefix_ok, dtype=torch.bool),
+        hard_negative=torch.tensor(hard_negative, dtype=torch.bool),
+        checker=torch.tensor([p.checker for p in all_props], dtype=torch.float32),
         contexts=contexts,
         steps=steps,
         answer_lines=answer_lines,

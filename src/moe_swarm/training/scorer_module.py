@@ -27,7 +27,7 @@ from torchmetrics import MeanMetric
 
 from moe_swarm.model import MoETransformer
 from moe_swarm.swarm import SWARM_STATE_KEY
-from moe_swarm.swarm.scorer import Labelled, Scorer, labelled_loss
+from moe_swarm.swarm.scorer import Labelled, Scorer, group_ranking_loss, labelled_loss
 
 
 @dataclass
@@ -67,7 +67,8 @@ class ScorerModule(L.LightningModule):
 
     ``head``: the submodule of the scorer (``""``: all of it) trained at ``hparams["lr"]``; every other trainable parameter
     (an unfrozen backbone, the checker's own copy of it) at ``hparams["backbone_lr"]``. ``hparams``
-    are saved in the checkpoints (they hold ``model``, the generator's config, and ``pos_weight``,
+    are saved in the checkpoints (they hold ``model``, the generator's config, ``rank_weight`` (a
+    within-group ranking loss for label sources that give groups), and ``pos_weight``,
     ``weight_decay``). ``swarm_state`` gives the swarm state saved with every checkpoint.
     """
 
@@ -112,8 +113,15 @@ class ScorerModule(L.LightningModule):
         self.model.eval()  # Lightning puts the whole module in train mode every epoch
         item = self.labels.train_batch(batch, self.device)
         logits = self.scorer.logits(item.labelled.inputs)
-        scorer_loss = labelled_loss(logits, item.labelled.labels, self.hparams.pos_weight)
+        lab = item.labelled
+        scorer_loss = labelled_loss(logits, lab.labels, self.hparams.pos_weight, lab.weights)
         loss = scorer_loss if item.extra_loss is None else scorer_loss + item.extra_loss
+        rank_weight = float(self.hparams.get("rank_weight") or 0.0)
+        if rank_weight > 0 and lab.groups is not None:
+            rank = group_ranking_loss(logits, lab.labels, lab.groups, lab.weights)
+            if rank is not None:
+                loss = loss + rank_weight * rank
+                self.log("train/rank_loss", rank.detach(), batch_size=item.batch_size)
         with torch.no_grad():
             stats = self.labels.train_stats(item, logits.detach(), scorer_loss.detach())
         self.log_dict(stats, prog_bar=False, batch_size=item.batch_size)

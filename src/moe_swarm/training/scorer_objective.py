@@ -29,13 +29,22 @@ class ScorerObjective:
 
     def __init__(self) -> None:
         self.recipe: Any = None
+        self.labels: Any = None
 
     def build(self, cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
         task = OmegaConf.to_container(cfg.task, resolve=True) if cfg.task is not None else None
+        if (OmegaConf.select(cfg, "module.rank_weight") or 0) > 0 and not OmegaConf.select(
+            cfg, "data.group_batches"
+        ):
+            raise ValueError(
+                "module.rank_weight > 0 ranks proposals within a vote group, which needs batches of whole groups: "
+                "add data.group_batches=true"
+            )
         self.recipe = hydra.utils.instantiate(
             cfg.module, checkpoint=str(cfg.checkpoint), task=task, _convert_="all"
         )
         labels, module = self.recipe.build()
+        self.labels = labels
         datamodule = hydra.utils.instantiate(cfg.data, labels=labels, _convert_="all")
         return module, datamodule
 
@@ -56,6 +65,9 @@ class ScorerObjective:
             "swarm": o.module.hparams.get("swarm") or o.module.hparams.get("steps"),
             "freeze_backbone": o.module.hparams.get("freeze_backbone"),  # value head only
         }
+        history = getattr(self.labels, "history", None)
+        if history:  # step checker: what each collection round held and how the checker ranked it
+            fields["rounds"] = history
         if o.trainer.is_global_zero and source is not None:
             extra = {
                 "run_id": cfg.run_id,

@@ -162,9 +162,14 @@ class StepCheckerTraining:
         weight_decay: float = 0.0,
         pos_weight: float | None = None,
         kind: str = "full",
+        rank_weight: float = 0.0,
     ) -> None:
         if kind not in CHECKER_KINDS:
             raise ValueError(f"module.kind must be one of {CHECKER_KINDS}, got {kind!r}")
+        if not isinstance(rank_weight, (int, float)) or not rank_weight >= 0:
+            raise ValueError(
+                f"module.rank_weight must be a number >= 0 (0: no ranking loss), got {rank_weight!r}"
+            )
         self.checkpoint, self.task, self.steps = str(checkpoint), task, steps
         self.hparams = {
             "kind": kind,
@@ -173,6 +178,7 @@ class StepCheckerTraining:
             "backbone_lr": backbone_lr,
             "weight_decay": weight_decay,
             "pos_weight": pos_weight,
+            "rank_weight": float(rank_weight),
         }
 
     def build(self) -> tuple[StepLabels, ScorerModule]:
@@ -189,7 +195,7 @@ class StepCheckerTraining:
         else:
             checker = StepChecker(copy.deepcopy(loaded.model).requires_grad_(True), self.hparams["hidden"])
         steps_cfg = StepSwarmConfig.from_dict(dict(_plain(self.steps) or {}))
-        labels = StepLabels(model, task)
+        labels = StepLabels(model, task, checker=checker)
         hparams = {
             "checkpoint": self.checkpoint,
             "task": task_spec,

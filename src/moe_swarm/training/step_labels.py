@@ -8,6 +8,11 @@ trained on); ``val/checker_auc_within`` (mean AUROC among the proposals of one s
 what a checker-weighted vote needs) and ``val/checker_auc_vote_wrong`` (the same over groups whose
 plurality winner is wrong while a right proposal is present); the likelihood's
 ``val/logprob_auc_within`` / ``val/logprob_auc_vote_wrong`` as the baseline scorer.
+
+On-policy rounds (``StepRolloutDataModule(rounds=...)``): :meth:`StepLabels.collect_round` rolls the swarm
+out again *with the checker being trained* choosing the trajectory, so the checker learns from the
+prefixes its own picks lead to; ``history`` records, per round, how the checker that collected it ranked
+the new proposals (before it trained on them) and its validation ranking at the round's end.
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ from moe_swarm.swarm import (
     StepRollouts,
     StepSwarm,
     StepSwarmConfig,
-    collect_step_rollouts,
     encode_steps,
     ranking_quality,
 )
-from moe_swarm.swarm.scorer import Labelled
+from moe_swarm.swarm.rollouts import label_step_rollouts
+from moe_swarm.swarm.scorer import Labelled, Scorer
 from moe_swarm.training.scorer_module import ScorerBatch
 
 
@@ -35,24 +40,80 @@ class StepLabels:
 
     loss_name = "checker"
 
-    def __init__(self, model: MoETransformer, task: Task) -> None:
-        self.model, self.task = model, task
+    def __init__(self, model: MoETransformer, task: Task, checker: Scorer | None = None) -> None:
+        self.model, self.task, self.checker = model, task, checker
         self.tokenizer = ByteTokenizer()
         self.metrics = nn.ModuleDict()  # the ranking metrics are computed from the collected scores
         self._val: list[tuple] = []
+        self.round: int | None = None  # the collection round being trained on (None: before the fit)
+        self.history: list[dict] = []  # per round: what was collected, and the validation at its end
 
     def collect(self, rollout: StepSwarmConfig, sizes: dict[str, int], seed: int) -> dict[str, StepRollouts]:
         """Roll out ``sizes[split]`` problems of each split (every agent proposes every step; the
-        trajectory follows the plurality winner) with the generator in eval mode."""
+        trajectory follows the plurality winner) with the generator in eval mode: round 0."""
         self.model.eval()
         swarm = StepSwarm(self.model, rollout, self.tokenizer, self.task)
         out = {}
-        with torch.no_grad():
-            for split, n in sizes.items():
-                out[split] = collect_step_rollouts(swarm, self.task.generate(split, n, seed=seed), self.task)
+        for split, n in sizes.items():
+            problems = self.task.generate(split, n, seed=seed)
+            with torch.no_grad():
+                results = swarm.solve([p.prompt for p in problems])
+            out[split] = label_step_rollouts(problems, results, self.task)
+            if split == "train":
+                self._record(0, seed, rollout.vote, problems, results, out[split])
         return out
 
-    def encode_rows(self, ro: StepRollouts, rows: list[int]) -> dict[str, Tensor]:
+    def collect_round(self, rollout: StepSwarmConfig, n: int, seed: int, round_: int) -> StepRollouts:
+        """Roll out ``n`` train problems (drawn with ``seed``) with the checker being trained voting by
+        ``rollout.vote`` (it picks the trajectory; every agent still proposes every step), label every
+        proposal with the oracle, and record how that checker ranked them in ``history``."""
+        if self.checker is None:
+            raise ValueError("on-policy rounds need the checker being trained (StepLabels(checker=...))")
+        was_training = self.checker.training
+        self.model.eval()
+        self.checker.eval()
+        try:
+            swarm = StepSwarm(self.model, rollout, self.tokenizer, self.task, checker=self.checker)
+            problems = self.task.generate("train", n, seed=seed)
+            with torch.no_grad():
+                results = swarm.solve([p.prompt for p in problems])
+        finally:
+            self.checker.train(was_training)
+        ro = label_step_rollouts(problems, results, self.task)
+        self._record(round_, seed, rollout.vote, problems, results, ro)
+        return ro
+
+    def _record(self, round_: int, seed: int, vote: str, problems, results, ro: StepRollouts) -> None:
+        right = (ro.labels > 0.5).tolist()
+        rq = {
+            "auc_within": None,
+            "auc_vote_wrong": None,
+            "groups_vote_wrong": len(set(ro.groups[ro.vote_wrong].tolist())),
+        }
+        if len(ro) and not bool(torch.isnan(ro.checker).any()):  # a checker scored every proposal
+            rq = ranking_quality(ro.checker.tolist(), right, ro.groups.tolist(), ro.vote_wrong.tolist())
+        em = [self.task.score(r.answer, p.answer) for p, r in zip(problems, results, strict=True)]
+        self.history.append(
+            {
+                "round": round_,
+                "problems": len(problems),
+                "seed": seed,
+                "vote": vote,
+                "swarm_em": sum(em) / len(em),
+                "proposals": len(ro),
+                "after_right_prefix": int(ro.prefix_ok.sum()),
+                "hard_negatives": int(ro.hard_negative.sum()),
+                "checker_scored": int((~torch.isnan(ro.checker)).sum()),
+                # how the checker that chose the trajectory ranked these proposals, before training on them
+                "collector_auc_within": rq["auc_within"],
+                "collector_auc_vote_wrong": rq["auc_vote_wrong"],
+                "groups_vote_wrong": rq["groups_vote_wrong"],
+            }
+        )
+
+    def encode_rows(
+        self, ro: StepRollouts, rows: list[int], weights: Tensor | None = None
+    ) -> dict[str, Tensor]:
         idx, mask, starts, ends = encode_steps(
             self.tokenizer,
             [ro.contexts[i] for i in rows],
@@ -70,10 +131,14 @@ class StepLabels:
             "vote_wrong": ro.vote_wrong[rows],
             "logprobs": ro.logprobs[rows],
             "prefix_ok": ro.prefix_ok[rows],
+            **({} if weights is None else {"weights": weights[rows]}),
         }
 
     def train_batch(self, batch: dict[str, Tensor], device: torch.device) -> ScorerBatch:
-        return ScorerBatch(Labelled(batch, batch["labels"]), len(batch["labels"]))
+        return ScorerBatch(
+            Labelled(batch, batch["labels"], weights=batch.get("weights"), groups=batch["groups"]),
+            len(batch["labels"]),
+        )
 
     def train_stats(self, batch: ScorerBatch, logits: Tensor, loss: Tensor) -> dict[str, Tensor]:
         return {"train/checker_base_rate": batch.labelled.labels.float().mean()}
@@ -109,4 +174,9 @@ class StepLabels:
             out[f"val/{name}_auc_vote_wrong"] = torch.tensor(r["auc_vote_wrong"])
             out["val/groups_mixed"] = torch.tensor(float(r["groups"]))
             out["val/groups_vote_wrong"] = torch.tensor(float(r["groups_vote_wrong"]))
+        if self.round is not None:  # the last validation of a round is that round's result
+            entry = next((h for h in self.history if h["round"] == self.round), None)
+            if entry is not None:
+                entry["val_auc_within"] = float(out["val/checker_auc_within"])
+                entry["val_auc_vote_wrong"] = float(out["val/checker_auc_vote_wrong"])
         return out
