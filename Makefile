@@ -39,20 +39,23 @@ SWARM_TEST ?= 500
 SWARM_FAMILIES ?= mul arith chase
 # the step checker: full (a fine-tuned model copy + head) | trunk (a head on the generator's hidden states)
 SWARM_CHECKER ?= full
+# how it is trained: step_checker (the plurality's rollouts) | step_checker_on_policy (+ rounds the checker steers)
+SWARM_OBJECTIVE ?= step_checker_on_policy
+SWARM_SEEDS ?= 1234 1 2
 swarm: $(STAMP) ## step-level swarm: scratchpad base (experiment=reasoning_steps; SWARM_FAMILY=arith|chase, or SWARM_TASK=package.module:Class) -> step checker -> eval vs controls, runs/<SWARM_RUN>-*
 	$(BIN)/moe-swarm-train $(SWARM_BASE) run_id=$(SWARM_RUN)-base trainer.enable_progress_bar=false threads=1 $(ARGS)
-	$(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$(SWARM_RUN)-base/checkpoints/last.ckpt swarm_objective=step_checker module.kind=$(SWARM_CHECKER) run_id=$(SWARM_RUN)-checker trainer.enable_progress_bar=false threads=1
+	$(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$(SWARM_RUN)-base/checkpoints/last.ckpt swarm_objective=$(SWARM_OBJECTIVE) module.kind=$(SWARM_CHECKER) run_id=$(SWARM_RUN)-checker trainer.enable_progress_bar=false threads=1
 	$(BIN)/moe-swarm-swarm-eval checkpoint=$(RUNS)/$(SWARM_RUN)-checker/checkpoints/swarm.ckpt mode=steps n_test=$(SWARM_TEST) threads=1
 
-swarm-study: $(STAMP) ## the step swarm, unchanged, on 3 base-model seeds x SWARM_FAMILIES (mul arith chase; a package.module:Class works too); long
-	for fam in $(SWARM_FAMILIES); do for seed in 1 2 3; do \
+swarm-study: $(STAMP) ## the step swarm, unchanged, on SWARM_SEEDS base-model seeds x SWARM_FAMILIES (mul arith chase; a package.module:Class works too); long
+	for fam in $(SWARM_FAMILIES); do for seed in $(SWARM_SEEDS); do \
 	  case $$fam in \
 	    *:*) base="experiment=reasoning_steps_task data.task=$$fam"; kw='data.task_kwargs=$(SWARM_TASK_KWARGS)';; \
 	    mul) base=experiment=reasoning_steps; kw=;; \
 	    *) base=experiment=reasoning_steps_$$fam; kw=;; \
 	  esac; run=study-$$(echo $$fam | tr ':.' '--')-s$$seed; \
 	  $(BIN)/moe-swarm-train $$base $${kw:+"$$kw"} seed=$$seed run_id=$$run-base trainer.enable_progress_bar=false threads=1 || exit 1; \
-	  $(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$$run-base/checkpoints/last.ckpt swarm_objective=step_checker module.kind=$(SWARM_CHECKER) run_id=$$run-checker trainer.enable_progress_bar=false threads=1 || exit 1; \
+	  $(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$$run-base/checkpoints/last.ckpt swarm_objective=$(SWARM_OBJECTIVE) module.kind=$(SWARM_CHECKER) run_id=$$run-checker trainer.enable_progress_bar=false threads=1 || exit 1; \
 	  $(BIN)/moe-swarm-swarm-eval checkpoint=$(RUNS)/$$run-checker/checkpoints/swarm.ckpt mode=steps n_test=$(SWARM_TEST) problem_seed=$$seed threads=1 || exit 1; \
 	done; done
 	$(BIN)/python -m moe_swarm.reporting.swarm_study $(RUNS)/study-*-checker/swarm_eval --out $(RUNS)/swarm-study

@@ -131,7 +131,7 @@ def test_scorer_datamodules_serve_what_a_plain_label_source_gives_them():
             self.collected.append((rollout.num_agents, sizes, seed))
             return {"train": rollouts, "val": rollouts}
 
-        def encode_rows(self, ro, rows):
+        def encode_rows(self, ro, rows, weights=None):
             return rows
 
     source = Source()

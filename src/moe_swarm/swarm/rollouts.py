@@ -9,6 +9,7 @@ fitted on, from validation problems only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -102,6 +103,13 @@ class StepRollouts:
     contexts: list[str] = field(default_factory=list, repr=False)  # prompt + committed prefix, per row
     steps: list[str] = field(default_factory=list, repr=False)  # the proposed step text, per row
     answer_lines: list[bool] = field(default_factory=list, repr=False)  # the step ended with EOS
+
+    def __post_init__(self) -> None:
+        n = int(self.labels.shape[0])  # rows built without the optional columns get their neutral values
+        if self.hard_negative.numel() == 0 and n:
+            self.hard_negative = torch.zeros(n, dtype=torch.bool)
+        if self.checker.numel() == 0 and n:
+            self.checker = torch.full((n,), math.nan)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
