@@ -70,8 +70,8 @@ swarm-answers: $(STAMP) ## answer-level baseline: base MoE (experiment=reasoning
 	$(BIN)/moe-swarm-swarm-train checkpoint=$(RUNS)/$(SWARM_RUN)-answers-base/checkpoints/last.ckpt run_id=$(SWARM_RUN)-answers-head trainer.enable_progress_bar=false
 	$(BIN)/moe-swarm-swarm-eval checkpoint=$(RUNS)/$(SWARM_RUN)-answers-head/checkpoints/swarm.ckpt threads=1
 
-TEST_WORKERS ?= 2
-test: $(STAMP) ## run the whole test suite (TEST_WORKERS=2 processes, whole files each; TEST_WORKERS=0: one process)
+TEST_WORKERS ?= 3
+test: $(STAMP) ## run the whole test suite (TEST_WORKERS=3 processes, whole files each; TEST_WORKERS=0: one process)
 	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
 
 test-fast: $(STAMP) ## run the tests not marked slow (skips multi-process, sweep and wheel-build tests)

@@ -73,7 +73,12 @@ def study(reports: list[dict], samples: int = 2000, agents: int | None = None) -
         for row, p in zip(primary, holm_adjust([row["p_value"] for row in primary])):
             row["p_holm"] = p
         methods = ("greedy", "step_swarm", "independent_majority", "independent_checker")
-        methods += ("step_swarm_selector", "step_swarm_plurality", "coverage")
+        methods += (
+            "independent_majority_at_flops",
+            "step_swarm_selector",
+            "step_swarm_plurality",
+            "coverage",
+        )
         methods = tuple(m for m in methods if has(m))
         means = {m: sum(sum(vec(r, m)) / len(vec(r, m)) for r in runs) / len(runs) for m in methods}
         auc = [
