@@ -73,8 +73,18 @@ class Clients:
         self.mcp.stdin.flush()
 
     def ask(self, i: int, method: str, params: dict) -> dict:
+        """The response to request ``i``; notifications the server sends first (a job's state change
+        during ``wait_for_job`` is announced as notifications/resources/updated) are skipped. Bounded by
+        a count of messages; a server that exits ends the read with EOF."""
         self.send({"jsonrpc": "2.0", "id": i, "method": method, "params": params})
-        return json.loads(self.mcp.stdout.readline())
+        for _ in range(200):
+            line = self.mcp.stdout.readline()
+            assert line, f"the MCP server closed its stdout before answering request {i} ({method})"
+            msg = json.loads(line)
+            if msg.get("id") == i:
+                return msg
+            assert "method" in msg and "id" not in msg, f"an unexpected message before the answer: {msg}"
+        raise AssertionError(f"200 notifications and no answer to request {i} ({method})")
 
     def close(self) -> dict[str, str]:
         """After the sidecar stopped: the MCP session says it is unreachable; every client's stderr."""

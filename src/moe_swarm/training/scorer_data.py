@@ -99,8 +99,8 @@ class StepRolloutDataModule(L.LightningDataModule):
 
     ``rounds`` > 0 adds on-policy rounds: each epoch is one round of ``round_batches`` batches drawn
     from the pool of every round so far, and at the start of epoch ``r`` (1..rounds) ``round_problems``
-    fresh train problems are rolled out with the checker being trained voting by ``round_vote`` (it
-    chooses the trajectory), labelled, and added to the pool. Validation rows stay round 0's, so the
+    train problems (drawn with ``seed + 1000 r``: mostly new ones) are rolled out with the checker
+    being trained voting by ``round_vote`` (it chooses the trajectory), labelled, and added to the pool. Validation rows stay round 0's, so the
     rounds are compared on the same proposals. A resumed run re-collects round 0 and, with the restored
     checker, the round it resumes in.
     """
