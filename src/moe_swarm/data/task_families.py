@@ -155,16 +155,29 @@ _VOWELS = "aeiou"
 _SYLLABLES = tuple(c + v for c in _CONSONANTS for v in _VOWELS)  # 70 syllables -> 4,900 two-syllable names
 
 
-def _check_hops(min_hops: int, max_hops: int, num_distractors: int) -> None:
-    """The settings the two chain-following families (reach, chase) share."""
-    check_positive_int("min_hops", min_hops)
-    check_positive_int("max_hops", max_hops)
-    check_positive_int("num_distractors", num_distractors, minimum=0)
-    if max_hops < min_hops:
-        raise ValueError(f"max_hops ({max_hops}) must be >= min_hops ({min_hops})")
+class _ChainTask(Task):
+    """What the two chain-following families (reach, chase) share: the hop range, the distractors and
+    the scratchpad switch, checked and stored once, and the parameters a checkpoint records."""
+
+    def _set_chain(self, min_hops: int, max_hops: int, num_distractors: int, scratchpad: bool) -> None:
+        check_positive_int("min_hops", min_hops)
+        check_positive_int("max_hops", max_hops)
+        check_positive_int("num_distractors", num_distractors, minimum=0)
+        if max_hops < min_hops:
+            raise ValueError(f"max_hops ({max_hops}) must be >= min_hops ({min_hops})")
+        self.min_hops, self.max_hops, self.num_distractors = min_hops, max_hops, num_distractors
+        self.scratchpad = check_bool("scratchpad", scratchpad)
+
+    def params(self) -> dict:
+        return {
+            "min_hops": self.min_hops,
+            "max_hops": self.max_hops,
+            "num_distractors": self.num_distractors,
+            "scratchpad": self.scratchpad,
+        }
 
 
-class ReachabilityTask(Task):
+class ReachabilityTask(_ChainTask):
     """ProsQA-like graph search: which of two concepts can be reached from a third?
 
     A random DAG over made-up two-syllable names is stated as facts
@@ -187,19 +200,7 @@ class ReachabilityTask(Task):
     def __init__(
         self, min_hops: int = 3, max_hops: int = 6, num_distractors: int = 4, scratchpad: bool = False
     ) -> None:
-        _check_hops(min_hops, max_hops, num_distractors)
-        self.min_hops = min_hops
-        self.max_hops = max_hops
-        self.num_distractors = num_distractors
-        self.scratchpad = check_bool("scratchpad", scratchpad)
-
-    def params(self) -> dict:
-        return {
-            "min_hops": self.min_hops,
-            "max_hops": self.max_hops,
-            "num_distractors": self.num_distractors,
-            "scratchpad": self.scratchpad,
-        }
+        self._set_chain(min_hops, max_hops, num_distractors, scratchpad)
 
     def solution_steps(self, problem: Problem) -> list[str]:
         """The path from the subject to the reachable candidate, one ``"x>y"`` hop per step (breadth-first
@@ -293,7 +294,7 @@ class ReachabilityTask(Task):
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-class PointerChaseTask(Task):
+class PointerChaseTask(_ChainTask):
     """Pointer chasing over single-letter names: follow ``x>y`` links from a subject to one of two ends.
 
     ``reach`` asks the same question in ~300 bytes of made-up words with dead-end branches (a search
@@ -313,19 +314,9 @@ class PointerChaseTask(Task):
     def __init__(
         self, min_hops: int = 2, max_hops: int = 4, num_distractors: int = 2, scratchpad: bool = False
     ) -> None:
-        _check_hops(min_hops, max_hops, num_distractors)
+        self._set_chain(min_hops, max_hops, num_distractors, scratchpad)
         if 2 * (max_hops + 1) > len(_LETTERS):
             raise ValueError(f"max_hops ({max_hops}) needs more than {len(_LETTERS)} letters; use <= 12")
-        self.min_hops, self.max_hops, self.num_distractors = min_hops, max_hops, num_distractors
-        self.scratchpad = check_bool("scratchpad", scratchpad)
-
-    def params(self) -> dict:
-        return {
-            "min_hops": self.min_hops,
-            "max_hops": self.max_hops,
-            "num_distractors": self.num_distractors,
-            "scratchpad": self.scratchpad,
-        }
 
     @staticmethod
     def _parse(prompt: str) -> tuple[dict[str, str], str, tuple[str, str]]:
