@@ -100,8 +100,8 @@ class StepRolloutDataModule(L.LightningDataModule):
     ``rounds`` > 0 adds on-policy rounds: each epoch is one round of ``round_batches`` batches drawn
     from the pool of every round so far, and at the start of epoch ``r`` (1..rounds) ``round_problems``
     train problems (drawn with ``seed + 1000 r``: mostly new ones) are rolled out with the checker
-    being trained voting by ``round_vote`` (it chooses the trajectory), labelled, and added to the pool. Validation rows stay round 0's, so the
-    rounds are compared on the same proposals. A resumed run re-collects round 0 and, with the restored
+    being trained voting by ``round_vote`` (it chooses the trajectory), labelled, and added to the pool.
+    Validation rows stay round 0's, so the rounds are compared on the same proposals. A resumed run re-collects round 0 and, with the restored
     checker, the round it resumes in.
     """
 
@@ -221,26 +221,19 @@ class StepRolloutDataModule(L.LightningDataModule):
                 weights = None  # every row alike: the plain mean
         else:
             rows = list(range(len(ro)))
+
+        def collate(batch: list[int]) -> dict[str, Tensor]:
+            return self.labels.encode_rows(ro, batch, weights)
+
         if split == "train" and self.group_batches:  # whole vote groups per batch: ranking pairs
             n_batches = self.round_batches if self.rounds else None
             batches = pack_groups(ro.groups, rows, self.batch_size, n_batches, gen)
-            return DataLoader(
-                batches, batch_size=None, collate_fn=lambda rows: self.labels.encode_rows(ro, rows, weights)
-            )
-        if split == "train" and self.rounds:
+            return DataLoader(batches, batch_size=None, collate_fn=collate)
+        if split == "train" and self.rounds:  # one round: round_batches batches drawn from the pool
             sampler = RandomSampler(rows, num_samples=self.round_batches * self.batch_size, generator=gen)
-            return DataLoader(
-                rows,
-                batch_size=self.batch_size,
-                sampler=sampler,
-                collate_fn=lambda rows: self.labels.encode_rows(ro, rows, weights),
-            )
+            return DataLoader(rows, batch_size=self.batch_size, sampler=sampler, collate_fn=collate)
         return DataLoader(
-            rows,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=gen,
-            collate_fn=lambda rows: self.labels.encode_rows(ro, rows, weights),
+            rows, batch_size=self.batch_size, shuffle=shuffle, generator=gen, collate_fn=collate
         )
 
     def train_dataloader(self) -> DataLoader:

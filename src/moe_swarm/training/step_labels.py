@@ -53,15 +53,7 @@ class StepLabels:
         trajectory follows the plurality winner) with the generator in eval mode: round 0."""
         self.model.eval()
         swarm = StepSwarm(self.model, rollout, self.tokenizer, self.task)
-        out = {}
-        for split, n in sizes.items():
-            problems = self.task.generate(split, n, seed=seed)
-            with torch.no_grad():
-                results = swarm.solve([p.prompt for p in problems])
-            out[split] = label_step_rollouts(problems, results, self.task)
-            if split == "train":
-                self._record(0, seed, rollout.vote, problems, results, out[split])
-        return out
+        return {split: self._roll_out(swarm, split, n, seed, round_=0) for split, n in sizes.items()}
 
     def collect_round(self, rollout: StepSwarmConfig, n: int, seed: int, round_: int) -> StepRollouts:
         """Roll out ``n`` train problems (drawn with ``seed``) with the checker being trained voting by
@@ -74,13 +66,19 @@ class StepLabels:
         self.checker.eval()
         try:
             swarm = StepSwarm(self.model, rollout, self.tokenizer, self.task, checker=self.checker)
-            problems = self.task.generate("train", n, seed=seed)
-            with torch.no_grad():
-                results = swarm.solve([p.prompt for p in problems])
+            return self._roll_out(swarm, "train", n, seed, round_)
         finally:
             self.checker.train(was_training)
+
+    def _roll_out(self, swarm: StepSwarm, split: str, n: int, seed: int, round_: int) -> StepRollouts:
+        """``n`` problems of ``split`` (drawn with ``seed``) solved by ``swarm``, every proposal labelled by
+        the oracle; a train collection is recorded in ``history`` as round ``round_``."""
+        problems = self.task.generate(split, n, seed=seed)
+        with torch.no_grad():
+            results = swarm.solve([p.prompt for p in problems])
         ro = label_step_rollouts(problems, results, self.task)
-        self._record(round_, seed, rollout.vote, problems, results, ro)
+        if split == "train":
+            self._record(round_, seed, swarm.cfg.vote, problems, results, ro)
         return ro
 
     def _record(self, round_: int, seed: int, vote: str, problems, results, ro: StepRollouts) -> None:
