@@ -9,8 +9,8 @@ the runs have it, at equal FLOPs) get a two-level bootstrap CI (seeds, then prob
 Holm-adjusted p-values over them; step swarm - independent + checker and the selector vote (where run)
 are reported alongside, with the selection gap (coverage minus each vote's EM; the share of the
 plurality vote's gap the checker vote and the selector close), the checker's AUROC where the plurality
-is wrong, and which of the issue's goals each family meets (``--agents N`` picks another N). Writes ``study.md`` and ``study.json`` next to the first
-run's parent folder, or to ``--out``.
+is wrong, and which of the issue's goals each family meets (``--agents N`` picks another N). Writes
+``study.md`` and ``study.json`` next to the first run's parent folder, or to ``--out``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ COMPARISONS = (  # the primary ones first; a comparison runs where every run of 
     ),
 )
 PRIMARY = COMPARISONS[:3]
+# the methods whose mean EM over seeds the study reports (those every run of a family has)
+MEAN_METHODS = ("greedy", "step_swarm", "independent_majority", "independent_checker")
+MEAN_METHODS += ("independent_majority_at_flops", "step_swarm_selector", "step_swarm_plurality", "coverage")
 
 
 def study(reports: list[dict], samples: int = 2000, agents: int | None = None) -> dict:
@@ -72,15 +75,10 @@ def study(reports: list[dict], samples: int = 2000, agents: int | None = None) -
         primary = [row for row in rows if row["comparison"] in {c[0] for c in PRIMARY}]
         for row, p in zip(primary, holm_adjust([row["p_value"] for row in primary])):
             row["p_holm"] = p
-        methods = ("greedy", "step_swarm", "independent_majority", "independent_checker")
-        methods += (
-            "independent_majority_at_flops",
-            "step_swarm_selector",
-            "step_swarm_plurality",
-            "coverage",
-        )
-        methods = tuple(m for m in methods if has(m))
-        means = {m: sum(sum(vec(r, m)) / len(vec(r, m)) for r in runs) / len(runs) for m in methods}
+        means = {
+            m: sum(sum(vec(r, m)) / len(vec(r, m)) for r in runs) / len(runs) for m in MEAN_METHODS if has(m)
+        }
+        gap = selection_gap(means)
         auc = [
             r["step_level"]["ranking"].get(str(n), {}).get("checker", {}).get("auc_vote_wrong") for r in runs
         ]
@@ -89,9 +87,9 @@ def study(reports: list[dict], samples: int = 2000, agents: int | None = None) -
             "agents": n,
             "means": means,
             "comparisons": rows,
-            "selection_gap": selection_gap(means),
+            "selection_gap": gap,
             "checker_auc_vote_wrong": auc,
-            "goals": goals(rows, means, auc),
+            "goals": goals(rows, gap, auc),
         }
     return out
 
@@ -112,15 +110,15 @@ def selection_gap(means: dict[str, float]) -> dict[str, float] | None:
     return out
 
 
-def goals(rows: list[dict], means: dict[str, float], auc: list) -> dict[str, bool | None]:
-    """The issue's goals for one family (None where the runs lack what a goal needs)."""
+def goals(rows: list[dict], gap: dict[str, float] | None, auc: list) -> dict[str, bool | None]:
+    """The issue's goals for one family from its comparisons, its ``selection_gap`` and its checker's
+    AUROC on vote-wrong steps per seed (None where the runs lack what a goal needs)."""
     by = {r["comparison"]: r for r in rows}
 
     def above(name: str, margin: float) -> bool | None:
         r = by.get(name)
         return None if r is None else bool(r["diff"] >= margin and r["low"] > 0)
 
-    gap = selection_gap(means)
     aucs = [a for a in auc if isinstance(a, (int, float))]
     return {
         "swarm_minus_greedy_ge_5": above("step_swarm - greedy", 0.05),

@@ -378,9 +378,7 @@ def step_level(
     for n in agents:
         per_problem[f"step_swarm@{n}"] = runs.column(f"step swarm N={n}", "step_swarm")
         per_problem[f"independent_majority@{n}"] = runs.column(f"independent N={n}", "independent_majority")
-        per_problem[f"coverage@{n}"] = runs.column(
-            f"independent N={n}", "coverage"
-        )  # the selection gap's top
+        per_problem[f"coverage@{n}"] = runs.column(f"independent N={n}", "coverage")  # the gap's top
         for v in dict.fromkeys(settings.get("ablation_votes") or []):
             if v != steps.vote:
                 per_problem[f"step_swarm_{v}@{n}"] = runs.column(f"step swarm N={n} vote={v}", "step_swarm")
