@@ -63,7 +63,7 @@ class Clients:
         waited = self.ask(
             2, "tools/call", {"name": "wait_for_job", "arguments": {"job_id": job_id, "timeout_s": 1}}
         )
-        assert not waited["result"].get("isError"), waited
+        assert "result" in waited and not waited["result"].get("isError"), waited
         assert self.follow.stdout.readline().startswith("fake training")  # the log stream is open
         self.follow.send_signal(signal.SIGINT)  # a client that goes away mid-stream
         self.follow.wait(timeout=60)

@@ -6,16 +6,19 @@ fix); an unreachable sidecar gets a message naming the address and how to start 
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from moe_swarm.serve.client import DEFAULT_TARGET, explain_details
 from moe_swarm.serve.proto import mcp_pb2_grpc
+
+T = TypeVar("T")
 
 
 class SidecarError(Exception):
@@ -46,6 +49,22 @@ class SidecarConfig:
         }
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)
+
+
+async def _cancellable(rpc: grpc.aio.Call, step: Awaitable[T]) -> T:
+    """Await one step of a gRPC call so that cancelling this task raises the canceller's own CancelledError.
+
+    grpc.aio answers a cancelled unary await with a fresh CancelledError. anyio's cancel scopes
+    (``move_on_after``, ``fail_after``, a client's ``notifications/cancelled``) tell their own cancellation
+    by its message, so grpc's escaped them: a ``wait_for_job`` whose time ran out during a call ended as
+    "Connection closed" instead of returning. Awaiting through ``asyncio.shield`` keeps the task's own
+    exception; the RPC is then cancelled explicitly."""
+    inner = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        rpc.cancel()
+        raise
 
 
 class Sidecar:
@@ -86,10 +105,11 @@ class Sidecar:
         self, method: str, request: Any, token: str | None = None, timeout: float | None = None
     ) -> Any:
         """A unary RPC; raises SidecarError with the sidecar's message."""
+        rpc = getattr(self._get_stub(), method)(
+            request, metadata=self._metadata(token), timeout=timeout or self.config.timeout_s
+        )
         try:
-            return await getattr(self._get_stub(), method)(
-                request, metadata=self._metadata(token), timeout=timeout or self.config.timeout_s
-            )
+            return await _cancellable(rpc, rpc)
         except grpc.aio.AioRpcError as e:
             raise self._error(e) from None
 
@@ -97,7 +117,7 @@ class Sidecar:
         """A server-streaming RPC; raises SidecarError with the sidecar's message."""
         call = getattr(self._get_stub(), method)(request, metadata=self._metadata(token))
         try:
-            async for item in call:
+            while (item := await _cancellable(call, call.read())) is not grpc.aio.EOF:
                 yield item
         except grpc.aio.AioRpcError as e:
             raise self._error(e) from None
