@@ -266,6 +266,25 @@ def test_bad_values_fail_before_anything_is_built_one_line_each(tmp_path):
     assert not (tmp_path / "runs").exists() and not any(tmp_path.glob("*/checkpoints"))
 
 
+@pytest.mark.parametrize(
+    "entry,args",
+    [("train", ["experiment=quickstart"]), ("swarm_train", ["checkpoint=/no/such.ckpt"])],
+)
+def test_a_bad_value_is_refused_before_lightning_is_imported(entry, args, tmp_path):
+    """The config check runs first: a typo costs the seconds of composing, not of loading Lightning."""
+    code = (
+        "import sys\n"
+        f"from moe_swarm.cli.{entry} import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+        "print('lightning loaded:', 'lightning' in sys.modules)\n"
+    )
+    env = {**os.environ, "MOE_SWARM_RUNS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code, *args, "trainer.max_steps=abc"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "trainer.max_steps='abc': must be an integer >= 1" in proc.stderr, proc.stderr
+    assert proc.stdout.splitlines()[-2:] == ["exit 2", "lightning loaded: False"], proc.stdout
+
+
 def test_config_errors_are_value_errors_listing_every_problem(tmp_path):
     with pytest.raises(ConfigError) as err:
         _train(tmp_path, "trainer.max_steps=0", "+model.num_expert=16")

@@ -11,17 +11,19 @@ Writes ``<run_dir>/checkpoints/swarm.ckpt`` (model weights + swarm state in one 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
 from moe_swarm.cli.errors import user_errors
-from moe_swarm.config import config_dir, register_resolvers
+from moe_swarm.config import config_dir, register_resolvers, validate_run_config
 
 
 def swarm_train(cfg: DictConfig) -> dict[str, Any]:
     """Run one scorer-training job; returns the summary also written to <run_dir>/summary.json."""
+    validate_run_config(copy.deepcopy(cfg))  # bad values fail in seconds, before Lightning is imported
     from moe_swarm.training.run import Run
     from moe_swarm.training.scorer_objective import ScorerObjective
 

@@ -7,6 +7,7 @@ RUN_ID=my-run moe-swarm-train experiment=text_small                   # restart 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,12 @@ import hydra
 from omegaconf import DictConfig
 
 from moe_swarm.cli.errors import user_errors
-from moe_swarm.config import config_dir, hydra_job, register_resolvers
+from moe_swarm.config import config_dir, hydra_job, register_resolvers, validate_run_config
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the summary that is also written to <run_dir>/summary.json."""
+    validate_run_config(copy.deepcopy(cfg))  # bad values fail in seconds, before Lightning is imported
     from moe_swarm.training.lm_objective import LanguageModelObjective
     from moe_swarm.training.run import Run
 
