@@ -72,7 +72,7 @@ swarm-answers: $(STAMP) ## answer-level baseline: base MoE (experiment=reasoning
 
 TEST_WORKERS ?= 3
 test: $(STAMP) ## run the whole test suite (TEST_WORKERS=3 processes, whole files each; TEST_WORKERS=0: one process)
-	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(ARGS)
 
 test-fast: $(STAMP) ## run the tests not marked slow (skips multi-process, sweep and wheel-build tests)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
