@@ -8,12 +8,15 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import pytest
+import torch.distributed as dist
 from conftest import TINY_MODEL, free_port
 
 from moe_swarm.scale.cluster import ClusterConfigError, ClusterSpec, clean_env
@@ -200,6 +203,30 @@ def test_start_up_check_passes_when_nodes_agree_and_skips_single_node_and_device
     check_nodes_agree(
         _spec(1, free_port()), run_id="r", resuming=False, timeout_s=1, environ={"LOCAL_RANK": "1"}
     )
+
+
+def test_every_node_reaches_the_next_store_on_the_port_after_the_start_up_check():
+    """Lightning's rendezvous opens its TCPStore on MASTER_PORT right after the check. A node that
+    reached it while node 0's check store was still closing was dropped, and node 0 waited for it
+    until its timeout (about one start in ten here without the fix; CI saw it as a two-node hang).
+    20 starts, bounded by count and time."""
+
+    def node(rank: int, port: int, both_read: threading.Barrier) -> str:
+        check_nodes_agree(_spec(rank, port), run_id="r", resuming=False, timeout_s=20, environ={})
+        store = dist.TCPStore("127.0.0.1", port, world_size=2, is_master=rank == 0,
+                              wait_for_workers=True, timeout=timedelta(seconds=10))  # fmt: skip
+        store.set(f"node{rank}", "up")
+        seen = store.get(f"node{1 - rank}").decode()
+        both_read.wait()  # node 0's store closes with its thread: serve until both nodes have read
+        return seen
+
+    deadline = time.monotonic() + 120
+    for start in range(20):
+        assert time.monotonic() < deadline, f"only {start} starts in 120 s"
+        port, both_read = free_port(), threading.Barrier(2, timeout=30)
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(node, r, port, both_read) for r in (0, 1)]
+            assert [f.result() for f in futures] == ["up", "up"], f"start {start}"
 
 
 def test_world_size_check_fails_when_the_group_is_not_num_nodes_times_devices():
