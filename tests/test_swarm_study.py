@@ -58,3 +58,35 @@ def test_selection_gap_and_goals_are_read_from_the_runs():
         study(runs, samples=100, agents=8)
     bare = study([report(1, False)], samples=100)["mul"]  # runs without the plurality ablation or coverage
     assert bare["selection_gap"] is None and bare["goals"]["third_of_selection_gap_closed"] is None
+
+
+def test_the_vote_chosen_on_validation_is_applied_to_each_seeds_test_records():
+    runs = [report(1, True) | {"checkpoint": "s1.ckpt", "split": "test"},
+            report(2, True) | {"checkpoint": "s2.ckpt", "split": "test"}]  # fmt: skip
+
+    def val(ckpt: str, ems: dict[str, float], split: str = "val") -> dict:
+        pp = {f"{m}@16": [1.0] * int(10 * em) + [0.0] * (10 - int(10 * em)) for m, em in ems.items()}
+        return {"checkpoint": ckpt, "split": split, "n_test": 10, "step_level": {"per_problem": pp}}
+
+    vals = [val("s1.ckpt", {"step_swarm": 0.5, "step_swarm_selector": 0.7, "step_swarm_plurality": 0.6}),
+            val("s2.ckpt", {"step_swarm": 0.6, "step_swarm_selector": 0.6, "step_swarm_plurality": 0.6})]  # fmt: skip
+    f = study(runs, samples=200, val_reports=vals)["mul"]
+    assert [c["chosen"] for c in f["val_chosen"]] == [
+        "step_swarm_selector",
+        "step_swarm",
+    ]  # a tie: the earlier
+    picked = [runs[0]["step_level"]["per_problem"]["step_swarm_selector@16"],
+              runs[1]["step_level"]["per_problem"]["step_swarm@16"]]  # fmt: skip
+    assert f["means"]["step_swarm_val_chosen"] == pytest.approx(sum(sum(v) / len(v) for v in picked) / 2)
+    row = next(c for c in f["comparisons"] if c["comparison"] == "step_swarm_val_chosen - greedy")
+    greedy = [r["step_level"]["per_problem"]["greedy"] for r in runs]
+    assert row["diff"] == pytest.approx(
+        f["means"]["step_swarm_val_chosen"] - sum(sum(g) / len(g) for g in greedy) / 2
+    )
+    assert "p_holm" not in row and len([c for c in f["comparisons"] if "p_holm" in c]) == 3
+    assert "vote chosen on validation" in markdown({"mul": f})
+    assert "val_chosen" not in study(runs, samples=100)["mul"]
+    with pytest.raises(ValueError, match="no --val evaluation of s2.ckpt"):
+        study(runs, samples=100, val_reports=vals[:1])
+    with pytest.raises(ValueError, match="split=test, not val"):
+        study(runs, samples=100, val_reports=[vals[0], val("s2.ckpt", {"step_swarm": 0.5}, split="test")])

@@ -9,8 +9,13 @@ the runs have it, at equal FLOPs) get a two-level bootstrap CI (seeds, then prob
 Holm-adjusted p-values over them; step swarm - independent + checker and the selector vote (where run)
 are reported alongside, with the selection gap (coverage minus each vote's EM; the share of the
 plurality vote's gap the checker vote and the selector close), the checker's AUROC where the plurality
-is wrong, and which of the issue's goals each family meets (``--agents N`` picks another N). Writes
-``study.md`` and ``study.json`` next to the first run's parent folder, or to ``--out``.
+is wrong, and which of the issue's goals each family meets (``--agents N`` picks another N).
+
+``--val DIR ...`` adds the vote chosen on validation: for each test run, the validation evaluation of the
+same checkpoint (``split=val``) names the vote with the highest EM (checker, selector, plurality; ties to
+the earlier), and that vote's test records become ``step_swarm_val_chosen``, compared with greedy and the
+FLOP-matched control. Writes ``study.md`` and ``study.json`` next to the first run's parent folder, or
+to ``--out``.
 """
 
 from __future__ import annotations
@@ -34,17 +39,51 @@ COMPARISONS = (  # the primary ones first; a comparison runs where every run of 
         "step_swarm_selector",
         "independent_majority_at_flops",
     ),
+    ("step_swarm_val_chosen - greedy", "step_swarm_val_chosen", "greedy"),
+    (
+        "step_swarm_val_chosen - independent_majority_at_flops",
+        "step_swarm_val_chosen",
+        "independent_majority_at_flops",
+    ),
 )
 PRIMARY = COMPARISONS[:3]
 # the methods whose mean EM over seeds the study reports (those every run of a family has)
 MEAN_METHODS = ("greedy", "step_swarm", "independent_majority", "independent_checker")
 MEAN_METHODS += ("independent_majority_at_flops", "step_swarm_selector", "step_swarm_plurality", "coverage")
+MEAN_METHODS += ("step_swarm_val_chosen",)
+VOTES = ("step_swarm", "step_swarm_selector", "step_swarm_plurality")  # a validation tie goes to the earlier
 
 
-def study(reports: list[dict], samples: int = 2000, agents: int | None = None) -> dict:
+def _em(report: dict, key: str) -> float:
+    col = report["step_level"]["per_problem"][key]
+    return sum(col) / len(col)
+
+
+def choose_vote(test: dict, val_reports: list[dict], n: int) -> dict:
+    """The vote with the highest EM at N = ``n`` on the validation evaluation of ``test``'s checkpoint."""
+    same = [v for v in val_reports if v["checkpoint"] == test["checkpoint"]]
+    if not same:
+        raise ValueError(
+            f"no --val evaluation of {test['checkpoint']}: evaluate it with split=val (moe-swarm-swarm-eval "
+            f"checkpoint={test['checkpoint']} mode=steps split=val ...) and pass its folder to --val"
+        )
+    val = same[0]
+    if val["split"] != "val":
+        raise ValueError(f"the --val evaluation of {test['checkpoint']} is split={val['split']}, not val")
+    em = {m: _em(val, f"{m}@{n}") for m in VOTES if f"{m}@{n}" in val["step_level"]["per_problem"]}
+    if not em:
+        raise ValueError(f"the --val evaluation of {test['checkpoint']} has no vote at N={n}")
+    chosen = max(em, key=lambda m: (em[m], -VOTES.index(m)))
+    return {"checkpoint": test["checkpoint"], "val_em": em, "val_problems": val["n_test"], "chosen": chosen}
+
+
+def study(
+    reports: list[dict], samples: int = 2000, agents: int | None = None, val_reports: list[dict] | None = None
+) -> dict:
     """Per family: the seeds' mean EM of each method and the two-level bootstrap comparisons at N =
     ``agents`` (None: the largest N every run of the family has), the selection gap and the checker's
-    ranking where the plurality is wrong, and the issue's goals met or missed."""
+    ranking where the plurality is wrong, and the issue's goals met or missed. With ``val_reports``, also
+    the vote each run's validation evaluation chose (``step_swarm_val_chosen``)."""
     families: dict[str, list[dict]] = {}
     for r in reports:
         families.setdefault(r["task"]["name"], []).append(r)
@@ -57,12 +96,18 @@ def study(reports: list[dict], samples: int = 2000, agents: int | None = None) -
         if agents is not None and agents not in common:
             raise ValueError(f"{fam}: N={agents} is not in every run (they share N in {sorted(common)})")
         n = agents if agents is not None else max(common)
+        choices = [choose_vote(r, val_reports, n) for r in runs] if val_reports is not None else None
+        pick = {id(r): c["chosen"] for r, c in zip(runs, choices or [])}
 
-        def vec(r: dict, method: str, n: int = n) -> list[float]:
+        def vec(r: dict, method: str, n: int = n, pick: dict = pick) -> list[float]:
             pp = r["step_level"]["per_problem"]
+            if method == "step_swarm_val_chosen":
+                method = pick[id(r)]
             return pp["greedy"] if method == "greedy" else pp[f"{method}@{n}"]
 
-        def has(method: str, n: int = n, runs: list[dict] = runs) -> bool:
+        def has(method: str, n: int = n, runs: list[dict] = runs, pick: dict = pick) -> bool:
+            if method == "step_swarm_val_chosen":
+                return bool(pick)
             return all(method == "greedy" or f"{method}@{n}" in r["step_level"]["per_problem"] for r in runs)
 
         rows = []
@@ -90,6 +135,7 @@ def study(reports: list[dict], samples: int = 2000, agents: int | None = None) -
             "selection_gap": gap,
             "checker_auc_vote_wrong": auc,
             "goals": goals(rows, gap, auc),
+            **({"val_chosen": choices} if choices is not None else {}),
         }
     return out
 
@@ -161,6 +207,16 @@ def markdown(result: dict) -> str:
             f"| {fam} | {pct('coverage')} | {pct('step_swarm_plurality')} | {pct('step_swarm_closed', g)}% "
             f"| {pct('step_swarm_selector_closed', g)}% | {aucs} | {met} |"
         )
+    chosen = [(fam, c) for fam, f in result.items() for c in f.get("val_chosen", [])]
+    if chosen:
+        lines += [
+            "",
+            "| family | checkpoint | val EM: checker / selector / plurality | vote chosen on validation |",
+            "|---|---|---|---|",
+        ]
+        for fam, c in chosen:
+            ems = " / ".join("—" if m not in c["val_em"] else f"{100 * c['val_em'][m]:.1f}" for m in VOTES)
+            lines.append(f"| {fam} | {c['checkpoint']} | {ems} | {c['chosen']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -170,17 +226,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder for study.md / study.json")
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--agents", type=int, default=None, help="the N compared (default: the largest)")
+    parser.add_argument(
+        "--val", nargs="+", type=Path, default=None, help="split=val evaluations of the same checkpoints"
+    )
     args = parser.parse_args()
-    reports = []
-    for folder in args.runs:
-        path = folder / "results.json"
-        if not path.is_file():
-            raise SystemExit(
-                f"{path} does not exist: pass folders written by moe-swarm-swarm-eval mode=steps"
-            )
-        reports.append(json.loads(path.read_text()))
+    reports, val_reports = _read(args.runs), (_read(args.val) if args.val else None)
     try:
-        result = study(reports, args.samples, args.agents)
+        result = study(reports, args.samples, args.agents, val_reports)
     except ValueError as e:
         raise SystemExit(str(e)) from None
     out = args.out or args.runs[0].parent.parent
@@ -188,6 +240,18 @@ def main() -> None:
     atomic_write_text(out / "study.json", json.dumps(result, indent=2))
     atomic_write_text(out / "study.md", text)
     print(text, f"written to {out}", sep="\n")
+
+
+def _read(folders: list[Path]) -> list[dict]:
+    reports = []
+    for folder in folders:
+        path = folder / "results.json"
+        if not path.is_file():
+            raise SystemExit(
+                f"{path} does not exist: pass folders written by moe-swarm-swarm-eval mode=steps"
+            )
+        reports.append(json.loads(path.read_text()))
+    return reports
 
 
 if __name__ == "__main__":
