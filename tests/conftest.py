@@ -26,27 +26,30 @@ TINY_MODEL = [
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
-# The files whose tests take longest, longest first (seconds summed over each file's tests with
-# `pytest -n 3 --dist loadfile --durations=0` on 2 cores, 2026-12-07: 159, 140, 126, 124, 111, 101, 98,
-# 85, 71, 64, 61, 54, 53, 51, 50). `make test` hands whole files to its workers in collection order
-# (--no-loadscope-reorder; xdist would otherwise order files by their number of tests and start the
-# 126-second one-test DDP file last); starting the long ones first lets the workers end together.
+# The files whose tests take longest, longest first, from `--durations` of `make test` on 2 cores
+# (2026-12-07): each file's seconds summed over its tests, 50-160 s for these. The compile tests count
+# as in a fresh clone, whose inductor cache is cold as CI's is: test_compile.py took over 159 s there
+# (54 s with a warm cache), test_bench_sizes.py 44 s for its compile case.
+# `make test` hands whole files to its workers in collection order (--no-loadscope-reorder; xdist
+# would otherwise order files by their number of tests and start the 126-second one-test DDP file
+# last); starting the long ones first lets the workers end together.
 LONGEST_FILES = (
+    "test_compile.py",
     "test_train.py",
-    "test_run_layer.py",
     "test_data_resume_ddp.py",
+    "test_run_layer.py",
     "test_bench.py",
     "test_ddp.py",
     "test_fault_tolerance.py",
     "test_parallel.py",
     "test_serve_lifecycle.py",
+    "test_swarm_train.py",
     "test_serve_job_queue.py",
     "test_mcp.py",
     "test_parallel_lightning.py",
-    "test_compile.py",
     "test_parallel_elastic.py",
-    "test_swarm_train.py",
     "test_serve_training.py",
+    "test_bench_sizes.py",
 )
 
 
