@@ -88,5 +88,9 @@ def test_the_vote_chosen_on_validation_is_applied_to_each_seeds_test_records():
     assert "val_chosen" not in study(runs, samples=100)["mul"]
     with pytest.raises(ValueError, match="no --val evaluation of s2.ckpt"):
         study(runs, samples=100, val_reports=vals[:1])
+    no_selector = [report(1, True) | {"checkpoint": "s1.ckpt", "split": "test"}]
+    del no_selector[0]["step_level"]["per_problem"]["step_swarm_selector@16"]
+    only = study(no_selector, samples=100, val_reports=vals)["mul"]["val_chosen"][0]
+    assert only["chosen"] == "step_swarm_plurality" and "step_swarm_selector" not in only["val_em"]
     with pytest.raises(ValueError, match="split=test, not val"):
         study(runs, samples=100, val_reports=[vals[0], val("s2.ckpt", {"step_swarm": 0.5}, split="test")])

@@ -60,7 +60,8 @@ def _em(report: dict, key: str) -> float:
 
 
 def choose_vote(test: dict, val_reports: list[dict], n: int) -> dict:
-    """The vote with the highest EM at N = ``n`` on the validation evaluation of ``test``'s checkpoint."""
+    """The vote with the highest EM at N = ``n`` on the validation evaluation of ``test``'s checkpoint,
+    among the votes both evaluations ran."""
     same = [v for v in val_reports if v["checkpoint"] == test["checkpoint"]]
     if not same:
         raise ValueError(
@@ -70,9 +71,10 @@ def choose_vote(test: dict, val_reports: list[dict], n: int) -> dict:
     val = same[0]
     if val["split"] != "val":
         raise ValueError(f"the --val evaluation of {test['checkpoint']} is split={val['split']}, not val")
-    em = {m: _em(val, f"{m}@{n}") for m in VOTES if f"{m}@{n}" in val["step_level"]["per_problem"]}
-    if not em:
-        raise ValueError(f"the --val evaluation of {test['checkpoint']} has no vote at N={n}")
+    both = [m for m in VOTES if all(f"{m}@{n}" in r["step_level"]["per_problem"] for r in (val, test))]
+    if not both:
+        raise ValueError(f"the test and --val evaluations of {test['checkpoint']} share no vote at N={n}")
+    em = {m: _em(val, f"{m}@{n}") for m in both}  # only votes the test run can apply
     chosen = max(em, key=lambda m: (em[m], -VOTES.index(m)))
     return {"checkpoint": test["checkpoint"], "val_em": em, "val_problems": val["n_test"], "chosen": chosen}
 
