@@ -64,9 +64,12 @@ async def _serving(servicer: SlowSidecar):
 
 
 async def _until(predicate, what: str, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.05)
+    try:
+        with anyio.fail_after(timeout):
+            while not predicate():
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout} s: {what}") from None
 
 
 def test_a_deadline_during_a_unary_call_or_a_stream_is_caught_by_its_own_scope_and_cancels_the_rpc():
