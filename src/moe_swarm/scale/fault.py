@@ -236,8 +236,8 @@ def _wait_for_node0_to_close(store: dist.TCPStore, timeout_s: float) -> None:
 
     Lightning's rendezvous opens the next TCPStore on the same port. A node that connected to it while
     node 0's start-up store was still up was dropped when that store closed ("Failed to recv, got 0
-    bytes"), and node 0 then waited for it until its timeout: a hang seen once in CI-like runs, about
-    one start in five in a loop of two nodes in one process (tests/test_ddp.py)."""
+    bytes"), and node 0 then waited for it until its timeout: a hang seen once in a fresh-clone
+    ``make test``, one start in five to ten in a loop of two nodes in one process (tests/test_ddp.py)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
